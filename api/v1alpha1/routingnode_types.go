@@ -31,14 +31,21 @@ const (
 const TunnelOverhead = 50
 
 // RolloutStep names the step of the rollout a node's datapath belongs to.
-// +kubebuilder:validation:Enum=Steady;Prepare;Switch;Finalize;Rollback
+// +kubebuilder:validation:Enum=Pending;Steady;Prepare;Switch;Finalize;Rollback
 type RolloutStep string
 
 const (
-	StepSteady   RolloutStep = "Steady"
-	StepPrepare  RolloutStep = "Prepare"
-	StepSwitch   RolloutStep = "Switch"
+	// StepPending means the node has no datapath from routemode yet.
+	StepPending RolloutStep = "Pending"
+	// StepSteady means the node runs the requested mode.
+	StepSteady RolloutStep = "Steady"
+	// StepPrepare makes the node receive both ways before anyone switches.
+	StepPrepare RolloutStep = "Prepare"
+	// StepSwitch changes how the node sends.
+	StepSwitch RolloutStep = "Switch"
+	// StepFinalize removes what the old mode left.
 	StepFinalize RolloutStep = "Finalize"
+	// StepRollback puts a node whose switch failed back to how it sent before.
 	StepRollback RolloutStep = "Rollback"
 )
 
@@ -97,9 +104,11 @@ type RoutingNodeSpec struct {
 	// +optional
 	TargetGeneration int64 `json:"targetGeneration,omitempty"`
 
-	// datapath is the state the agent must apply.
-	// +required
-	Datapath NodeDatapath `json:"datapath"`
+	// datapath is the state the agent must apply. Unset until the first
+	// RoutingMode's preflight passed: the agent then leaves the kernel alone
+	// and only reports what the preflight needs (capabilities, peers).
+	// +optional
+	Datapath *NodeDatapath `json:"datapath,omitempty"`
 }
 
 // Condition types on a RoutingNode, written by the node's agent.

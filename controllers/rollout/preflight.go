@@ -1,0 +1,169 @@
+package rollout
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/routemode/routemode/api/v1alpha1"
+)
+
+// PreflightResult is the outcome of the cluster checks. Failed stops the
+// rollout before it touches a node; Waiting means a check lacks a report
+// from an agent.
+type PreflightResult struct {
+	Failed  bool
+	Reason  string
+	Message string
+}
+
+// Preflight reasons.
+const (
+	ReasonPreflightPassed     = "PreflightPassed"
+	ReasonWaitingForAgents    = "WaitingForAgents"
+	ReasonNodeMissingFacts    = "NodeMissingFacts"
+	ReasonPodCIDROutside      = "PodCIDROutsideNativeRoutingCIDR"
+	ReasonTunnelUnsupported   = "TunnelUnsupported"
+	ReasonHostRoutingUnsup    = "BPFHostRoutingUnsupported"
+	ReasonPeerNotDirect       = "PeerNotDirectlyReachable"
+	ReasonTunnelChangeInPlace = "TunnelChangedWhileInUse"
+)
+
+type check func(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult
+
+// preflightChecks run in order; the first that does not pass wins, so the
+// message names the most basic problem first.
+var preflightChecks = []check{
+	checkNodeFacts,
+	checkPodCIDRsInside,
+	checkTunnelChange,
+	checkAgentsReported,
+	checkTunnelSupported,
+	checkHostRoutingSupported,
+	checkDirectPeers,
+}
+
+// Preflight checks the rules that need the cluster, not just the object.
+func Preflight(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	for _, c := range preflightChecks {
+		if r := c(target, nodes); r.Reason != "" {
+			return r
+		}
+	}
+	return PreflightResult{Reason: ReasonPreflightPassed, Message: fmt.Sprintf("%d nodes checked", len(nodes))}
+}
+
+func fail(reason, format string, args ...any) PreflightResult {
+	return PreflightResult{Failed: true, Reason: reason, Message: fmt.Sprintf(format, args...)}
+}
+
+func checkNodeFacts(_ v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	for _, n := range nodes {
+		if _, err := netip.ParsePrefix(n.PodCIDR); err != nil {
+			return fail(ReasonNodeMissingFacts, "node %s has no valid podCIDR (%q): routemode routes each node's podCIDR; allocate one (kube-controller-manager --allocate-node-cidrs, or set spec.podCIDR) and the rollout resumes", n.Name, n.PodCIDR)
+		}
+		if _, err := netip.ParseAddr(n.InternalIP); err != nil {
+			return fail(ReasonNodeMissingFacts, "node %s has no InternalIP address: routemode sends to peers at their InternalIP; the kubelet must report one", n.Name)
+		}
+	}
+	return PreflightResult{}
+}
+
+func checkPodCIDRsInside(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	if target.SendMode != v1alpha1.SendNative {
+		return PreflightResult{}
+	}
+	cidr, err := netip.ParsePrefix(target.NativeRoutingCIDR)
+	if err != nil {
+		return fail(ReasonPodCIDROutside, "nativeRoutingCIDR %q is not a CIDR", target.NativeRoutingCIDR)
+	}
+	for _, n := range nodes {
+		p := netip.MustParsePrefix(n.PodCIDR)
+		if !cidr.Contains(p.Addr()) || p.Bits() < cidr.Bits() {
+			return fail(ReasonPodCIDROutside, "node %s's podCIDR %s is outside nativeRoutingCIDR %s: its pods' traffic would be masqueraded and not routed natively; set nativeRoutingCIDR to a range that holds every node's podCIDR", n.Name, n.PodCIDR, target.NativeRoutingCIDR)
+		}
+	}
+	return PreflightResult{}
+}
+
+// checkTunnelChange refuses to swap one tunnel for another in place: nodes on
+// the old and the new tunnel could not decapsulate each other's packets, and
+// a node keeps one tunnel device.
+func checkTunnelChange(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	if target.Tunnel == v1alpha1.TunnelDisabled {
+		return PreflightResult{}
+	}
+	for _, n := range nodes {
+		c := n.Datapath
+		if c == nil || c.Tunnel == v1alpha1.TunnelDisabled {
+			continue
+		}
+		if c.Tunnel != target.Tunnel || c.TunnelPort != target.TunnelPort {
+			return fail(ReasonTunnelChangeInPlace, "node %s uses tunnel %s on port %d: changing it to %s on port %d in place would cut traffic between nodes on the old and the new tunnel; switch to tunnel: disabled first, then to the new tunnel", n.Name, c.Tunnel, c.TunnelPort, target.Tunnel, target.TunnelPort)
+		}
+	}
+	return PreflightResult{}
+}
+
+func checkAgentsReported(_ v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	var missing []string
+	for _, n := range nodes {
+		if n.Status.Capabilities == nil {
+			missing = append(missing, n.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the routemode agent on %s to report its kernel's capabilities", strings.Join(missing, ", "))}
+	}
+	return PreflightResult{}
+}
+
+func checkTunnelSupported(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	for _, n := range nodes {
+		caps := n.Status.Capabilities
+		switch {
+		case target.Tunnel == v1alpha1.TunnelGeneve && !caps.Geneve:
+			return fail(ReasonTunnelUnsupported, "node %s's kernel (%s) cannot create geneve devices (CONFIG_GENEVE is not set): use tunnel: vxlan", n.Name, caps.Kernel)
+		case target.Tunnel == v1alpha1.TunnelVXLAN && !caps.VXLAN:
+			return fail(ReasonTunnelUnsupported, "node %s's kernel (%s) cannot create vxlan devices (CONFIG_VXLAN is not set): use tunnel: disabled with native routing", n.Name, caps.Kernel)
+		}
+	}
+	return PreflightResult{}
+}
+
+func checkHostRoutingSupported(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	if target.HostRouting != v1alpha1.HostRoutingBPF {
+		return PreflightResult{}
+	}
+	for _, n := range nodes {
+		if caps := n.Status.Capabilities; !caps.BPFHostRouting {
+			return fail(ReasonHostRoutingUnsup, "node %s's kernel (%s) lacks what eBPF host routing needs (bpf_redirect_peer, bpf_redirect_neigh and tc BPF attachment, kernel 5.10 or later): use hostRouting: legacy", n.Name, caps.Kernel)
+		}
+	}
+	return PreflightResult{}
+}
+
+func checkDirectPeers(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	if target.SendMode != v1alpha1.SendNative || !target.AutoDirectNodeRoutes {
+		return PreflightResult{}
+	}
+	for _, n := range nodes {
+		reported := map[string]v1alpha1.PeerStatus{}
+		for _, p := range n.Status.Peers {
+			reported[p.Node] = p
+		}
+		for _, peer := range nodes {
+			if peer.Name == n.Name {
+				continue
+			}
+			p, ok := reported[peer.Name]
+			if !ok {
+				return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the agent on %s to report whether it reaches %s directly", n.Name, peer.Name)}
+			}
+			if !p.Direct {
+				return fail(ReasonPeerNotDirect, "node %s reaches %s (%s) only through a gateway: autoDirectNodeRoutes needs every node on one L2 network; keep the tunnel, or route pod CIDRs in the underlay and set autoDirectNodeRoutes: false", n.Name, peer.Name, peer.InternalIP)
+			}
+		}
+	}
+	return PreflightResult{}
+}

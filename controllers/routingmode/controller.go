@@ -1,0 +1,296 @@
+// Package routingmode reconciles the cluster's RoutingMode: it keeps one
+// RoutingNode per Node, asks rollout.Plan what each node's datapath must be
+// next, writes that to the RoutingNodes and reports the rollout in the
+// RoutingMode's status.
+package routingmode
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/controllers/rollout"
+)
+
+// ControllerName names the controller in logs, events and metrics.
+const ControllerName = "routingmode"
+
+// Annotations the operator keeps on the objects it owns.
+const (
+	// AnnotationStepStarted is when a RoutingNode's current step was written,
+	// the start of its health-check timeout.
+	AnnotationStepStarted = "routemode.io/step-started"
+	// AnnotationPreviousDatapath is the datapath a Switch replaced, the target
+	// of a rollback.
+	AnnotationPreviousDatapath = "routemode.io/previous-datapath"
+	// AnnotationLastAppliedSpec is the last RoutingMode spec that completed,
+	// what `routemodectl rollout undo` goes back to.
+	AnnotationLastAppliedSpec = "routemode.io/last-applied-spec"
+)
+
+// Reconciler drives the RoutingMode rollout.
+type Reconciler struct {
+	client.Client
+	Recorder events.EventRecorder
+	// Now is the clock; tests move it to fire timeouts.
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=routemode.io,resources=routingmodes,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=routemode.io,resources=routingmodes/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=routemode.io,resources=routingnodes,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
+
+// Reconcile runs one step of the rollout.
+func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl.Result, reterr error) {
+	rm := &v1alpha1.RoutingMode{}
+	if err := r.Get(ctx, client.ObjectKey{Name: v1alpha1.RoutingModeName}, rm); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	now := r.Now()
+	nodes, err := r.observeNodes(ctx, rm)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+
+	in := rollout.Input{Spec: rm.Spec, Nodes: nodes, Now: now, Stalled: recordedStall(rm)}
+	if rm.Status.RolloutStartTime != nil && rm.Status.ObservedGeneration == rm.Generation {
+		in.Started = rm.Status.RolloutStartTime.Time
+	} else {
+		in.Started = now
+	}
+	d := rollout.Plan(in)
+
+	original := rm.DeepCopy()
+	defer func() {
+		computeStatus(rm, d, nodes, now)
+		reterr = kerrors.NewAggregate([]error{reterr, r.patchStatus(ctx, original, rm)})
+		observeMetrics(rm, original, now)
+	}()
+	if err := r.writeUpdates(ctx, rm, d.Updates, now); err != nil {
+		return ctrl.Result{}, err
+	}
+	if d.Stall != nil && in.Stalled == nil {
+		r.Recorder.Eventf(rm, nil, corev1.EventTypeWarning, d.Stall.Reason, "Halt", "%s", d.Stall.Message)
+	}
+	if d.Phase == v1alpha1.PhaseComplete {
+		if err := r.recordCompletedSpec(ctx, rm); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{RequeueAfter: d.RequeueAfter}, nil
+}
+
+// recordedStall is the halt recorded for this generation because a node
+// failed: it holds until the spec changes, so a flapping node is not retried
+// in a loop. Preflight failures are checked afresh, since they touched nothing.
+func recordedStall(rm *v1alpha1.RoutingMode) *rollout.Stall {
+	c := meta.FindStatusCondition(rm.Status.Conditions, v1alpha1.ConditionStalled)
+	if c == nil || c.Status != metav1.ConditionTrue || c.ObservedGeneration != rm.Generation || c.Reason != rollout.ReasonNodeFailed {
+		return nil
+	}
+	return &rollout.Stall{Reason: c.Reason, Message: c.Message}
+}
+
+// observeNodes reads every Node and its RoutingNode, creating the missing
+// RoutingNodes (with no datapath, so their agents report what the preflight
+// needs) and deleting those whose Node is gone.
+func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode) ([]rollout.Node, error) {
+	var nodeList corev1.NodeList
+	if err := r.List(ctx, &nodeList); err != nil {
+		return nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	var rnList v1alpha1.RoutingNodeList
+	if err := r.List(ctx, &rnList); err != nil {
+		return nil, fmt.Errorf("listing routingnodes: %w", err)
+	}
+	rns := map[string]*v1alpha1.RoutingNode{}
+	for i := range rnList.Items {
+		rns[rnList.Items[i].Name] = &rnList.Items[i]
+	}
+
+	var errs []error
+	nodes := make([]rollout.Node, 0, len(nodeList.Items))
+	for i := range nodeList.Items {
+		node := &nodeList.Items[i]
+		rn, ok := rns[node.Name]
+		delete(rns, node.Name)
+		if !ok {
+			created, err := r.createRoutingNode(ctx, rm, node)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rn = created
+		}
+		nodes = append(nodes, view(node, rn))
+	}
+	for _, orphan := range rns {
+		if err := r.Delete(ctx, orphan); client.IgnoreNotFound(err) != nil {
+			errs = append(errs, fmt.Errorf("deleting routingnode %s of a deleted node: %w", orphan.Name, err))
+		}
+	}
+	slices.SortFunc(nodes, func(a, b rollout.Node) int { return strings.Compare(a.Name, b.Name) })
+	return nodes, errors.Join(errs...)
+}
+
+func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.RoutingMode, node *corev1.Node) (*v1alpha1.RoutingNode, error) {
+	rn := &v1alpha1.RoutingNode{
+		ObjectMeta: metav1.ObjectMeta{Name: node.Name},
+		Spec:       v1alpha1.RoutingNodeSpec{NodeName: node.Name, Step: v1alpha1.StepPending},
+	}
+	// The Node owns its RoutingNode so the garbage collector removes it with
+	// the Node even while the operator is down.
+	if err := controllerutil.SetOwnerReference(node, rn, r.Scheme()); err != nil {
+		return nil, err
+	}
+	if err := r.Create(ctx, rn); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("routingnode %s appeared while creating it; retrying: %w", node.Name, err)
+		}
+		return nil, fmt.Errorf("creating routingnode %s: %w", node.Name, err)
+	}
+	r.Recorder.Eventf(rm, rn, corev1.EventTypeNormal, "NodeAdded", "Create", "Node %s joined; waiting for its agent to report", node.Name)
+	return rn, nil
+}
+
+// view is the planner's picture of one node.
+func view(node *corev1.Node, rn *v1alpha1.RoutingNode) rollout.Node {
+	n := rollout.Node{
+		Name:           node.Name,
+		PodCIDR:        node.Spec.PodCIDR,
+		HasRoutingNode: true,
+		Generation:     rn.Generation,
+		Datapath:       rn.Spec.Datapath,
+		Step:           rn.Spec.Step,
+		Status:         rn.Status,
+	}
+	for _, a := range node.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			n.InternalIP = a.Address
+			break
+		}
+	}
+	if t, err := time.Parse(time.RFC3339Nano, rn.Annotations[AnnotationStepStarted]); err == nil {
+		n.StepStarted = t
+	}
+	if raw := rn.Annotations[AnnotationPreviousDatapath]; raw != "" {
+		var prev v1alpha1.NodeDatapath
+		if json.Unmarshal([]byte(raw), &prev) == nil {
+			n.Previous = &prev
+		}
+	}
+	return n
+}
+
+// writeUpdates writes the decided datapaths, one patch per RoutingNode.
+func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode, updates []rollout.Update, now time.Time) error {
+	logger := log.FromContext(ctx)
+	for _, u := range updates {
+		rn := &v1alpha1.RoutingNode{}
+		if err := r.Get(ctx, client.ObjectKey{Name: u.Node}, rn); err != nil {
+			return fmt.Errorf("reading routingnode %s: %w", u.Node, err)
+		}
+		base := rn.DeepCopy()
+		dp := u.Datapath
+		rn.Spec.Datapath, rn.Spec.Step, rn.Spec.TargetGeneration = &dp, u.Step, rm.Generation
+		if rn.Annotations == nil {
+			rn.Annotations = map[string]string{}
+		}
+		rn.Annotations[AnnotationStepStarted] = now.UTC().Format(time.RFC3339Nano)
+		delete(rn.Annotations, AnnotationPreviousDatapath)
+		if u.Previous != nil {
+			raw, err := json.Marshal(u.Previous)
+			if err != nil {
+				return err
+			}
+			rn.Annotations[AnnotationPreviousDatapath] = string(raw)
+		}
+		// Optimistic locking: a decision made on a stale RoutingNode must not land.
+		if err := r.Patch(ctx, rn, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+			return fmt.Errorf("writing step %s to routingnode %s: %w", u.Step, u.Node, err)
+		}
+		logger.Info("Wrote RoutingNode step", "routingNode", u.Node, "step", u.Step, "datapath", describe(dp))
+		eventType := corev1.EventTypeNormal
+		if u.Step == v1alpha1.StepRollback {
+			eventType = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(rm, rn, eventType, "Node"+string(u.Step), string(u.Step), "Node %s: %s (%s)", u.Node, u.Step, describe(dp))
+		rolloutSteps.WithLabelValues(string(u.Step)).Inc()
+	}
+	return nil
+}
+
+// recordCompletedSpec remembers the spec that finished, for rollout undo.
+func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.RoutingMode) error {
+	raw, err := json.Marshal(rm.Spec)
+	if err != nil {
+		return err
+	}
+	if rm.Annotations[AnnotationLastAppliedSpec] == string(raw) {
+		return nil
+	}
+	base := rm.DeepCopy()
+	if rm.Annotations == nil {
+		rm.Annotations = map[string]string{}
+	}
+	rm.Annotations[AnnotationLastAppliedSpec] = string(raw)
+	if err := r.Patch(ctx, rm, client.MergeFrom(base)); err != nil {
+		return fmt.Errorf("recording the completed spec: %w", err)
+	}
+	return nil
+}
+
+// patchStatus writes status only when it changed.
+func (r *Reconciler) patchStatus(ctx context.Context, original, rm *v1alpha1.RoutingMode) error {
+	if apiequality.Semantic.DeepEqual(original.Status, rm.Status) {
+		return nil
+	}
+	if err := r.Status().Patch(ctx, rm, client.MergeFrom(original)); err != nil {
+		return fmt.Errorf("writing routingmode status: %w", err)
+	}
+	return nil
+}
+
+// SetupWithManager registers the controller. Every event maps to the one
+// RoutingMode: the rollout is decided over all nodes at once.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+	if r.Recorder == nil || r.Now == nil {
+		return errors.New("routingmode reconciler needs a Recorder and a clock")
+	}
+	toDefault := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: client.ObjectKey{Name: v1alpha1.RoutingModeName}}}
+	})
+	opts.MaxConcurrentReconciles = 1
+	return ctrl.NewControllerManagedBy(mgr).
+		Named(ControllerName).
+		For(&v1alpha1.RoutingMode{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Node{}, toDefault).
+		Watches(&v1alpha1.RoutingNode{}, toDefault).
+		WithOptions(opts).
+		Complete(r)
+}

@@ -168,9 +168,9 @@ func waitForAgents(d Decision, in Input) Decision {
 }
 
 // joinNewNodes gives nodes without a datapath one: the target when nothing
-// is changing, otherwise a state that receives both ways and sends like the
-// nodes that have not switched yet, so the new node takes part in the rollout
-// like the others.
+// is changing; a switched state once every other node applied receive-both;
+// otherwise receive-both, sending like the nodes that have not switched yet,
+// so the new node takes part in the rollout like the others.
 func joinNewNodes(nodes []Node, target v1alpha1.NodeDatapath, r receive, routing bool) []Update {
 	var updates []Update
 	var model *v1alpha1.NodeDatapath
@@ -179,7 +179,7 @@ func joinNewNodes(nodes []Node, target v1alpha1.NodeDatapath, r receive, routing
 		if n.Datapath == nil {
 			continue
 		}
-		if !receiveReady(n.Datapath, r) {
+		if h, _ := nodeHealth(n); !receiveReady(n.Datapath, r) || h != healthy {
 			allReady = false
 		}
 		if model == nil && !sendsLike(n.Datapath, target) {

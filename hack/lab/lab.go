@@ -1,0 +1,239 @@
+// Package lab runs a routemode cluster on one machine: a kube-apiserver and
+// etcd built from source, nodes as network namespaces on a shared underlay
+// bridge, the real routemode-agent in every node namespace, the real
+// routemode-operator, and pods as named network namespaces wired by the real
+// routemode-cni plugin. `make lab-up`, `make lab-down`, `make demo` and the
+// end-to-end tests all use it.
+//
+// Nothing is added to the host's own network namespace: the bridge lives in
+// a namespace of its own, and agents reach the API server through a relay
+// listening on 127.0.0.1 inside each node namespace. Everything the lab
+// makes is recorded in its state directory, so Down removes it all, also
+// after the lab itself crashed.
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+)
+
+// Namespace is where the lab's service accounts live, as in config/default.
+const Namespace = "routemode-system"
+
+// Config shapes a lab.
+type Config struct {
+	// Dir holds the lab's state: certificates, kubeconfigs, logs, pids.
+	Dir string
+	// Nodes is the number of nodes (1 to 9).
+	Nodes int
+	// Prefix is prepended to every namespace name; empty for the demo's
+	// plain node-1, node-2, ... names.
+	Prefix string
+	// Bin holds routemode-agent, routemode-operator, routemode-cni and routemode-lab.
+	Bin string
+	// K8sBin holds kube-apiserver, etcd and kubectl.
+	K8sBin string
+	// Root is the repository root, for config/.
+	Root string
+	// HealthCheckTimeout shortens the agents' probe intervals in tests.
+	AgentArgs []string
+}
+
+// State is what Down needs to remove everything: saved as state.json.
+type State struct {
+	Prefix     string   `json:"prefix"`
+	Namespaces []string `json:"namespaces"`
+	PIDs       []int    `json:"pids"`
+	PinDirs    []string `json:"pinDirs"`
+	APIPort    int      `json:"apiPort"`
+}
+
+// Lab is a running lab.
+type Lab struct {
+	cfg   Config
+	state State
+	cp    *controlPlane
+	Nodes []Node
+}
+
+// Node is one node namespace.
+type Node struct {
+	Name    string
+	NS      string
+	IP      netip.Addr
+	PodCIDR netip.Prefix
+}
+
+// NodeIP is the underlay address of node i (1-based), as in the seed:
+// node-1 192.168.0.120, node-2 192.168.0.130.
+func NodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 168, 0, byte(110 + 10*i)}) }
+
+// PodCIDR is node i's podCIDR: 10.0.0.0/24 for node-1, 10.0.1.0/24 for node-2.
+func PodCIDR(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i - 1), 0}), 24)
+}
+
+func (l *Lab) path(parts ...string) string { return filepath.Join(append([]string{l.cfg.Dir}, parts...)...) }
+
+// Kubeconfig is the admin kubeconfig's absolute path.
+func (l *Lab) Kubeconfig() string { return l.path("kubeconfig") }
+
+func (l *Lab) saveState() error {
+	b, err := json.MarshalIndent(l.state, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(l.path("state.json"), b, 0o600)
+}
+
+// spawn starts a long-running process detached from the caller, so it
+// outlives `lab up`, with its output in logs/<name>.log.
+func (l *Lab) spawn(name, bin string, args ...string) error {
+	logf, err := os.OpenFile(l.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", name, err)
+	}
+	l.state.PIDs = append(l.state.PIDs, cmd.Process.Pid)
+	go func() { _ = cmd.Wait() }()
+	return l.saveState()
+}
+
+// run runs a short command and returns its combined output.
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+func isExists(err error) bool { return apierrors.IsAlreadyExists(err) }
+
+// Down removes everything a lab in dir made: its processes, namespaces
+// (and with them every device in them), bpffs pins and files. It goes on
+// past errors and reports them all, so a half-made lab is still removed.
+func Down(dir string) error {
+	raw, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var st State
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return fmt.Errorf("reading %s: %w", filepath.Join(dir, "state.json"), err)
+	}
+	var errs []error
+	for _, pid := range st.PIDs {
+		// Each process leads its own session: end its whole group.
+		if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("stopping pid %d: %w", pid, err))
+		}
+	}
+	waitGone(st.PIDs, 10*time.Second)
+	for _, pid := range st.PIDs {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+	for _, ns := range st.Namespaces {
+		if _, err := os.Stat(filepath.Join("/var/run/netns", ns)); err != nil {
+			continue
+		}
+		if _, err := run("ip", "netns", "delete", ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, d := range st.PinDirs {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func waitGone(pids []int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		alive := false
+		for _, pid := range pids {
+			if syscall.Kill(pid, 0) == nil {
+				if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil && !strings.Contains(string(b), ") Z ") {
+					alive = true
+				}
+			}
+		}
+		if !alive {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkFree refuses to start over an existing lab or namespaces of the same
+// names, which the lab would otherwise take over and later delete.
+func (l *Lab) checkFree() error {
+	if _, err := os.Stat(l.path("state.json")); err == nil {
+		return fmt.Errorf("a lab is already running from %s: run `make lab-down` first", l.cfg.Dir)
+	}
+	for _, ns := range l.namespaceNames() {
+		if _, err := os.Stat(filepath.Join("/var/run/netns", ns)); err == nil {
+			return fmt.Errorf("network namespace %s already exists and the lab did not make it: remove it (ip netns delete %s) or use another prefix", ns, ns)
+		}
+	}
+	return nil
+}
+
+func (l *Lab) namespaceNames() []string {
+	names := []string{l.cfg.Prefix + "underlay"}
+	for i := 1; i <= l.cfg.Nodes; i++ {
+		names = append(names, l.nodeName(i), l.podName(i))
+	}
+	return names
+}
+
+func (l *Lab) nodeName(i int) string { return fmt.Sprintf("%snode-%d", l.cfg.Prefix, i) }
+func (l *Lab) podName(i int) string  { return fmt.Sprintf("%spod-%d", l.cfg.Prefix, i) }
+
+// wait polls ok until it holds or limit passes.
+func wait(ctx context.Context, limit time.Duration, what string, ok func() (bool, error)) error {
+	deadline := time.Now().Add(limit)
+	var last error
+	for time.Now().Before(deadline) {
+		done, err := ok()
+		if done {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if last != nil {
+		return fmt.Errorf("timed out after %s waiting for %s: %w", limit, what, last)
+	}
+	return fmt.Errorf("timed out after %s waiting for %s", limit, what)
+}

@@ -1,0 +1,78 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+
+	"github.com/vishvananda/netns"
+)
+
+// RelayPort is where the API server answers inside every node namespace.
+const RelayPort = 6443
+
+// listenIn opens a TCP listener inside the network namespace at nsPath. A
+// socket belongs to the namespace it was created in, so the rest of the
+// relay runs on any thread, in the host's namespace.
+func listenIn(nsPath, addr string) (net.Listener, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", nsPath, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, err
+	}
+	l, lerr := net.Listen("tcp", addr)
+	if err := netns.Set(orig); err != nil {
+		// A thread stuck in another namespace must not go back to the pool.
+		panic(fmt.Sprintf("returning to the host namespace: %v", err))
+	}
+	return l, lerr
+}
+
+// Relay forwards connections made to 127.0.0.1:RelayPort inside the node
+// namespace at nsPath to target on the host's loopback, so agents reach the
+// API server without the lab adding any address or route to the host.
+func Relay(ctx context.Context, nsPath, target string) error {
+	l, err := listenIn(nsPath, fmt.Sprintf("127.0.0.1:%d", RelayPort))
+	if err != nil {
+		return fmt.Errorf("listening in %s: %w", nsPath, err)
+	}
+	go func() { <-ctx.Done(); l.Close() }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		in, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer in.Close()
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				return
+			}
+			defer out.Close()
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+			<-done
+		}()
+	}
+}

@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -69,11 +70,17 @@ type Reconciler struct {
 func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl.Result, reterr error) {
 	rm := &v1alpha1.RoutingMode{}
 	if err := r.Get(ctx, client.ObjectKey{Name: v1alpha1.RoutingModeName}, rm); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
+		}
+		// Without a RoutingMode the RoutingNodes still exist, with no
+		// datapath: agents report their kernels and wire pods, and the
+		// first RoutingMode's preflight has what it needs.
+		rm = nil
 	}
 	now := r.Now()
 	nodes, err := r.observeNodes(ctx, rm)
-	if err != nil {
+	if err != nil || rm == nil {
 		return ctrl.Result{}, err
 	}
 
@@ -116,7 +123,7 @@ func recordedStall(rm *v1alpha1.RoutingMode) *rollout.Stall {
 	return &rollout.Stall{Reason: c.Reason, Message: c.Message}
 }
 
-// observeNodes reads every Node and its RoutingNode, creating the missing
+// observeNodes reads every Node and its RoutingNode (rm may be nil), creating the missing
 // RoutingNodes (with no datapath, so their agents report what the preflight
 // needs) and deleting those whose Node is gone.
 func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode) ([]rollout.Node, error) {
@@ -174,7 +181,11 @@ func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.Routing
 		}
 		return nil, fmt.Errorf("creating routingnode %s: %w", node.Name, err)
 	}
-	r.Recorder.Eventf(rm, rn, corev1.EventTypeNormal, "NodeAdded", "Create", "Node %s joined; waiting for its agent to report", node.Name)
+	var regarding runtime.Object = rn
+	if rm != nil {
+		regarding = rm
+	}
+	r.Recorder.Eventf(regarding, rn, corev1.EventTypeNormal, "NodeAdded", "Create", "Node %s joined; waiting for its agent to report", node.Name)
 	return rn, nil
 }
 

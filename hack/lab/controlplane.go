@@ -146,6 +146,9 @@ func (cp *controlPlane) start(ctx context.Context, l *Lab) error {
 	if err := l.spawn("kube-apiserver", filepath.Join(l.cfg.K8sBin, "kube-apiserver"),
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+		// The lab has no kubernetes Service to keep in step, and a loopback
+		// advertise address is refused by the endpoint reconciler.
+		"--endpoint-reconciler-type", "none",
 		"--secure-port", fmt.Sprint(cp.apiPort),
 		"--tls-cert-file", filepath.Join(cp.dir, "apiserver.crt"),
 		"--tls-private-key-file", filepath.Join(cp.dir, "apiserver.key"),

@@ -53,11 +53,20 @@ type Config struct {
 
 // State is what Down needs to remove everything: saved as state.json.
 type State struct {
-	Prefix     string   `json:"prefix"`
-	Namespaces []string `json:"namespaces"`
-	PIDs       []int    `json:"pids"`
-	PinDirs    []string `json:"pinDirs"`
-	APIPort    int      `json:"apiPort"`
+	Prefix     string     `json:"prefix"`
+	Namespaces []string   `json:"namespaces"`
+	PIDs       []int      `json:"pids"`
+	PinDirs    []string   `json:"pinDirs"`
+	APIPort    int        `json:"apiPort"`
+	Pods       []PodState `json:"pods"`
+	Nodes      []Node     `json:"nodes"`
+}
+
+// PodState is one pod of the lab.
+type PodState struct {
+	Name string     `json:"name"`
+	Node string     `json:"node"`
+	IP   netip.Addr `json:"ip"`
 }
 
 // Lab is a running lab.
@@ -68,12 +77,12 @@ type Lab struct {
 	Nodes []Node
 }
 
-// Node is one node namespace.
+// Node is one node namespace; the Node object has the namespace's name.
 type Node struct {
-	Name    string
-	NS      string
-	IP      netip.Addr
-	PodCIDR netip.Prefix
+	Name    string       `json:"name"`
+	NS      string       `json:"ns"`
+	IP      netip.Addr   `json:"ip"`
+	PodCIDR netip.Prefix `json:"podCIDR"`
 }
 
 // NodeIP is the underlay address of node i (1-based), as in the seed:
@@ -85,7 +94,9 @@ func PodCIDR(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i - 1), 0}), 24)
 }
 
-func (l *Lab) path(parts ...string) string { return filepath.Join(append([]string{l.cfg.Dir}, parts...)...) }
+func (l *Lab) path(parts ...string) string {
+	return filepath.Join(append([]string{l.cfg.Dir}, parts...)...)
+}
 
 // Kubeconfig is the admin kubeconfig's absolute path.
 func (l *Lab) Kubeconfig() string { return l.path("kubeconfig") }
@@ -206,7 +217,7 @@ func (l *Lab) checkFree() error {
 }
 
 func (l *Lab) namespaceNames() []string {
-	names := []string{l.cfg.Prefix + "underlay"}
+	names := []string{l.cfg.Prefix + "rmlab-underlay"}
 	for i := 1; i <= l.cfg.Nodes; i++ {
 		names = append(names, l.nodeName(i), l.podName(i))
 	}
@@ -237,3 +248,6 @@ func wait(ctx context.Context, limit time.Duration, what string, ok func() (bool
 	}
 	return fmt.Errorf("timed out after %s waiting for %s", limit, what)
 }
+
+// K8sBin is the directory of kubectl.
+func (l *Lab) K8sBin() string { return l.cfg.K8sBin }

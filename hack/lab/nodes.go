@@ -13,7 +13,7 @@ import (
 // one node namespace per node, each with eth0 on the bridge. The veth pairs
 // are created directly in their namespaces, never in the host's.
 func (l *Lab) buildUnderlay() error {
-	under := l.cfg.Prefix + "underlay"
+	under := l.cfg.Prefix + "rmlab-underlay"
 	if err := l.addNamespace(under); err != nil {
 		return err
 	}
@@ -26,7 +26,7 @@ func (l *Lab) buildUnderlay() error {
 		}
 	}
 	for i := 1; i <= l.cfg.Nodes; i++ {
-		n := Node{Name: fmt.Sprintf("node-%d", i), NS: l.nodeName(i), IP: NodeIP(i), PodCIDR: PodCIDR(i)}
+		n := Node{Name: l.nodeName(i), NS: l.nodeName(i), IP: NodeIP(i), PodCIDR: PodCIDR(i)}
 		if err := l.addNamespace(n.NS); err != nil {
 			return err
 		}

@@ -1,0 +1,90 @@
+//go:build linux
+
+// Package bpfhost plugs the BPF engineer's agent/hostrouting Manager into
+// the agent as its node.HostRouter: it converts the agent's endpoint
+// records into host-routing endpoints and the agent's view of the node into
+// a hostrouting.Config.
+package bpfhost
+
+import (
+	"context"
+	"errors"
+	"net"
+
+	"github.com/go-logr/logr"
+
+	"github.com/routemode/routemode/agent/endpoint"
+	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/api/v1alpha1"
+)
+
+// Router is a node.HostRouter backed by a hostrouting.Manager.
+type Router struct {
+	Manager *hostrouting.Manager
+	// PinDir is the node's bpffs directory (hostrouting.DefaultPinDir).
+	PinDir string
+	Log    logr.Logger
+}
+
+var _ node.HostRouter = (*Router)(nil)
+
+// New returns a Router for the node whose namespace is at nsPath ("" for
+// the caller's), pinning under pinDir (hostrouting.DefaultPinDir(node)).
+func New(nsPath, pinDir string, log logr.Logger) *Router {
+	return &Router{
+		Manager: hostrouting.NewManager(hostrouting.Options{NetNS: nsPath, Logger: log}),
+		PinDir:  pinDir,
+		Log:     log,
+	}
+}
+
+// Remove detaches everything and deletes the pin directory (uninstall).
+func (r *Router) Remove() error { return r.Manager.Remove(r.PinDir) }
+
+// Capabilities reports hostrouting.Probe.
+func (r *Router) Capabilities(context.Context) (bool, bool) {
+	c := hostrouting.Probe()
+	return c.BPFHostRouting, c.TCX
+}
+
+// Apply runs the Manager with the node's devices and endpoints. Endpoints
+// it had to skip (a pod going away) are logged, not failed: the next
+// reconcile sees the endpoint list without them.
+func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1.HostRouting, error) {
+	cfg := hostrouting.Config{
+		Underlay:          req.Underlay,
+		TunnelDevice:      req.TunnelDevice,
+		NativeRoutingCIDR: req.NativeRoutingCIDR,
+		PinDir:            r.PinDir,
+	}
+	err := r.Manager.Apply(req.Mode, cfg, Endpoints(req.Endpoints))
+	if errors.Is(err, hostrouting.ErrEndpointSkipped) {
+		r.Log.Info("Skipped endpoints in host routing", "reason", err.Error())
+		err = nil
+	}
+	if err != nil {
+		return v1alpha1.HostRoutingLegacy, err
+	}
+	mode := req.Mode
+	if mode == "" {
+		mode = v1alpha1.HostRoutingLegacy
+	}
+	return mode, nil
+}
+
+// Close releases the Manager; attached programs stay pinned.
+func (r *Router) Close() error { return r.Manager.Close() }
+
+// Endpoints converts endpoint records.
+func Endpoints(eps []endpoint.Endpoint) []hostrouting.Endpoint {
+	out := make([]hostrouting.Endpoint, 0, len(eps))
+	for _, e := range eps {
+		podMAC, _ := net.ParseMAC(e.PodMAC)
+		lxcMAC, _ := net.ParseMAC(e.LXCMAC)
+		out = append(out, hostrouting.Endpoint{
+			IP: e.IP, ID: uint32(e.ID), IfIndex: e.LXCIndex, MAC: podMAC, NodeMAC: lxcMAC,
+		})
+	}
+	return out
+}

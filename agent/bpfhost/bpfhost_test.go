@@ -1,0 +1,99 @@
+package bpfhost_test
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/routemode/routemode/agent/bpfhost"
+	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/bpf"
+	"github.com/routemode/routemode/internal/nslab"
+)
+
+// TestAgentTogglesBPFHostRouting drives eBPF host routing through the agent:
+// legacy → bpf → legacy on a live native-routing lab, node by node, with
+// probe streams running; nothing is lost, the status reports the mode, and
+// a restarted agent changes nothing.
+func TestAgentTogglesBPFHostRouting(t *testing.T) {
+	if c := hostrouting.Probe(); !c.BPFHostRouting {
+		t.Skipf("kernel lacks eBPF host routing: %s", c.Reason)
+	}
+	routers := map[string]*bpfhost.Router{}
+	l := nslab.New(t, nslab.Options{Nodes: 2, HostRouter: func(n *nslab.Node) node.HostRouter {
+		pin := filepath.Join(hostrouting.BPFFSRoot, "routemode", n.Lab.ID+"-"+n.Name)
+		r := bpfhost.New(n.Path(), pin, n.Logger())
+		if routers[n.Name] == nil {
+			t.Cleanup(func() {
+				if err := r.Remove(); err != nil {
+					t.Errorf("removing %s's programs: %v", n.Name, err)
+				}
+				r.Close()
+			})
+		}
+		routers[n.Name] = r
+		return r
+	}})
+	ctx := nslab.Context(t, time.Minute)
+	l.Step(ctx, l.Nodes, nslab.Native, 20*time.Second)
+	var pods []*nslab.Pod
+	for i, n := range l.Nodes {
+		pods = append(pods, n.AddPod(ctx, "pod"+string(rune('1'+i))))
+	}
+	streams := l.StartStreams(pods, 1000)
+	withBPF := nslab.Native
+	withBPF.HostRouting = v1alpha1.HostRoutingBPF
+	for _, n := range l.Nodes {
+		l.Step(ctx, []*nslab.Node{n}, withBPF, 20*time.Second)
+		if got := n.Status.Datapath.HostRouting; got != v1alpha1.HostRoutingBPF {
+			t.Errorf("%s reports host routing %q, want bpf", n.Name, got)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	eps, err := hostrouting.ListEndpoints(routers["node-1"].PinDir)
+	if err != nil || len(eps) != 2 { // the pod and the health endpoint
+		t.Errorf("node-1's BPF endpoint map: %v %v, want 2 entries", eps, err)
+	}
+	for _, ep := range eps {
+		t.Logf("node-1 bpf endpoint: %s", hostrouting.FormatEndpoint(ep))
+	}
+	// The programs, not the stack, forwarded the pods' packets.
+	counters, err := hostrouting.ReadCounters(routers["node-1"].PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peer, fib uint64
+	for _, c := range counters {
+		switch c.Reason {
+		case bpf.ReasonRedirectPeer:
+			peer += c.Packets
+		case bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh:
+			fib += c.Packets
+		}
+	}
+	t.Logf("node-1 BPF counters: %d packets delivered with redirect_peer, %d sent with fib redirect", peer, fib)
+	if peer == 0 || fib == 0 {
+		t.Errorf("BPF host routing did not forward: redirect_peer %d, fib %d", peer, fib)
+	}
+	// A restarted agent (new Manager, same pins) changes nothing.
+	n1 := l.Nodes[0]
+	n1.Agent.Close()
+	if n1.Agent, err = n1.NewAgent(); err != nil {
+		t.Fatal(err)
+	}
+	if res := n1.Reconcile(ctx); len(res.Changes) != 0 || res.Status.Datapath.HostRouting != v1alpha1.HostRoutingBPF {
+		t.Errorf("restart in bpf mode: changes %v, host routing %q", res.Changes, res.Status.Datapath.HostRouting)
+	}
+	for _, n := range l.Nodes {
+		l.Step(ctx, []*nslab.Node{n}, nslab.Native, 20*time.Second)
+		time.Sleep(300 * time.Millisecond)
+	}
+	stats := streams.Stop()
+	total := nslab.Total(stats)
+	t.Logf("probes across legacy→bpf→legacy: %s", total)
+	if total.Lost != 0 || total.Sent == 0 {
+		t.Errorf("lost %d of %d probes:\n%s", total.Lost, total.Sent, nslab.Report(stats))
+	}
+}

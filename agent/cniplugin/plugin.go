@@ -1,0 +1,193 @@
+// Package cniplugin implements the routemode CNI plugin (CNI spec 1.0:
+// ADD, DEL, CHECK, VERSION). ADD allocates a /32 from the node's podCIDR
+// (agent/ipam), wires the pod (agent/podnet) and records the endpoint
+// (agent/endpoint) for the agent; DEL undoes all three and succeeds when
+// there is nothing to undo; CHECK verifies the wiring. Every failure is a
+// CNI error result with a code and a message naming the problem.
+package cniplugin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/routemode/routemode/agent/cniconf"
+	"github.com/routemode/routemode/agent/endpoint"
+	"github.com/routemode/routemode/agent/ipam"
+	"github.com/routemode/routemode/agent/nlsafe"
+	"github.com/routemode/routemode/agent/podnet"
+)
+
+// Versions are the CNI spec versions the plugin speaks.
+var Versions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+
+// About is printed when the plugin runs without CNI_COMMAND.
+const About = "routemode CNI plugin: veth + /32 pod wiring for the routemode datapath"
+
+// Main runs the plugin.
+func Main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: Add, Del: Del, Check: Check}, Versions, About)
+}
+
+func nodeHandle() (podnet.Node, func(), error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return podnet.Node{}, nil, types.NewError(types.ErrInternal, "opening netlink", err.Error())
+	}
+	return podnet.Node{Handle: nlsafe.Wrap(h)}, h.Close, nil
+}
+
+func netConf(args *skel.CmdArgs) (*cniconf.NetConf, cniconf.Config, error) {
+	return cniconf.Parse(args.StdinData)
+}
+
+// Add wires a pod.
+func Add(args *skel.CmdArgs) (err error) {
+	conf, cfg, err := netConf(args)
+	if err != nil {
+		return err
+	}
+	if args.IfName == "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME is empty", "")
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("opening pod network namespace %q", args.Netns), err.Error())
+	}
+	defer podNS.Close()
+
+	alloc, err := ipam.New(cfg.IPAMDir, cfg.PodCIDR)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "opening the address store", err.Error())
+	}
+	ip, err := alloc.Allocate(args.ContainerID, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+	}
+	defer func() {
+		if err != nil {
+			_ = alloc.Release(args.ContainerID, args.IfName)
+		}
+	}()
+
+	node, closeNode, err := nodeHandle()
+	if err != nil {
+		return err
+	}
+	defer closeNode()
+	ep, err := podnet.Setup(node, podnet.Config{RouterIP: cfg.RouterIP, DeviceMTU: cfg.DeviceMTU, RouteMTU: cfg.RouteMTU},
+		podnet.Request{ContainerID: args.ContainerID, IfName: args.IfName, PodNS: podNS, IP: ip})
+	if err != nil {
+		return types.NewError(types.ErrInternal, "wiring the pod", err.Error())
+	}
+	store := endpoint.Store{Dir: cfg.EndpointDir}
+	if err := store.Put(ep); err != nil {
+		_ = podnet.Teardown(node, ep.LXCName)
+		return types.NewError(types.ErrIOFailure, "recording the endpoint", err.Error())
+	}
+	return types.PrintResult(result(cfg, ep, args.Netns), conf.CNIVersion)
+}
+
+func result(cfg cniconf.Config, ep endpoint.Endpoint, netnsPath string) *current.Result {
+	zero := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	router := net.IP(cfg.RouterIP.AsSlice())
+	return &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: ep.LXCName, Mac: ep.LXCMAC},
+			{Name: ep.IfName, Mac: ep.PodMAC, Sandbox: netnsPath},
+		},
+		IPs: []*current.IPConfig{{
+			Interface: current.Int(1),
+			Address:   net.IPNet{IP: net.IP(ep.IP.AsSlice()), Mask: net.CIDRMask(32, 32)},
+			Gateway:   router,
+		}},
+		Routes: []*types.Route{{Dst: *zero, GW: router, MTU: cfg.RouteMTU}},
+	}
+}
+
+// Del unwires a pod; anything already gone is fine, so DEL can be repeated
+// and may name a pod that never existed.
+func Del(args *skel.CmdArgs) error {
+	_, cfg, err := netConf(args)
+	if err != nil {
+		return err
+	}
+	store := endpoint.Store{Dir: cfg.EndpointDir}
+	lxc := endpoint.LXCName(args.ContainerID, args.IfName)
+	if ep, ok, err := store.Get(args.ContainerID, args.IfName); err == nil && ok && ep.LXCName != "" {
+		lxc = ep.LXCName
+	}
+	node, closeNode, err := nodeHandle()
+	if err != nil {
+		return err
+	}
+	defer closeNode()
+	var errs []error
+	if err := podnet.Teardown(node, lxc); err != nil {
+		errs = append(errs, err)
+	}
+	alloc, err := ipam.New(cfg.IPAMDir, cfg.PodCIDR)
+	if err == nil {
+		err = alloc.Release(args.ContainerID, args.IfName)
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if err := store.Delete(args.ContainerID, args.IfName); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(types.ErrIOFailure, "removing the pod's network", err.Error())
+	}
+	return nil
+}
+
+// Check verifies that a pod is wired as ADD left it.
+func Check(args *skel.CmdArgs) error {
+	conf, cfg, err := netConf(args)
+	if err != nil {
+		return err
+	}
+	if conf.RawPrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult in the network configuration", "")
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, "parsing prevResult", err.Error())
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "converting prevResult", err.Error())
+	}
+	ep, ok, err := endpoint.Store{Dir: cfg.EndpointDir}.Get(args.ContainerID, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, "reading the endpoint record", err.Error())
+	}
+	if !ok {
+		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("no endpoint recorded for container %s interface %s", args.ContainerID, args.IfName), "")
+	}
+	if len(prev.IPs) == 0 {
+		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult has no IP", "")
+	}
+	if ip, _ := netip.AddrFromSlice(prev.IPs[0].Address.IP.To4()); ip != ep.IP {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("prevResult IP %s differs from the recorded %s", prev.IPs[0].Address.IP, ep.IP), "")
+	}
+	node, closeNode, err := nodeHandle()
+	if err != nil {
+		return err
+	}
+	defer closeNode()
+	if err := podnet.Check(node, podnet.Config{RouterIP: cfg.RouterIP, DeviceMTU: cfg.DeviceMTU, RouteMTU: cfg.RouteMTU}, ep); err != nil {
+		return types.NewError(types.ErrInternal, "pod wiring check failed", err.Error())
+	}
+	return nil
+}

@@ -1,0 +1,281 @@
+package cniplugin_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/routemode/routemode/agent/endpoint"
+	"github.com/routemode/routemode/agent/ipam"
+	"github.com/routemode/routemode/agent/nlsafe"
+	"github.com/routemode/routemode/internal/nslab"
+)
+
+const stepTimeout = 20 * time.Second
+
+// oneNode is a one-node lab whose agent wrote its CNI configuration.
+func oneNode(t *testing.T) (*nslab.Lab, *nslab.Node) {
+	t.Helper()
+	l := nslab.New(t, nslab.Options{Nodes: 1})
+	l.Step(nslab.Context(t, time.Minute), l.Nodes, nslab.Tunnel, stepTimeout)
+	return l, l.Nodes[0]
+}
+
+func cniError(t *testing.T, res nslab.CNIResult) types.Error {
+	t.Helper()
+	if res.ExitCode == 0 {
+		t.Fatalf("plugin succeeded, want an error: %s", res.Stdout)
+	}
+	if strings.Contains(string(res.Stderr), "panic") || strings.Contains(string(res.Stdout), "panic") {
+		t.Fatalf("plugin panicked: %s %s", res.Stdout, res.Stderr)
+	}
+	var e types.Error
+	if err := json.Unmarshal(res.Stdout, &e); err != nil {
+		t.Fatalf("error output is not a CNI error: %v: %q", err, res.Stdout)
+	}
+	if e.Code == 0 || e.Msg == "" {
+		t.Fatalf("CNI error without code or message: %+v", e)
+	}
+	return e
+}
+
+func TestMalformedInput(t *testing.T) {
+	_, n := oneNode(t)
+	ctx := nslab.Context(t, time.Minute)
+	good := n.PluginStdin()
+	var conf map[string]any
+	if err := json.Unmarshal(good, &conf); err != nil {
+		t.Fatal(err)
+	}
+	mutate := func(f func(m map[string]any)) []byte {
+		m := map[string]any{}
+		for k, v := range conf {
+			m[k] = v
+		}
+		f(m)
+		b, _ := json.Marshal(m)
+		return b
+	}
+	podNS := n.NewPodNS("bad")
+	cases := map[string]struct {
+		stdin    []byte
+		netns    string
+		code     uint
+		contains string
+	}{
+		"bad JSON":               {stdin: []byte(`{"cniVersion": "1.0.0", "name": `), code: types.ErrDecodingFailure, contains: "unexpected end of JSON input"},
+		"empty stdin":            {stdin: nil, code: types.ErrDecodingFailure},
+		"missing podCIDR":        {stdin: mutate(func(m map[string]any) { delete(m, "podCIDR") }), code: types.ErrInvalidNetworkConfig, contains: "podCIDR is missing"},
+		"podCIDR not a CIDR":     {stdin: mutate(func(m map[string]any) { m["podCIDR"] = "10.0.0.0/33x" }), code: types.ErrInvalidNetworkConfig, contains: "is not a CIDR"},
+		"routerIP outside":       {stdin: mutate(func(m map[string]any) { m["routerIP"] = "10.9.0.1" }), code: types.ErrInvalidNetworkConfig, contains: "outside podCIDR"},
+		"routeMTU too large":     {stdin: mutate(func(m map[string]any) { m["routeMTU"] = 9000 }), code: types.ErrInvalidNetworkConfig, contains: "routeMTU"},
+		"missing endpointDir":    {stdin: mutate(func(m map[string]any) { delete(m, "endpointDir") }), code: types.ErrInvalidNetworkConfig, contains: "endpointDir is missing"},
+		"wrong type for MTU":     {stdin: mutate(func(m map[string]any) { m["deviceMTU"] = "big" }), code: types.ErrDecodingFailure, contains: "deviceMTU"},
+		"netns does not exist":   {stdin: good, netns: "/var/run/netns/does-not-exist-" + n.NSName, code: types.ErrInvalidNetNS},
+		"missing network name":   {stdin: mutate(func(m map[string]any) { delete(m, "name") }), code: types.ErrInvalidNetworkConfig, contains: "name"},
+		"unsupported cniVersion": {stdin: mutate(func(m map[string]any) { m["cniVersion"] = "9.9.9" }), code: types.ErrIncompatibleCNIVersion},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			netnsPath := filepath.Join("/var/run/netns", podNS)
+			if tc.netns != "" {
+				netnsPath = tc.netns
+			}
+			res := n.CNI(ctx, "ADD", "malformed", netnsPath, "eth0", tc.stdin)
+			e := cniError(t, res)
+			t.Logf("exit %d, code %d: %s (%s)", res.ExitCode, e.Code, e.Msg, e.Details)
+			if e.Code != tc.code {
+				t.Errorf("code %d (%s), want %d", e.Code, e.Msg, tc.code)
+			}
+			if !strings.Contains(e.Msg+" "+e.Details, tc.contains) {
+				t.Errorf("message %q lacks %q", e.Msg+" "+e.Details, tc.contains)
+			}
+		})
+	}
+	// Missing environment: no CNI_NETNS for ADD.
+	res := n.CNI(ctx, "ADD", "malformed", "", "eth0", good)
+	if e := cniError(t, res); e.Code != types.ErrInvalidEnvironmentVariables {
+		t.Errorf("missing CNI_NETNS: %+v", e)
+	}
+	// Nothing leaked: no address allocated, no endpoint recorded.
+	alloc, err := ipam.New(filepath.Join(n.StateDir, "ipam"), n.PodCIDR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip, ok := alloc.Lookup("malformed", "eth0"); ok {
+		t.Errorf("failed ADDs leaked address %s", ip)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	_, n := oneNode(t)
+	res := n.CNI(nslab.Context(t, time.Minute), "VERSION", "", "", "", []byte(`{"cniVersion":"1.0.0"}`))
+	if res.ExitCode != 0 || !strings.Contains(string(res.Stdout), `"1.0.0"`) {
+		t.Fatalf("VERSION: exit %d: %s %s", res.ExitCode, res.Stdout, res.Stderr)
+	}
+}
+
+// TestAddCheckDel wires a pod, checks what ADD made, CHECKs it, breaks it
+// for CHECK to notice, and deletes it twice.
+func TestAddCheckDel(t *testing.T) {
+	_, n := oneNode(t)
+	ctx := nslab.Context(t, time.Minute)
+	p := n.AddPod(ctx, "pod1")
+	if !n.PodCIDR.Contains(p.IP) || p.IP == netip.MustParseAddr("10.0.0.1") || p.IP == netip.MustParseAddr("10.0.0.2") {
+		t.Errorf("pod IP %s: want an address of %s other than the router and health IPs", p.IP, n.PodCIDR)
+	}
+	ep, ok, err := endpoint.Store{Dir: filepath.Join(n.StateDir, "endpoints")}.Get(p.ContainerID, "eth0")
+	if err != nil || !ok {
+		t.Fatalf("endpoint record: %v %v", ok, err)
+	}
+	lxc, err := n.Handle.LinkByName(ep.LXCName)
+	if err != nil {
+		t.Fatalf("lxc device %s: %v", ep.LXCName, err)
+	}
+	if !strings.HasPrefix(ep.LXCName, "lxc") || len(ep.LXCName) != 15 || ep.LXCIndex != lxc.Attrs().Index ||
+		ep.LXCMAC != lxc.Attrs().HardwareAddr.String() || ep.IP != p.IP || ep.NetNS != p.Path() || ep.PodMAC == "" || ep.ID != endpoint.IDFor(p.IP) {
+		t.Errorf("endpoint record %+v does not match the kernel (lxc index %d mac %s)", ep, lxc.Attrs().Index, lxc.Attrs().HardwareAddr)
+	}
+	t.Logf("endpoint: %+v", ep)
+
+	route, err := nodeCmd(n, "ip", "-n", p.NSName, "route", "show", "default")
+	if err != nil || !strings.Contains(route, "default via 10.0.0.1 dev eth0") || !strings.Contains(route, "mtu 1450") {
+		t.Errorf("pod default route: %q %v", route, err)
+	}
+	link, _ := nodeCmd(n, "ip", "-n", p.NSName, "link", "show", "eth0")
+	if !strings.Contains(link, "mtu 1500") {
+		t.Errorf("pod eth0 must keep the full MTU: %s", link)
+	}
+	host, _ := n.IPCmd("route", "show", p.IP.String())
+	if !strings.Contains(host, "dev "+ep.LXCName) || !strings.Contains(host, "proto 182") {
+		t.Errorf("node route to the pod: %q", host)
+	}
+	if proxy, _ := nodeCmd(n, "ip", "netns", "exec", n.NSName, "cat", "/proc/sys/net/ipv4/conf/"+ep.LXCName+"/proxy_arp"); strings.TrimSpace(proxy) != "1" {
+		t.Errorf("proxy_arp on %s = %q", ep.LXCName, proxy)
+	}
+	if _, err := p.Ping(ctx, netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), 4240), 64, false); err != nil {
+		t.Errorf("pod → own node's health endpoint: %v", err)
+	}
+
+	check := func() nslab.CNIResult {
+		stdin := withPrevResult(t, n.PluginStdin(), p.Result)
+		return n.CNI(ctx, "CHECK", p.ContainerID, p.Path(), "eth0", stdin)
+	}
+	if res := check(); res.ExitCode != 0 {
+		t.Errorf("CHECK of a healthy pod: %s %s", res.Stdout, res.Stderr)
+	}
+	if _, err := nodeCmd(n, "ip", "-n", p.NSName, "route", "del", "default"); err != nil {
+		t.Fatal(err)
+	}
+	if res := check(); res.ExitCode == 0 {
+		t.Errorf("CHECK passed a pod without default route")
+	} else {
+		t.Logf("CHECK of a broken pod: %s", strings.Join(strings.Fields(string(res.Stdout)), " "))
+	}
+
+	for i := range 2 {
+		if res := n.CNI(ctx, "DEL", p.ContainerID, p.Path(), "eth0", n.PluginStdin()); res.ExitCode != 0 {
+			t.Fatalf("DEL #%d: %s %s", i+1, res.Stdout, res.Stderr)
+		}
+	}
+	if _, err := n.Handle.LinkByName(ep.LXCName); !nlsafe.IsNotFound(err) {
+		t.Errorf("lxc device survived DEL: %v", err)
+	}
+	if _, ok, _ := (endpoint.Store{Dir: filepath.Join(n.StateDir, "endpoints")}).Get(p.ContainerID, "eth0"); ok {
+		t.Errorf("endpoint record survived DEL")
+	}
+	// DEL of a pod that never existed, with a netns path that is gone.
+	if res := n.CNI(ctx, "DEL", "never-existed", "/var/run/netns/gone-"+n.NSName, "eth0", n.PluginStdin()); res.ExitCode != 0 {
+		t.Errorf("DEL of an unknown pod: %s %s", res.Stdout, res.Stderr)
+	}
+}
+
+func withPrevResult(t *testing.T, stdin []byte, r *current.Result) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(stdin, &m); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(r)
+	var prev map[string]any
+	_ = json.Unmarshal(b, &prev)
+	m["prevResult"] = prev
+	out, _ := json.Marshal(m)
+	return out
+}
+
+func nodeCmd(n *nslab.Node, name string, args ...string) (string, error) {
+	return n.Run(name, args...)
+}
+
+// TestConcurrentAdds runs many ADDs at once: every pod gets its own
+// address, and DEL gives every address back.
+func TestConcurrentAdds(t *testing.T) {
+	_, n := oneNode(t)
+	ctx := nslab.Context(t, 2*time.Minute)
+	const pods = 16
+	stdin := n.PluginStdin()
+	type added struct {
+		id, ns string
+		ip     netip.Addr
+		err    error
+	}
+	results := make([]added, pods)
+	var wg sync.WaitGroup
+	for i := range pods {
+		nsName := n.NewPodNS(fmt.Sprintf("c%d", i))
+		results[i].id, results[i].ns = fmt.Sprintf("concurrent-%d", i), nsName
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := n.CNI(ctx, "ADD", results[i].id, filepath.Join("/var/run/netns", nsName), "eth0", stdin)
+			if res.ExitCode != 0 {
+				results[i].err = fmt.Errorf("exit %d: %s %s", res.ExitCode, res.Stdout, res.Stderr)
+				return
+			}
+			var r current.Result
+			if err := json.Unmarshal(res.Stdout, &r); err != nil || len(r.IPs) != 1 {
+				results[i].err = fmt.Errorf("result %s: %v", res.Stdout, err)
+				return
+			}
+			results[i].ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+		}()
+	}
+	wg.Wait()
+	seen := map[netip.Addr]string{}
+	for _, r := range results {
+		if r.err != nil {
+			t.Fatalf("ADD %s: %v", r.id, r.err)
+		}
+		if other, dup := seen[r.ip]; dup {
+			t.Errorf("%s and %s both got %s", other, r.id, r.ip)
+		}
+		seen[r.ip] = r.id
+	}
+	t.Logf("%d concurrent ADDs got %d distinct addresses", pods, len(seen))
+	eps, err := (endpoint.Store{Dir: filepath.Join(n.StateDir, "endpoints")}).List()
+	if err != nil || len(eps) != pods+1 { // + the health endpoint
+		t.Errorf("endpoint records: %d (%v), want %d", len(eps), err, pods+1)
+	}
+	for _, r := range results {
+		if res := n.CNI(ctx, "DEL", r.id, filepath.Join("/var/run/netns", r.ns), "eth0", stdin); res.ExitCode != 0 {
+			t.Errorf("DEL %s: %s", r.id, res.Stdout)
+		}
+	}
+	alloc, _ := ipam.New(filepath.Join(n.StateDir, "ipam"), n.PodCIDR)
+	if used, _ := alloc.Used(); len(used) != 0 {
+		t.Errorf("addresses still allocated after DEL: %v", used)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(n.StateDir, "endpoints")); len(entries) != 1 {
+		t.Errorf("endpoint directory after DEL holds %d entries, want the health endpoint only", len(entries))
+	}
+}

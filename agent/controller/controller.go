@@ -1,0 +1,209 @@
+// Package controller is the node agent's controller-runtime reconciler. It
+// is node-scoped: it reconciles the RoutingNode named after its node, reads
+// every Node for its own and its peers' facts (InternalIP, podCIDR) and the
+// other RoutingNodes for their VTEP MACs, hands all of it to the agent
+// (agent/node) and writes the RoutingNode's status subresource, only when
+// it changed. No leader election: one agent per node.
+//
+// Triggers: the own RoutingNode (spec changes), Node changes that matter
+// (addresses, podCIDR, creation, deletion), peers' RoutingNode VTEP MAC
+// changes, kernel link events (a deleted rm_vxlan is repaired at once, via
+// a source.Channel fed by a netlink link subscription) and the periodic
+// resync the agent asks for (RequeueAfter).
+package controller
+
+import (
+	"context"
+	"math/bits"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/routemode/routemode/agent/datapath"
+	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/api/v1alpha1"
+)
+
+// ControllerName names the agent's controller.
+const ControllerName = "routemode-agent"
+
+// Agent is what the reconciler drives: *node.Agent, or a stand-in in tests.
+type Agent interface {
+	Reconcile(ctx context.Context, req node.Request) node.Result
+}
+
+// Reconciler reconciles the RoutingNode of one node.
+type Reconciler struct {
+	Client   client.Client
+	NodeName string
+	Agent    Agent
+	// Kernel, when set, carries kernel events (link changes) that should
+	// trigger a reconcile.
+	Kernel <-chan event.GenericEvent
+}
+
+// +kubebuilder:rbac:groups=routemode.io,resources=routingnodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=routemode.io,resources=routingnodes/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+
+// Reconcile applies the own RoutingNode's spec and writes its status.
+func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	var rn v1alpha1.RoutingNode
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: r.NodeName}, &rn); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil // the operator has not created it yet
+		}
+		return ctrl.Result{}, err
+	}
+	var nodes corev1.NodeList
+	if err := r.Client.List(ctx, &nodes); err != nil {
+		return ctrl.Result{}, err
+	}
+	var rns v1alpha1.RoutingNodeList
+	if err := r.Client.List(ctx, &rns); err != nil {
+		return ctrl.Result{}, err
+	}
+	req := BuildRequest(r.NodeName, &rn, nodes.Items, rns.Items)
+	res := r.Agent.Reconcile(ctx, req)
+	if !StatusEqual(rn.Status, res.Status) {
+		patch := client.MergeFrom(rn.DeepCopy())
+		rn.Status = res.Status
+		if err := r.Client.Status().Patch(ctx, &rn, patch); err != nil {
+			return ctrl.Result{}, err
+		}
+		log.V(1).Info("Updated RoutingNode status", "routingNode", rn.Name, "observedGeneration", rn.Status.ObservedGeneration)
+	}
+	return ctrl.Result{RequeueAfter: res.RequeueAfter}, nil
+}
+
+// BuildRequest turns the API objects into the agent's input. Peers are the
+// other nodes with an IPv4 InternalIP and podCIDR; their VTEP MAC is the
+// one their agent published in their RoutingNode status.
+func BuildRequest(self string, rn *v1alpha1.RoutingNode, nodes []corev1.Node, rns []v1alpha1.RoutingNode) node.Request {
+	macs := map[string]string{}
+	for _, o := range rns {
+		macs[o.Name] = o.Status.VTEPMAC
+	}
+	req := node.Request{Generation: rn.Generation, Datapath: rn.Spec.Datapath, Previous: rn.Status,
+		Self: datapath.Node{Name: self}}
+	for _, n := range nodes {
+		ip, cidr := InternalIP(n), PodCIDR(n)
+		if n.Name == self {
+			req.Self = datapath.Node{Name: self, IP: ip, PodCIDR: cidr}
+			continue
+		}
+		if !ip.IsValid() || !cidr.IsValid() {
+			continue
+		}
+		req.Peers = append(req.Peers, node.Peer{Name: n.Name, IP: ip, PodCIDR: cidr, VTEPMAC: macs[n.Name]})
+	}
+	slices.SortFunc(req.Peers, func(a, b node.Peer) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return req
+}
+
+// InternalIP is the node's first IPv4 InternalIP.
+func InternalIP(n corev1.Node) netip.Addr {
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+// PodCIDR is the node's IPv4 podCIDR.
+func PodCIDR(n corev1.Node) netip.Prefix {
+	for _, s := range append([]string{n.Spec.PodCIDR}, n.Spec.PodCIDRs...) {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
+			return p.Masked()
+		}
+	}
+	return netip.Prefix{}
+}
+
+// StatusEqual compares two statuses, treating round trips of the same
+// power-of-two bucket as equal, so an RTT that jitters does not rewrite the
+// status on every resync.
+func StatusEqual(a, b v1alpha1.RoutingNodeStatus) bool {
+	return equality.Semantic.DeepEqual(bucketRTT(a), bucketRTT(b))
+}
+
+func bucketRTT(s v1alpha1.RoutingNodeStatus) v1alpha1.RoutingNodeStatus {
+	s.Peers = slices.Clone(s.Peers)
+	for i := range s.Peers {
+		if rtt := s.Peers[i].RTTMicroseconds; rtt > 0 {
+			s.Peers[i].RTTMicroseconds = int64(bits.Len64(uint64(rtt)))
+		}
+	}
+	return s
+}
+
+// SetupWithManager registers the reconciler.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+	own := func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: r.NodeName}}}
+	}
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named(ControllerName).
+		WithOptions(opts).
+		For(&v1alpha1.RoutingNode{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+			return o.GetName() == r.NodeName
+		}), predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(own), builder.WithPredicates(nodeFactsChanged())).
+		Watches(&v1alpha1.RoutingNode{}, handler.EnqueueRequestsFromMapFunc(own), builder.WithPredicates(peerMACChanged(r.NodeName)))
+	if r.Kernel != nil {
+		b = b.WatchesRawSource(source.Channel(r.Kernel, handler.EnqueueRequestsFromMapFunc(own)))
+	}
+	return b.Complete(r)
+}
+
+// nodeFactsChanged passes Node events that change what the agent uses.
+func nodeFactsChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*corev1.Node)
+			n, ok2 := e.ObjectNew.(*corev1.Node)
+			return !ok1 || !ok2 || InternalIP(*o) != InternalIP(*n) || PodCIDR(*o) != PodCIDR(*n)
+		},
+	}
+}
+
+// peerMACChanged passes other RoutingNodes' creation, deletion and VTEP MAC
+// changes.
+func peerMACChanged(self string) predicate.Predicate {
+	return predicate.Funcs{
+		CreateFunc:  func(e event.CreateEvent) bool { return e.Object.GetName() != self },
+		DeleteFunc:  func(e event.DeleteEvent) bool { return e.Object.GetName() != self },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*v1alpha1.RoutingNode)
+			n, ok2 := e.ObjectNew.(*v1alpha1.RoutingNode)
+			return ok1 && ok2 && n.Name != self && o.Status.VTEPMAC != n.Status.VTEPMAC
+		},
+	}
+}

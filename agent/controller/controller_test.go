@@ -1,0 +1,246 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	ctrl.SetLogger(zap.New(zap.UseDevMode(true)))
+	var err error
+	env, err = testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := env.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping the API server:", err)
+	}
+	os.Exit(code)
+}
+
+// fakeAgent answers like the agent: observed generation, a condition and
+// the peers it was given, with an RTT that jitters.
+type fakeAgent struct {
+	mu   sync.Mutex
+	reqs []node.Request
+	rtt  int64
+}
+
+func (f *fakeAgent) Reconcile(_ context.Context, req node.Request) node.Result {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reqs = append(f.reqs, req)
+	f.rtt++
+	st := v1alpha1.RoutingNodeStatus{ObservedGeneration: req.Generation, NodeIP: req.Self.IP.String(), VTEPMAC: "0e:72:c0:a8:00:78",
+		Conditions: req.Previous.Conditions}
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionDatapathApplied, Status: metav1.ConditionTrue,
+		Reason: "Applied", Message: "ok", ObservedGeneration: req.Generation})
+	for _, p := range req.Peers {
+		st.Peers = append(st.Peers, v1alpha1.PeerStatus{Node: p.Name, NodeIP: p.IP.String(), Direct: true, Reachable: true, RTTMicroseconds: 400 + f.rtt})
+	}
+	return node.Result{Status: st, RequeueAfter: time.Hour}
+}
+
+func (f *fakeAgent) last() (node.Request, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.reqs) == 0 {
+		return node.Request{}, 0
+	}
+	return f.reqs[len(f.reqs)-1], len(f.reqs)
+}
+
+func makeNode(t *testing.T, name, ip, cidr string) {
+	t.Helper()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: cidr}}
+	if cidr != "" {
+		n.Spec.PodCIDRs = []string{cidr}
+	}
+	ctx := t.Context()
+	if err := env.Client.Create(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), n) })
+	if ip != "" {
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: name}, {Type: corev1.NodeInternalIP, Address: ip}}
+		if err := env.Client.Status().Update(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func makeRoutingNode(t *testing.T, name string, dp *v1alpha1.NodeDatapath) *v1alpha1.RoutingNode {
+	t.Helper()
+	rn := &v1alpha1.RoutingNode{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1alpha1.RoutingNodeSpec{NodeName: name, Step: v1alpha1.StepSteady, Datapath: dp}}
+	if err := env.Client.Create(t.Context(), rn); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), rn) })
+	return rn
+}
+
+var tunnel = &v1alpha1.NodeDatapath{Tunnel: v1alpha1.TunnelVXLAN, TunnelPort: 8472, SendMode: v1alpha1.SendTunnel,
+	RouteMTU: v1alpha1.RouteMTUTunnel, HostRouting: v1alpha1.HostRoutingLegacy}
+
+func TestReconcileWritesStatusOnlyWhenChanged(t *testing.T) {
+	ctx := t.Context()
+	makeNode(t, "a-1", "192.168.0.120", "10.0.0.0/24")
+	makeNode(t, "a-2", "192.168.0.130", "10.0.1.0/24")
+	makeNode(t, "a-3", "192.168.0.140", "") // no podCIDR: not a peer
+	makeNode(t, "a-4", "", "10.0.3.0/24")   // no InternalIP: not a peer
+	makeRoutingNode(t, "a-1", tunnel)
+	peer := makeRoutingNode(t, "a-2", tunnel)
+	peer.Status.VTEPMAC = "0e:72:c0:a8:00:82"
+	if err := env.Client.Status().Update(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+
+	agent := &fakeAgent{}
+	r := &Reconciler{Client: env.Client, NodeName: "a-1", Agent: agent}
+	res, err := r.Reconcile(ctx, reconcile.Request{NamespacedName: types.NamespacedName{Name: "a-1"}})
+	if err != nil || res.RequeueAfter != time.Hour {
+		t.Fatalf("reconcile: %v %v", res, err)
+	}
+	req, _ := agent.last()
+	wantPeers := []node.Peer{{Name: "a-2", IP: netip.MustParseAddr("192.168.0.130"), PodCIDR: netip.MustParsePrefix("10.0.1.0/24"), VTEPMAC: "0e:72:c0:a8:00:82"}}
+	if req.Self.IP != netip.MustParseAddr("192.168.0.120") || req.Self.PodCIDR != netip.MustParsePrefix("10.0.0.0/24") ||
+		len(req.Peers) != 1 || req.Peers[0] != wantPeers[0] || req.Datapath == nil || req.Generation != 1 {
+		t.Fatalf("request %+v, want self a-1 and the one complete peer %+v", req, wantPeers)
+	}
+	var rn v1alpha1.RoutingNode
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: "a-1"}, &rn); err != nil {
+		t.Fatal(err)
+	}
+	if rn.Status.ObservedGeneration != rn.Generation || len(rn.Status.Peers) != 1 {
+		t.Fatalf("status %+v", rn.Status)
+	}
+	// Same status but for RTT jitter: no write.
+	rv := rn.ResourceVersion
+	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: "a-1"}, &rn); err != nil {
+		t.Fatal(err)
+	}
+	if rn.ResourceVersion != rv {
+		t.Errorf("an unchanged status was written again")
+	}
+	// A new generation is written.
+	rn.Spec.Datapath = tunnel.DeepCopy()
+	rn.Spec.Datapath.LooseRPFilter = true
+	if err := env.Client.Update(ctx, &rn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: "a-1"}, &rn); err != nil {
+		t.Fatal(err)
+	}
+	if rn.Status.ObservedGeneration != 2 || rn.Generation != 2 {
+		t.Errorf("generation %d, observed %d", rn.Generation, rn.Status.ObservedGeneration)
+	}
+}
+
+func TestMissingRoutingNodeIsNoError(t *testing.T) {
+	agent := &fakeAgent{}
+	r := &Reconciler{Client: env.Client, NodeName: "nobody", Agent: agent}
+	if _, err := r.Reconcile(t.Context(), reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, n := agent.last(); n != 0 {
+		t.Errorf("agent called without a RoutingNode")
+	}
+}
+
+// TestManagerTriggers runs the controller in a manager: a spec change, a
+// peer's VTEP MAC change and a kernel event each reach the agent.
+func TestManagerTriggers(t *testing.T) {
+	makeNode(t, "m-1", "192.168.0.120", "10.0.0.0/24")
+	makeNode(t, "m-2", "192.168.0.130", "10.0.1.0/24")
+	rn := makeRoutingNode(t, "m-1", tunnel)
+	peer := makeRoutingNode(t, "m-2", tunnel)
+
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := &fakeAgent{}
+	kernel := make(chan event.GenericEvent, 1)
+	r := &Reconciler{Client: mgr.GetClient(), NodeName: "m-1", Agent: agent, Kernel: kernel}
+	skip := true
+	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: &skip}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitFor := func(what string, ok func(node.Request, int) bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if req, n := agent.last(); n > 0 && ok(req, n) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		req, n := agent.last()
+		t.Fatalf("%s: agent saw %d requests, last %+v", what, n, req)
+	}
+	waitFor("initial reconcile", func(req node.Request, _ int) bool { return req.Generation == 1 })
+
+	var cur v1alpha1.RoutingNode
+	if err := env.Client.Get(t.Context(), client.ObjectKeyFromObject(rn), &cur); err != nil {
+		t.Fatal(err)
+	}
+	cur.Spec.Datapath = tunnel.DeepCopy()
+	cur.Spec.Datapath.LooseRPFilter = true
+	if err := env.Client.Update(t.Context(), &cur); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("spec change", func(req node.Request, _ int) bool { return req.Generation == 2 && req.Datapath.LooseRPFilter })
+
+	peer.Status.VTEPMAC = "0e:72:c0:a8:00:99"
+	if err := env.Client.Status().Update(t.Context(), peer); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("peer MAC change", func(req node.Request, _ int) bool {
+		return len(req.Peers) == 1 && req.Peers[0].VTEPMAC == "0e:72:c0:a8:00:99"
+	})
+
+	_, before := agent.last()
+	kernel <- event.GenericEvent{}
+	waitFor("kernel event", func(_ node.Request, n int) bool { return n > before })
+}

@@ -1,0 +1,259 @@
+//go:build linux
+
+/*
+Copyright 2026 The routemode Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package hostrouting
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/routemode/routemode/bpf"
+)
+
+const (
+	linksSubdir = "links"
+	tcSubdir    = "tc"
+
+	// Classic tc filter slot for the fallback. A fixed priority and handle
+	// make FilterReplace an atomic swap of our own filter only.
+	tcPriority = 0x7201
+	tcHandle   = 1
+)
+
+// change says what an upsert did, for the log.
+type change string
+
+const (
+	unchanged change = ""
+	attached  change = "attached"
+	updated   change = "updated"
+)
+
+// upsertTCX attaches prog at ingress of ifindex through the link pinned at
+// pin, swapping the program of an existing link in place.
+func upsertTCX(pin string, ifindex int, prog *ebpf.Program) (change, error) {
+	l, err := link.LoadPinnedLink(pin, nil)
+	switch {
+	case err == nil:
+		c, done, uerr := updateTCX(l, ifindex, prog)
+		if done || uerr != nil {
+			l.Close()
+			return c, uerr
+		}
+		// Defunct (its device was deleted) or pinned for another device
+		// that took this name: replace it.
+		if err := l.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.Close()
+			return unchanged, fmt.Errorf("unpin stale link %s: %w", pin, err)
+		}
+		l.Close()
+	case !errors.Is(err, os.ErrNotExist):
+		return unchanged, fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+
+	nl, err := link.AttachTCX(link.TCXOptions{
+		Interface: ifindex,
+		Program:   prog,
+		Attach:    ebpf.AttachTCXIngress,
+		Anchor:    link.Tail(),
+	})
+	if err != nil {
+		return unchanged, fmt.Errorf("attach tcx ingress of ifindex %d: %w", ifindex, err)
+	}
+	defer nl.Close()
+	if err := nl.Pin(pin); err != nil {
+		return unchanged, fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return attached, nil
+}
+
+// updateTCX swaps prog into l if l is alive on ifindex. done is false when
+// l must be replaced instead.
+func updateTCX(l link.Link, ifindex int, prog *ebpf.Program) (c change, done bool, err error) {
+	info, err := l.Info()
+	if err != nil || info.TCX() == nil || int(info.TCX().Ifindex) != ifindex {
+		return unchanged, false, nil
+	}
+	if pinfo, err := prog.Info(); err == nil {
+		if id, ok := pinfo.ID(); ok && id == info.Program {
+			return unchanged, true, nil
+		}
+	}
+	if err := l.Update(prog); err != nil {
+		if errors.Is(err, unix.ENOLINK) {
+			return unchanged, false, nil
+		}
+		return unchanged, false, fmt.Errorf("update tcx link on ifindex %d: %w", ifindex, err)
+	}
+	return updated, true, nil
+}
+
+// detachTCX unpins and releases the link pinned at pin; the kernel detaches
+// the program when the last reference goes.
+func detachTCX(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		// Unreadable pin (e.g. another kind of object): remove the name,
+		// which drops the pin's reference all the same.
+		if rerr := os.Remove(pin); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			return fmt.Errorf("open pinned link %s: %w", pin, err)
+		}
+		return nil
+	}
+	defer l.Close()
+	if err := l.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unpin %s: %w", pin, err)
+	}
+	return nil
+}
+
+// A classic tc filter lives in the qdisc and cannot be pinned, and bpffs
+// holds only pins and directories: an empty directory <dev>_ingress under
+// tc/ records that the filter on <dev> is ours.
+func writeTCRecord(path string) error {
+	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+func tcRecordDevice(path string) string {
+	return strings.TrimSuffix(filepath.Base(path), "_ingress")
+}
+
+// ensureClsact adds the clsact qdisc that classic tc filters hang off.
+// Grafting a qdisc deactivates the device for a moment and drops what it
+// is transmitting then, so this is done ahead of the first switch (see
+// Manager.Apply for legacy) rather than during it; an existing qdisc is left
+// alone, and detaching never removes it.
+func ensureClsact(h *netlink.Handle, ifindex int) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{
+			LinkIndex: ifindex,
+			Handle:    netlink.MakeHandle(0xffff, 0),
+			Parent:    netlink.HANDLE_CLSACT,
+		},
+		QdiscType: "clsact",
+	}
+	if err := h.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add clsact qdisc on ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// upsertTC installs prog as a direct-action filter on the clsact ingress
+// hook of ifindex, replacing our previous filter atomically.
+func upsertTC(h *netlink.Handle, record string, ifindex int, prog *ebpf.Program, name string) (change, error) {
+	if err := ensureClsact(h, ifindex); err != nil {
+		return unchanged, err
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    netlink.HANDLE_MIN_INGRESS,
+			Handle:    tcHandle,
+			Priority:  tcPriority,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Fd:           prog.FD(),
+		Name:         name,
+		DirectAction: true,
+	}
+	if err := h.FilterReplace(filter); err != nil {
+		return unchanged, fmt.Errorf("replace tc filter on ifindex %d: %w", ifindex, err)
+	}
+	c := updated
+	if _, err := os.Stat(record); errors.Is(err, os.ErrNotExist) {
+		c = attached
+	}
+	return c, writeTCRecord(record)
+}
+
+// removeOwnedTCFilters deletes the ingress filters on ifindex whose BPF
+// program name has our prefix; anything else on the device stays.
+func removeOwnedTCFilters(h *netlink.Handle, dev string) error {
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil
+		}
+		return err
+	}
+	filters, err := filterList(h, l)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil // no clsact qdisc
+		}
+		return err
+	}
+	for _, f := range filters {
+		bf, ok := f.(*netlink.BpfFilter)
+		if !ok || !strings.HasPrefix(bf.Name, bpf.NamePrefix) {
+			continue
+		}
+		if err := h.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete tc filter %s on %s: %w", bf.Name, l.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// filterList retries a dump that a concurrent change interrupted.
+func filterList(h *netlink.Handle, l netlink.Link) ([]netlink.Filter, error) {
+	var err error
+	for range 30 {
+		var fs []netlink.Filter
+		fs, err = h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return fs, err
+		}
+	}
+	return nil, err
+}
+
+// detachTC removes the filter a record stands for, then the record.
+func detachTC(h *netlink.Handle, record string) error {
+	if err := removeOwnedTCFilters(h, tcRecordDevice(record)); err != nil {
+		return err
+	}
+	if err := os.Remove(record); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// pinned lists the entries of dir, none if it does not exist.
+func pinned(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names, nil
+}
+
+func linksDir(pinDir string) string { return filepath.Join(pinDir, linksSubdir) }
+func tcDir(pinDir string) string    { return filepath.Join(pinDir, tcSubdir) }

@@ -1,0 +1,82 @@
+/*
+Copyright 2026 The routemode Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package hostrouting attaches routemode's eBPF host-routing programs
+// (bpf/hostrouting.c) to a node's devices and detaches them again, live and
+// without losing packets: the equivalent of flipping Cilium's
+// enable-host-legacy-routing on one node.
+//
+// With host routing "bpf":
+//   - rm_from_netdev at tc ingress of the underlay device and rm_from_overlay
+//     at tc ingress of the tunnel device deliver packets for local pods with
+//     bpf_redirect_peer;
+//   - rm_from_lxc at tc ingress of every pod's host-side veth delivers to
+//     local pods the same way and sends traffic for remote pods inside the
+//     native routing CIDR out with bpf_fib_lookup + bpf_redirect(_neigh),
+//     past the node's netfilter hooks and forwarding path.
+//
+// With "legacy" the programs are detached and the host stack forwards.
+//
+// # API
+//
+//	m := hostrouting.NewManager(hostrouting.Options{NetNS: "/var/run/netns/node-1"})
+//	defer m.Close()
+//	err := m.Apply(v1alpha1.HostRoutingBPF, hostrouting.Config{
+//		Underlay: "eth0", TunnelDevice: "rm_vxlan",
+//		NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/16"),
+//		PinDir: hostrouting.DefaultPinDir("node-1"),
+//	}, endpoints)
+//
+// Apply is idempotent and level-based: call it with the full desired state
+// (mode, devices, every local endpoint) on every change and periodically.
+// It syncs the endpoint map, attaches or atomically updates the programs,
+// and detaches programs from devices no longer wanted. Apply(legacy)
+// detaches everything; a pin that is already gone counts as success.
+// Probe reports whether the kernel can do eBPF host routing at all; Apply
+// refuses "bpf" with ErrUnsupported before touching anything when it cannot.
+//
+// ListEndpoints, FormatEndpoint and ReadCounters work on the pins alone, for
+// `routemodectl bpf endpoint list` and friends; Manager.Counters reads the
+// node's counters (per program and reason: redirect_peer, redirect_fib,
+// redirect_neigh, the pass reasons, redirect_failed drops) and
+// NewCollector exports them as Prometheus metrics
+// (routemode_hostrouting_packets_total{program,verdict,reason} and
+// _bytes_total, routemode_hostrouting_endpoints).
+//
+// # Kernels without TCX
+//
+// Below Linux 6.6 (or with Options.ClassicTC) the programs are classic tc
+// filters on a clsact qdisc, swapped with an atomic filter replace. Adding
+// a clsact qdisc deactivates the device for an instant and drops what it
+// is sending, so Apply(legacy) adds the qdiscs ahead of time; the first
+// switch to bpf is then as lossless as later ones.
+//
+// # Namespaces
+//
+// TCX and netlink resolve interface indexes in the calling thread's network
+// namespace. With Options.NetNS set, every kernel call runs on a dedicated
+// OS thread inside that namespace, which Go discards afterwards. With it
+// empty, calls run in the caller's namespace: call from the node's process,
+// or from a goroutine that has locked its OS thread and entered the node's
+// namespace.
+//
+// # Pins and restarts
+//
+// Everything lives under one bpffs directory per node (DefaultPinDir:
+// /sys/fs/bpf/routemode/<node>; the lab runs several nodes as namespaces on
+// one host sharing one bpffs):
+//
+//	<pin dir>/rm_endpoints      endpoint map (pod IP -> ifindex, MACs, id)
+//	<pin dir>/rm_counters       per-CPU counters per (program, reason)
+//	<pin dir>/links/<dev>_ingress  pinned TCX link per device
+//	<pin dir>/tc/<dev>_ingress     empty dir: the classic tc filter on <dev> is ours (kernels < 6.6)
+//
+// The pins keep the datapath running while the agent is down. A restarted
+// agent (a new Manager) loads its programs and swaps them into the pinned
+// links with link.Update, an atomic replacement with no detach gap. Only
+// links under the pin dir and tc filters named with the "rm_" prefix are
+// ever touched, so other programs on the same devices are left alone.
+package hostrouting

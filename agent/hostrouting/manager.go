@@ -1,0 +1,459 @@
+//go:build linux
+
+/*
+Copyright 2026 The routemode Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package hostrouting
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/go-logr/logr"
+	"github.com/vishvananda/netlink"
+
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/bpf"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// NetNS is the path of the node's network namespace
+	// (e.g. /var/run/netns/node-1); empty means the caller's.
+	NetNS string
+	// Logger receives one line per change; the zero value discards.
+	Logger logr.Logger
+	// ClassicTC attaches classic tc filters even where TCX works, to
+	// exercise the fallback for kernels older than 6.6.
+	ClassicTC bool
+}
+
+// Manager attaches and detaches the host-routing programs of one node. Its
+// methods are safe for concurrent use.
+type Manager struct {
+	opts  Options
+	log   logr.Logger
+	probe func() Capabilities
+
+	mu sync.Mutex
+	// coll holds the programs this Manager loaded, reused while their
+	// configuration and pinned maps stay the same.
+	coll   *ebpf.Collection
+	loaded bpf.Config
+	pinDir string
+	// lastPinDir is the pin dir of the last Apply, for Counters.
+	lastPinDir string
+}
+
+// NewManager returns a Manager. It touches nothing until Apply.
+func NewManager(opts Options) *Manager {
+	log := opts.Logger
+	if log.GetSink() == nil {
+		log = logr.Discard()
+	}
+	return &Manager{opts: opts, log: log, probe: Probe}
+}
+
+// Close releases the Manager's file descriptors. Attached programs stay
+// attached through their pins: closing is what an agent restart does.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dropCollection()
+	return nil
+}
+
+func (m *Manager) dropCollection() {
+	if m.coll != nil {
+		m.coll.Close()
+		m.coll = nil
+	}
+}
+
+// Apply makes the node's host routing match mode: for bpf, attach (or
+// update in place) the programs on the underlay, the tunnel device and every
+// endpoint's lxc device and sync the endpoint map to eps; for legacy, detach
+// every program under cfg.PinDir. Endpoints whose device is missing or whose
+// record is unusable are skipped and reported in the returned error after
+// everything else was applied (errors.Is(err, ErrEndpointSkipped)).
+func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) error {
+	if err := cfg.validate(mode == v1alpha1.HostRoutingBPF); err != nil {
+		return fmt.Errorf("host routing config: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lastPinDir = cfg.PinDir
+	switch mode {
+	case v1alpha1.HostRoutingBPF:
+		caps := m.probe()
+		if !caps.BPFHostRouting {
+			return fmt.Errorf("%w: %s", ErrUnsupported, caps.Reason)
+		}
+		return m.applyBPF(cfg, eps, !m.classicTC())
+	case v1alpha1.HostRoutingLegacy, "":
+		if err := m.detach(cfg.PinDir, false); err != nil {
+			return err
+		}
+		// Legacy routing is the stack's own: preparing for a later switch
+		// must never make it fail.
+		if err := m.prepareClassicTC(cfg, eps); err != nil {
+			m.log.Error(err, "Failed to prepare clsact qdiscs for a later switch to bpf")
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown host routing mode %q", mode)
+}
+
+// prepareClassicTC adds clsact qdiscs to the devices while the node is in
+// legacy mode, where classic tc will be used: adding one later, during the
+// switch to bpf, would drop the packets the device is sending at that
+// moment. Without TCX this is what makes the switch lossless; with TCX
+// nothing is needed.
+func (m *Manager) prepareClassicTC(cfg Config, eps []Endpoint) error {
+	if cfg.Underlay == "" || !m.classicTC() {
+		return nil
+	}
+	return inNetNS(m.opts.NetNS, func() error {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		underlay, tunnel, links, err := resolveDevices(h, cfg)
+		if err != nil {
+			return err
+		}
+		_, lxcs, _ := endpointEntries(eps, links)
+		var errs []error
+		for _, a := range plan(underlay, tunnel, lxcs) {
+			errs = append(errs, ensureClsact(h, a.Ifindex))
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// classicTC reports whether programs go in as classic tc filters.
+func (m *Manager) classicTC() bool {
+	caps := m.probe()
+	return caps.BPFHostRouting && (m.opts.ClassicTC || !caps.TCX)
+}
+
+// ErrEndpointSkipped marks endpoints Apply could not serve with BPF; their
+// traffic keeps going through the stack.
+var ErrEndpointSkipped = errors.New("endpoint skipped")
+
+// Remove detaches everything and deletes the node's maps and pin directory:
+// for uninstalling, not for switching to legacy (which keeps the maps for
+// the next switch and for `bpf endpoint list`).
+func (m *Manager) Remove(pinDir string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.detach(pinDir, true)
+}
+
+func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
+	if err := EnsureBPFFS(cfg.PinDir); err != nil {
+		return err
+	}
+	for _, d := range []string{linksDir(cfg.PinDir), tcDir(cfg.PinDir)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	var skipped []error
+	err := inNetNS(m.opts.NetNS, func() error {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+
+		underlay, tunnel, links, err := resolveDevices(h, cfg)
+		if err != nil {
+			return err
+		}
+		entries, lxcs, problems := endpointEntries(eps, links)
+		skipped = problems
+
+		bcfg := bpf.Config{NativeRoutingCIDR: cfg.NativeRoutingCIDR}
+		if tunnel != nil && tunnel.FlowBased {
+			bcfg.FlowBasedTunnelIfindex = uint32(tunnel.Index)
+		}
+		coll, fresh, err := m.programs(cfg.PinDir, bcfg)
+		if err != nil {
+			return err
+		}
+		if fresh {
+			// Until the links point at the new programs the old ones keep
+			// serving; if anything below fails, drop the new ones.
+			defer func() {
+				if coll != m.coll {
+					coll.Close()
+				}
+			}()
+		}
+
+		// Map first: a program must never redirect to a pod the map does
+		// not know yet, nor to one whose entry is stale.
+		if err := syncEndpoints(coll.Maps[bpf.MapEndpoints], entries); err != nil {
+			return err
+		}
+
+		atts := plan(underlay, tunnel, lxcs)
+		if err := m.attachAll(h, cfg.PinDir, coll, atts, useTCX); err != nil {
+			return err
+		}
+		if fresh {
+			m.dropCollection()
+			m.coll, m.loaded, m.pinDir = coll, bcfg, cfg.PinDir
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(skipped) > 0 {
+		return fmt.Errorf("%w: %w", ErrEndpointSkipped, errors.Join(skipped...))
+	}
+	return nil
+}
+
+// resolveDevices looks up the configured devices and indexes all links by
+// ifindex for the endpoints.
+func resolveDevices(h *netlink.Handle, cfg Config) (underlay device, tunnel *device, byIndex map[int]device, err error) {
+	var all []netlink.Link
+	for range 30 {
+		all, err = h.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return device{}, nil, nil, fmt.Errorf("list links: %w", err)
+	}
+	byIndex = make(map[int]device, len(all))
+	byName := make(map[string]device, len(all))
+	for _, l := range all {
+		a := l.Attrs()
+		d := device{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr}
+		if vx, ok := l.(*netlink.Vxlan); ok {
+			d.FlowBased = vx.FlowBased
+		}
+		byIndex[a.Index] = d
+		byName[a.Name] = d
+	}
+	underlay, ok := byName[cfg.Underlay]
+	if !ok {
+		return device{}, nil, nil, fmt.Errorf("underlay device %q not found", cfg.Underlay)
+	}
+	if cfg.TunnelDevice != "" {
+		if t, ok := byName[cfg.TunnelDevice]; ok {
+			tunnel = &t
+		}
+	}
+	// The network-side devices are not endpoints, whatever a record says.
+	delete(byIndex, underlay.Index)
+	if tunnel != nil {
+		delete(byIndex, tunnel.Index)
+	}
+	return underlay, tunnel, byIndex, nil
+}
+
+// programs returns loaded programs for bcfg, reusing this Manager's when
+// nothing changed. A new Manager (an agent restart) always loads its own,
+// which attachAll then swaps into the pinned links.
+func (m *Manager) programs(pinDir string, bcfg bpf.Config) (*ebpf.Collection, bool, error) {
+	if m.coll != nil && m.loaded == bcfg && m.pinDir == pinDir && mapsPinned(pinDir) {
+		return m.coll, false, nil
+	}
+	coll, err := loadCollection(pinDir, bcfg)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// An older build's maps: start over with fresh ones. The old
+		// programs keep using the old maps until their links are updated.
+		m.log.Info("Replaced incompatible pinned maps", "pinDir", pinDir, "reason", err.Error())
+		for _, name := range []string{bpf.MapEndpoints, bpf.MapCounters} {
+			if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, false, err
+			}
+		}
+		coll, err = loadCollection(pinDir, bcfg)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return coll, true, nil
+}
+
+func mapsPinned(pinDir string) bool {
+	for _, name := range []string{bpf.MapEndpoints, bpf.MapCounters} {
+		if _, err := os.Stat(filepath.Join(pinDir, name)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func loadCollection(pinDir string, bcfg bpf.Config) (*ebpf.Collection, error) {
+	spec, err := bpf.LoadSpec(bcfg)
+	if err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: pinDir},
+	})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load host-routing programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("load host-routing programs: %w", err)
+	}
+	return coll, nil
+}
+
+func progFor(coll *ebpf.Collection, r role) (*ebpf.Program, string) {
+	name := map[role]string{roleNetdev: bpf.ProgFromNetdev, roleOverlay: bpf.ProgFromOverlay, roleLXC: bpf.ProgFromLXC}[r]
+	return coll.Programs[name], name
+}
+
+// attachAll attaches atts in order, then removes our attachments that are
+// no longer wanted (and those of the other attach flavour).
+func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) error {
+	want := make(map[string]bool, len(atts))
+	for _, a := range atts {
+		prog, name := progFor(coll, a.Role)
+		pin := a.pinName()
+		want[pin] = true
+		var (
+			c   change
+			err error
+		)
+		if useTCX {
+			c, err = upsertTCX(filepath.Join(linksDir(pinDir), pin), a.Ifindex, prog)
+		} else {
+			c, err = upsertTC(h, filepath.Join(tcDir(pinDir), pin), a.Ifindex, prog, name)
+		}
+		if err != nil {
+			return err
+		}
+		if c != unchanged {
+			m.log.Info("Attached host-routing program", "device", a.Dev, "program", name, "change", string(c), "tcx", useTCX)
+		}
+	}
+
+	// TCX runs before classic tc, so a leftover filter of ours would see
+	// nothing anyway; remove it all the same (kernel upgrade, flag change).
+	var errs []error
+	tcs, err := pinned(tcDir(pinDir))
+	if err != nil {
+		return err
+	}
+	for _, r := range tcs {
+		if useTCX || !want[r] {
+			errs = append(errs, detachTC(h, filepath.Join(tcDir(pinDir), r)))
+			m.logDetach(r, "tc")
+		}
+	}
+	lks, err := pinned(linksDir(pinDir))
+	if err != nil {
+		return err
+	}
+	for _, l := range lks {
+		if !useTCX || !want[l] {
+			errs = append(errs, detachTCX(filepath.Join(linksDir(pinDir), l)))
+			m.logDetach(l, "tcx")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) logDetach(pin, kind string) {
+	m.log.V(1).Info("Detached host-routing program", "attachment", pin, "kind", kind)
+}
+
+// detach removes every attachment recorded under pinDir, pods' devices
+// first so that pods' traffic returns to the stack before its replies do.
+func (m *Manager) detach(pinDir string, purge bool) error {
+	m.dropCollection()
+	lks, err := pinned(linksDir(pinDir))
+	if err != nil {
+		return err
+	}
+	tcs, err := pinned(tcDir(pinDir))
+	if err != nil {
+		return err
+	}
+	// Unpinning a TCX link is a bpffs operation: it works even when the
+	// node's namespace is already gone.
+	var errs []error
+	for _, l := range orderForDetach(lks) {
+		errs = append(errs, detachTCX(filepath.Join(linksDir(pinDir), l)))
+	}
+	if len(tcs) > 0 {
+		err := inNetNS(m.opts.NetNS, func() error {
+			h, err := netlink.NewHandle()
+			if err != nil {
+				return err
+			}
+			defer h.Close()
+			for _, r := range orderForDetach(tcs) {
+				errs = append(errs, detachTC(h, filepath.Join(tcDir(pinDir), r)))
+			}
+			return nil
+		})
+		if errors.Is(err, os.ErrNotExist) {
+			// The namespace and its qdiscs are gone; only the records remain.
+			for _, r := range tcs {
+				errs = append(errs, os.Remove(filepath.Join(tcDir(pinDir), r)))
+			}
+		} else if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if len(lks)+len(tcs) > 0 {
+		m.log.Info("Detached host-routing programs", "pinDir", pinDir, "links", len(lks), "tcFilters", len(tcs))
+	}
+	if !purge {
+		return nil
+	}
+	for _, name := range []string{bpf.MapEndpoints, bpf.MapCounters} {
+		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	for _, d := range []string{linksDir(pinDir), tcDir(pinDir), pinDir} {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// orderForDetach puts pod devices (lxc*) before the rest.
+func orderForDetach(pins []string) []string {
+	out := slices.Clone(pins)
+	slices.SortStableFunc(out, func(a, b string) int {
+		return boolRank(!isLXCPin(a)) - boolRank(!isLXCPin(b))
+	})
+	return out
+}
+
+func isLXCPin(p string) bool { return len(p) >= 3 && p[:3] == "lxc" }
+
+func boolRank(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

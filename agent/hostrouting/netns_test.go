@@ -1,0 +1,561 @@
+//go:build linux
+
+/*
+Copyright 2026 The routemode Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package hostrouting_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/bpf"
+)
+
+const (
+	bpfMode    = v1alpha1.HostRoutingBPF
+	legacyMode = v1alpha1.HostRoutingLegacy
+	probeRate  = 4000 // probes per second
+	drain      = 300 * time.Millisecond
+)
+
+// env is a two-node lab with one Manager per node.
+type env struct {
+	lab  *hrlab.Lab
+	mgrs [2]*hostrouting.Manager
+	cfgs [2]hostrouting.Config
+	opts hostrouting.Options
+}
+
+func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if caps := hostrouting.Probe(); !caps.BPFHostRouting {
+		t.Skipf("kernel cannot do eBPF host routing: %s", caps.Reason)
+	}
+	lab := hrlab.New(t, hrlab.Options{PodsPerNode: podsPerNode})
+	e := &env{lab: lab, opts: opts}
+	pinRoot := filepath.Join(hostrouting.BPFFSRoot, "routemode-test", lab.ID)
+	for i, n := range lab.Nodes {
+		e.cfgs[i] = hostrouting.Config{
+			Underlay:          hrlab.UnderlayDev,
+			TunnelDevice:      hrlab.TunnelDev,
+			NativeRoutingCIDR: hrlab.NativeRoutingCIDR,
+			PinDir:            filepath.Join(pinRoot, n.Name),
+		}
+		o := opts
+		o.NetNS = n.NSPath
+		e.mgrs[i] = hostrouting.NewManager(o)
+	}
+	// Runs before the lab's own cleanup (LIFO), while the namespaces exist.
+	t.Cleanup(func() {
+		for i, m := range e.mgrs {
+			if err := m.Remove(e.cfgs[i].PinDir); err != nil {
+				t.Errorf("remove node %d pins: %v", i, err)
+			}
+			m.Close()
+		}
+		if err := os.RemoveAll(pinRoot); err != nil {
+			t.Errorf("remove %s: %v", pinRoot, err)
+		}
+	})
+	return e
+}
+
+func endpoints(n *hrlab.Node) []hostrouting.Endpoint {
+	var eps []hostrouting.Endpoint
+	for i, p := range n.Pods {
+		eps = append(eps, hostrouting.Endpoint{
+			IP: p.IP, ID: uint32(1000*(n.Index+1) + i), IfIndex: p.LXCIndex, MAC: p.MAC, NodeMAC: p.LXCMAC,
+		})
+	}
+	return eps
+}
+
+func (e *env) apply(t *testing.T, node int, mode v1alpha1.HostRouting) {
+	t.Helper()
+	if err := e.mgrs[node].Apply(mode, e.cfgs[node], endpoints(e.lab.Nodes[node])); err != nil {
+		t.Fatalf("node %d: apply %s: %v", node+1, mode, err)
+	}
+}
+
+func (e *env) counters(t *testing.T, node int) []hostrouting.Counter {
+	t.Helper()
+	cs, err := hostrouting.ReadCounters(e.cfgs[node].PinDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+func count(cs []hostrouting.Counter, p bpf.Program, reasons ...bpf.Reason) uint64 {
+	var n uint64
+	for _, c := range cs {
+		for _, r := range reasons {
+			if c.Program == p && c.Reason == r {
+				n += c.Packets
+			}
+		}
+	}
+	return n
+}
+
+func forwardCounters(t *testing.T, lab *hrlab.Lab) [2]*hrlab.ForwardCounter {
+	t.Helper()
+	var fcs [2]*hrlab.ForwardCounter
+	for i, n := range lab.Nodes {
+		fc, err := n.CountForward()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fcs[i] = fc
+	}
+	return fcs
+}
+
+func packets(t *testing.T, fc *hrlab.ForwardCounter) uint64 {
+	t.Helper()
+	n, err := fc.Packets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// burst runs a probe stream for d and requires every probe to come back.
+func burst(t *testing.T, from, to *hrlab.Pod, d time.Duration) hrlab.StreamStats {
+	t.Helper()
+	s, err := hrlab.StartStream(from, to, probeRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(d)
+	st := s.Stop(drain)
+	if st.Sent == 0 || st.Lost != 0 || st.SendErrors != 0 {
+		t.Fatalf("%s -> %s: %+v", from.IP, to.IP, st)
+	}
+	return st
+}
+
+// Cross-node pod-to-pod traffic in native mode: with legacy host routing
+// the nodes' netfilter forward hooks see every pod packet; with bpf they
+// see none while the programs' counters account for every probe.
+func TestNativeBypassesNetfilter(t *testing.T) {
+	e := newEnv(t, 2, hostrouting.Options{})
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	fcs := forwardCounters(t, e.lab)
+	p1, p1b, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[0].Pods[1], e.lab.Nodes[1].Pods[0]
+
+	// Legacy: every request and every reply is forwarded by both nodes.
+	e.apply(t, 0, legacyMode)
+	e.apply(t, 1, legacyMode)
+	st := burst(t, p1, p2, 300*time.Millisecond)
+	for i, fc := range fcs {
+		if got := packets(t, fc); got < uint64(2*st.Echoed) {
+			t.Errorf("legacy: node %d forward hook saw %d pod packets, want >= %d", i+1, got, 2*st.Echoed)
+		}
+	}
+
+	// BPF: nothing reaches the forward hooks.
+	e.apply(t, 0, bpfMode)
+	e.apply(t, 1, bpfMode)
+	before := [2]uint64{packets(t, fcs[0]), packets(t, fcs[1])}
+	st = burst(t, p1, p2, 300*time.Millisecond)
+	st2 := burst(t, p1, p1b, 200*time.Millisecond) // same node
+	for i, fc := range fcs {
+		if got := packets(t, fc) - before[i]; got != 0 {
+			t.Errorf("bpf: node %d forward hook saw %d pod packets, want 0", i+1, got)
+		}
+	}
+	for i := range 2 {
+		cs := e.counters(t, i)
+		out := count(cs, bpf.ProgramLXC, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh)
+		in := count(cs, bpf.ProgramNetdev, bpf.ReasonRedirectPeer)
+		// node 1 sends the requests and receives the replies; node 2 the
+		// other way round: each direction once per echoed probe.
+		if out < uint64(st.Echoed) || in < uint64(st.Echoed) {
+			t.Errorf("node %d: lxc FIB redirects %d, underlay peer redirects %d, want >= %d each", i+1, out, in, st.Echoed)
+		}
+		if d := count(cs, bpf.ProgramLXC, bpf.ReasonDropRedirect) + count(cs, bpf.ProgramNetdev, bpf.ReasonDropRedirect); d != 0 {
+			t.Errorf("node %d: %d redirect failures", i+1, d)
+		}
+	}
+	if local := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectPeer); local < uint64(2*st2.Echoed) {
+		t.Errorf("node 1: same-node peer redirects %d, want >= %d", local, 2*st2.Echoed)
+	}
+
+	// What `routemodectl bpf endpoint list` shows.
+	eps, err := hostrouting.ListEndpoints(e.cfgs[0].PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(eps) != 2 {
+		t.Fatalf("endpoints = %v", eps)
+	}
+	line := hostrouting.FormatEndpoint(eps[0])
+	want := fmt.Sprintf("10.0.0.85:0 id=1000 flags=0x0000 ifindex=%d mac=%s nodemac=%s",
+		p1.LXCIndex, strings.ToUpper(p1.MAC.String()), strings.ToUpper(p1.LXCMAC.String()))
+	if line != want {
+		t.Errorf("endpoint list line\n got %s\nwant %s", line, want)
+	}
+
+	// And back to legacy: the forward hooks see the pods again.
+	e.apply(t, 0, legacyMode)
+	e.apply(t, 1, legacyMode)
+	before = [2]uint64{packets(t, fcs[0]), packets(t, fcs[1])}
+	st = burst(t, p1, p2, 200*time.Millisecond)
+	for i, fc := range fcs {
+		if got := packets(t, fc) - before[i]; got < uint64(2*st.Echoed) {
+			t.Errorf("legacy again: node %d forward hook saw %d pod packets, want >= %d", i+1, got, 2*st.Echoed)
+		}
+	}
+	if lks, _ := os.ReadDir(filepath.Join(e.cfgs[0].PinDir, "links")); len(lks) != 0 {
+		t.Errorf("links left pinned after legacy: %v", lks)
+	}
+}
+
+// A continuous probe stream while the nodes switch legacy -> bpf ->
+// legacy one at a time (mixed phases included) loses nothing.
+func TestLiveSwitchLosesNothing(t *testing.T) {
+	e := newEnv(t, 1, hostrouting.Options{})
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
+	s, err := hrlab.StartStream(p1, p2, probeRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := 250 * time.Millisecond
+	time.Sleep(step)
+	for _, sw := range []struct {
+		node int
+		mode v1alpha1.HostRouting
+	}{{0, bpfMode}, {1, bpfMode}, {0, legacyMode}, {0, bpfMode}, {1, legacyMode}, {0, legacyMode}} {
+		e.apply(t, sw.node, sw.mode)
+		time.Sleep(step)
+	}
+	st := s.Stop(drain)
+	t.Logf("probes: %+v", st)
+	if st.Lost != 0 || st.SendErrors != 0 || st.Sent < probeRate {
+		t.Errorf("live switch: %+v", st)
+	}
+	if n := count(e.counters(t, 1), bpf.ProgramNetdev, bpf.ReasonRedirectPeer); n == 0 {
+		t.Error("node 2 never delivered with bpf during the switch")
+	}
+}
+
+func pinnedLinkIDs(t *testing.T, pinDir string) map[string][2]uint32 {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(pinDir, "links"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string][2]uint32{}
+	for _, ent := range ents {
+		l, err := link.LoadPinnedLink(filepath.Join(pinDir, "links", ent.Name()), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[ent.Name()] = [2]uint32{uint32(info.ID), uint32(info.Program)}
+	}
+	return ids
+}
+
+// An agent restart is a new Manager over the same pins: the datapath keeps
+// running while no Manager exists, and the new one swaps its programs into
+// the pinned links (same link, new program) without losing a probe.
+func TestRestartUpdatesInPlace(t *testing.T) {
+	e := newEnv(t, 1, hostrouting.Options{})
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	e.apply(t, 0, bpfMode)
+	e.apply(t, 1, bpfMode)
+	before := pinnedLinkIDs(t, e.cfgs[0].PinDir)
+	if len(before) != 2 {
+		t.Fatalf("links = %v, want ul0 and the pod's lxc", before)
+	}
+
+	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
+	s, err := hrlab.StartStream(p1, p2, probeRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	// "Crash": the Manager goes away without detaching.
+	e.mgrs[0].Close()
+	redirects := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh)
+	time.Sleep(200 * time.Millisecond)
+	if after := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh); after <= redirects {
+		t.Errorf("programs stopped with the Manager: redirects %d -> %d", redirects, after)
+	}
+
+	o := e.opts
+	o.NetNS = e.lab.Nodes[0].NSPath
+	e.mgrs[0] = hostrouting.NewManager(o)
+	e.apply(t, 0, bpfMode)
+	time.Sleep(200 * time.Millisecond)
+	st := s.Stop(drain)
+	if st.Lost != 0 || st.SendErrors != 0 {
+		t.Errorf("restart: %+v", st)
+	}
+
+	after := pinnedLinkIDs(t, e.cfgs[0].PinDir)
+	for pin, b := range before {
+		a, ok := after[pin]
+		switch {
+		case !ok:
+			t.Errorf("%s: link gone after restart", pin)
+		case a[0] != b[0]:
+			t.Errorf("%s: link replaced (%d -> %d), want the same link updated", pin, b[0], a[0])
+		case a[1] == b[1]:
+			t.Errorf("%s: program %d not updated", pin, a[1])
+		}
+	}
+	// A second Apply from the same Manager changes nothing.
+	e.apply(t, 0, bpfMode)
+	if again := pinnedLinkIDs(t, e.cfgs[0].PinDir); fmt.Sprint(again) != fmt.Sprint(after) {
+		t.Errorf("idempotent apply changed links: %v -> %v", after, again)
+	}
+}
+
+// Tunnel mode: the VXLAN device's ingress delivers decapsulated packets
+// into the pod, the lxc program sends into the VXLAN device, and the node
+// switches tunnel <-> native under bpf host routing without loss.
+func TestTunnelAndRouteSwitch(t *testing.T) {
+	e := newEnv(t, 1, hostrouting.Options{})
+	if err := e.lab.SetPodRouteMTU(hrlab.TunnelMTU); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.lab.Tunnel(); err != nil {
+		t.Fatal(err)
+	}
+	fcs := forwardCounters(t, e.lab)
+	e.apply(t, 0, bpfMode)
+	e.apply(t, 1, bpfMode)
+	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
+
+	st := burst(t, p1, p2, 300*time.Millisecond)
+	for i := range 2 {
+		cs := e.counters(t, i)
+		if n := count(cs, bpf.ProgramOverlay, bpf.ReasonRedirectPeer); n < uint64(st.Echoed) {
+			t.Errorf("node %d: overlay peer redirects %d, want >= %d", i+1, n, st.Echoed)
+		}
+		if n := count(cs, bpf.ProgramLXC, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh); n < uint64(st.Echoed) {
+			t.Errorf("node %d: lxc redirects into the tunnel %d, want >= %d", i+1, n, st.Echoed)
+		}
+		if got := packets(t, fcs[i]); got != 0 {
+			t.Errorf("node %d: forward hook saw %d pod packets", i+1, got)
+		}
+	}
+
+	// Tunnel -> native -> tunnel, one node at a time, under a stream.
+	s, err := hrlab.StartStream(p1, p2, probeRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []func() error{e.lab.Nodes[0].Native, e.lab.Nodes[1].Native, e.lab.Nodes[0].Tunnel, e.lab.Nodes[1].Tunnel} {
+		time.Sleep(200 * time.Millisecond)
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if st := s.Stop(drain); st.Lost != 0 || st.SendErrors != 0 {
+		t.Errorf("route switch under bpf: %+v", st)
+	}
+}
+
+// Kernels before 6.6 get classic tc filters; the same Apply attaches,
+// updates and removes them.
+func TestClassicTCFallback(t *testing.T) {
+	e := newEnv(t, 1, hostrouting.Options{ClassicTC: true})
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	fcs := forwardCounters(t, e.lab)
+	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
+
+	// Legacy first: it adds the clsact qdiscs, whose creation would drop
+	// packets in flight if done during the switch.
+	e.apply(t, 0, legacyMode)
+	e.apply(t, 1, legacyMode)
+	s, err := hrlab.StartStream(p1, p2, probeRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	e.apply(t, 0, bpfMode)
+	e.apply(t, 1, bpfMode)
+	time.Sleep(150 * time.Millisecond)
+	e.apply(t, 0, bpfMode) // replace in place
+	time.Sleep(150 * time.Millisecond)
+	mid := [2]uint64{packets(t, fcs[0]), packets(t, fcs[1])}
+	time.Sleep(150 * time.Millisecond)
+	end := [2]uint64{packets(t, fcs[0]), packets(t, fcs[1])}
+	e.apply(t, 0, legacyMode)
+	e.apply(t, 1, legacyMode)
+	time.Sleep(150 * time.Millisecond)
+	if st := s.Stop(drain); st.Lost != 0 || st.SendErrors != 0 {
+		t.Errorf("classic tc switch: %+v", st)
+	}
+	if mid != end {
+		t.Errorf("forward hooks counted pod packets under bpf: %v -> %v", mid, end)
+	}
+	if n := count(e.counters(t, 1), bpf.ProgramNetdev, bpf.ReasonRedirectPeer); n == 0 {
+		t.Error("no peer redirects through the tc filter")
+	}
+	// Only our filters were removed, and they all were.
+	err = e.lab.Nodes[0].Run(func() error {
+		for _, dev := range []string{hrlab.UnderlayDev, p1.LXC} {
+			l, err := netlink.LinkByName(dev)
+			if err != nil {
+				return err
+			}
+			fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+			if err != nil {
+				return err
+			}
+			for _, f := range fs {
+				if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, bpf.NamePrefix) {
+					return fmt.Errorf("%s: filter %s left after legacy", dev, bf.Name)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+// Endpoints that go away lose their map entry and their attachment; a
+// missing underlay fails before anything is touched; legacy on a node that
+// never ran bpf is a no-op.
+func TestApplyReconciles(t *testing.T) {
+	e := newEnv(t, 2, hostrouting.Options{})
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	n1 := e.lab.Nodes[0]
+	if err := e.mgrs[1].Apply(legacyMode, e.cfgs[1], nil); err != nil {
+		t.Errorf("legacy on a fresh node: %v", err)
+	}
+
+	bad := e.cfgs[0]
+	bad.Underlay = "nope0"
+	if err := e.mgrs[0].Apply(bpfMode, bad, endpoints(n1)); err == nil {
+		t.Error("want an error for a missing underlay")
+	}
+	if _, err := os.Stat(filepath.Join(bad.PinDir, bpf.MapEndpoints)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("endpoint map created for a failed apply: %v", err)
+	}
+
+	e.apply(t, 0, bpfMode)
+	if got := len(pinnedLinkIDs(t, e.cfgs[0].PinDir)); got != 3 {
+		t.Fatalf("links = %d, want 3", got)
+	}
+
+	// The second pod goes away; a record for a vanished device is skipped.
+	gone := n1.Pods[1]
+	err := n1.Run(func() error {
+		l, err := netlink.LinkByName(gone.LXC)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.mgrs[0].Apply(bpfMode, e.cfgs[0], endpoints(n1))
+	if !errors.Is(err, hostrouting.ErrEndpointSkipped) || !strings.Contains(err.Error(), gone.IP.String()) {
+		t.Errorf("apply with a vanished pod: %v", err)
+	}
+	eps, err := hostrouting.ListEndpoints(e.cfgs[0].PinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(eps) != 1 || eps[0].IP != n1.Pods[0].IP {
+		t.Errorf("endpoints = %v", eps)
+	}
+	links := pinnedLinkIDs(t, e.cfgs[0].PinDir)
+	if _, ok := links[gone.LXC+"_ingress"]; ok || len(links) != 2 {
+		t.Errorf("links after the pod left = %v", links)
+	}
+	burst(t, n1.Pods[0], e.lab.Nodes[1].Pods[0], 100*time.Millisecond)
+}
+
+func TestCollector(t *testing.T) {
+	e := newEnv(t, 1, hostrouting.Options{})
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(hostrouting.NewCollector("node-1", e.cfgs[0].PinDir))
+
+	// Before the first bpf apply there is nothing to report but the error gauge.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mfs) != 1 || mfs[0].GetName() != "routemode_hostrouting_scrape_errors" {
+		t.Errorf("metrics before apply: %v", mfs)
+	}
+
+	e.apply(t, 0, bpfMode)
+	e.apply(t, 1, bpfMode)
+	st := burst(t, e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0], 200*time.Millisecond)
+	mfs, err = reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() != "routemode_hostrouting_packets_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["node"] == "node-1" && labels["program"] == "from_netdev" && labels["reason"] == "redirect_peer" &&
+				labels["verdict"] == "redirect" && m.GetCounter().GetValue() >= float64(st.Echoed) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no from_netdev redirect_peer counter >= %d in %v", st.Echoed, mfs)
+	}
+}

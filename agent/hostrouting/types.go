@@ -1,0 +1,148 @@
+/*
+Copyright 2026 The routemode Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package hostrouting
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// BPFFSRoot is where bpffs is (or gets) mounted.
+const BPFFSRoot = "/sys/fs/bpf"
+
+// DefaultPinDir is the per-node pin directory. Node names become one path
+// element; several nodes may share one bpffs.
+func DefaultPinDir(node string) string {
+	return filepath.Join(BPFFSRoot, "routemode", strings.ReplaceAll(node, "/", "_"))
+}
+
+// ErrUnsupported is returned by Apply for host routing "bpf" on a kernel
+// that lacks what it needs (see Probe).
+var ErrUnsupported = errors.New("eBPF host routing is not supported on this node")
+
+// Endpoint is a local pod interface as the host-routing programs see it.
+type Endpoint struct {
+	// IP is the pod's IPv4 address.
+	IP netip.Addr
+	// ID is the endpoint id shown by `bpf endpoint list`.
+	ID uint32
+	// Flags are shown by `bpf endpoint list`; none are defined yet.
+	Flags uint16
+	// IfIndex is the host-side (lxc) veth's ifindex in the node namespace.
+	IfIndex int
+	// MAC is the pod's eth0 MAC, the destination MAC of delivered packets.
+	MAC net.HardwareAddr
+	// NodeMAC is the lxc veth's MAC, the pod's gateway. Empty means "read it
+	// from the device".
+	NodeMAC net.HardwareAddr
+}
+
+// FormatEndpoint renders ep like `cilium bpf endpoint list`:
+//
+//	10.0.0.85:0 id=1445 flags=0x0000 ifindex=34 mac=C6:6D:95:CD:34:A2 nodemac=2A:0A:D9:17:44:22
+func FormatEndpoint(ep Endpoint) string {
+	return fmt.Sprintf("%s:0 id=%d flags=0x%04x ifindex=%d mac=%s nodemac=%s",
+		ep.IP, ep.ID, ep.Flags, ep.IfIndex, upperMAC(ep.MAC), upperMAC(ep.NodeMAC))
+}
+
+func upperMAC(m net.HardwareAddr) string {
+	if len(m) == 0 {
+		return "00:00:00:00:00:00"
+	}
+	return strings.ToUpper(m.String())
+}
+
+// Config says which devices host routing uses on a node.
+type Config struct {
+	// Underlay is the device towards the other nodes (Cilium's native
+	// device).
+	Underlay string
+	// TunnelDevice is the VXLAN device, "" if the node has none. A device
+	// that does not exist (yet) is skipped; Apply again once it does.
+	TunnelDevice string
+	// NativeRoutingCIDR holds the pod addresses routed without masquerade;
+	// pods' traffic to it is forwarded by BPF. The zero value leaves all
+	// traffic leaving pods for other nodes to the stack.
+	NativeRoutingCIDR netip.Prefix
+	// PinDir is the node's bpffs directory, e.g. DefaultPinDir(node).
+	PinDir string
+}
+
+// validate checks c for a switch to bpf (full) or to legacy (which only
+// needs the pin dir).
+func (c Config) validate(full bool) error {
+	var errs []error
+	if full && c.Underlay == "" {
+		errs = append(errs, errors.New("no underlay device"))
+	}
+	if c.PinDir == "" || !filepath.IsAbs(c.PinDir) {
+		errs = append(errs, fmt.Errorf("pin dir %q is not an absolute path", c.PinDir))
+	}
+	if p := c.NativeRoutingCIDR; p.IsValid() && (!p.Addr().Is4() || p.Masked() != p) {
+		errs = append(errs, fmt.Errorf("native routing CIDR %s must be an IPv4 network address", p))
+	}
+	return errors.Join(errs...)
+}
+
+// Program roles, in attach order: the network side first, so that when the
+// pods' side starts bypassing the stack their replies are already
+// delivered the same way.
+type role int
+
+const (
+	roleNetdev role = iota
+	roleOverlay
+	roleLXC
+)
+
+// attachment is one program on one device's ingress.
+type attachment struct {
+	Dev     string
+	Ifindex int
+	Role    role
+}
+
+// pinName names a device's pin, unique per device within the node.
+func (a attachment) pinName() string { return a.Dev + "_ingress" }
+
+// device is a resolved network device.
+type device struct {
+	Name  string
+	Index int
+	MAC   net.HardwareAddr
+	// FlowBased marks a collect_md tunnel device.
+	FlowBased bool
+}
+
+// plan returns the attachments for the resolved devices, network side
+// first, then pods by ifindex.
+func plan(underlay device, tunnel *device, lxcs []device) []attachment {
+	atts := []attachment{{Dev: underlay.Name, Ifindex: underlay.Index, Role: roleNetdev}}
+	if tunnel != nil {
+		atts = append(atts, attachment{Dev: tunnel.Name, Ifindex: tunnel.Index, Role: roleOverlay})
+	}
+	seen := map[int]bool{underlay.Index: true}
+	if tunnel != nil {
+		seen[tunnel.Index] = true
+	}
+	sorted := slices.Clone(lxcs)
+	slices.SortFunc(sorted, func(a, b device) int { return cmp.Compare(a.Index, b.Index) })
+	for _, d := range sorted {
+		if seen[d.Index] {
+			continue
+		}
+		seen[d.Index] = true
+		atts = append(atts, attachment{Dev: d.Name, Ifindex: d.Index, Role: roleLXC})
+	}
+	return atts
+}

@@ -1,0 +1,73 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/routemode/routemode/agent/endpoint"
+	"github.com/routemode/routemode/agent/nlsafe"
+	"github.com/routemode/routemode/api/v1alpha1"
+)
+
+// HostRouter switches the node between legacy (kernel stack) and eBPF host
+// routing. It is the plug for agent/hostrouting, which implements it with
+// TCX programs; LegacyHostRouter is the built-in legacy-only
+// implementation.
+//
+// The agent calls Capabilities once at start, for status.capabilities, and
+// Apply on every reconcile after the routes, neighbours and MTUs are in
+// place, with the complete current input. Apply must be idempotent: when the
+// node already runs req.Mode for these endpoints it changes nothing. It
+// returns the mode now in force (reported in status.datapath.hostRouting);
+// an error marks DatapathApplied False with reason HostRoutingFailed.
+type HostRouter interface {
+	Capabilities(ctx context.Context) (bpfHostRouting, tcx bool)
+	Apply(ctx context.Context, req HostRoutingRequest) (v1alpha1.HostRouting, error)
+}
+
+// HostRoutingRequest is everything host routing needs to know about the
+// node.
+type HostRoutingRequest struct {
+	// Mode is the host routing asked for.
+	Mode v1alpha1.HostRouting
+	// NodeNS is the node's network namespace (attach programs from a
+	// thread in it); Handle is a netlink handle in it.
+	NodeNS ns.NetNS
+	Handle nlsafe.Handle
+	// Underlay is the device holding NodeIP; TunnelDevice is the VXLAN
+	// device, "" when there is none.
+	Underlay     string
+	TunnelDevice string
+	NodeIP       netip.Addr
+	PodCIDR      netip.Prefix
+	RouterIP     netip.Addr
+	// NativeRoutingCIDR holds every pod address (the node's podCIDR when
+	// the spec leaves it empty).
+	NativeRoutingCIDR netip.Prefix
+	// SendMode is how the node sends to peers now.
+	SendMode v1alpha1.SendMode
+	// Endpoints are the local endpoints, the health endpoint included.
+	Endpoints []endpoint.Endpoint
+	// StateDir is the agent's state directory.
+	StateDir string
+}
+
+// LegacyHostRouter leaves forwarding to the kernel stack and refuses bpf.
+type LegacyHostRouter struct{}
+
+// ErrBPFHostRoutingUnavailable is returned by LegacyHostRouter for bpf.
+var ErrBPFHostRoutingUnavailable = errors.New("eBPF host routing is not available in this agent build (no host router plugged in); use hostRouting: legacy")
+
+// Capabilities reports no BPF host routing.
+func (LegacyHostRouter) Capabilities(context.Context) (bool, bool) { return false, false }
+
+// Apply accepts legacy and refuses bpf.
+func (LegacyHostRouter) Apply(_ context.Context, req HostRoutingRequest) (v1alpha1.HostRouting, error) {
+	if req.Mode == v1alpha1.HostRoutingBPF {
+		return v1alpha1.HostRoutingLegacy, ErrBPFHostRoutingUnavailable
+	}
+	return v1alpha1.HostRoutingLegacy, nil
+}

@@ -1,0 +1,292 @@
+package node_test
+
+import (
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/routemode/routemode/agent/datapath"
+	"github.com/routemode/routemode/agent/masq"
+	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/nslab"
+)
+
+// restart replaces n's agent by a new instance, as a restarted agent
+// process, and reconciles once; it returns the changes the new agent made.
+func restart(t *testing.T, n *nslab.Node) []string {
+	t.Helper()
+	// A resync of the running agent first: it refreshes the status (pods
+	// were added since) and must change nothing either.
+	if res := n.Reconcile(t.Context()); len(res.Changes) != 0 {
+		t.Errorf("resync before the restart changed %v", res.Changes)
+	}
+	before := n.Status
+	n.Agent.Close()
+	a, err := n.NewAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Agent = a
+	res := n.Reconcile(t.Context())
+	if ok, why := n.Healthy(); !ok {
+		t.Errorf("after restart: %s", why)
+	}
+	if res.Status.Datapath != before.Datapath || res.Status.VTEPMAC != before.VTEPMAC || len(res.Status.Conditions) != len(before.Conditions) {
+		t.Errorf("restarted agent reports %+v, before %+v", res.Status.Datapath, before.Datapath)
+	}
+	for i, c := range res.Status.Conditions {
+		if b := before.Conditions[i]; c.Status != b.Status || c.Reason != b.Reason || c.Message != b.Message || !c.LastTransitionTime.Equal(&b.LastTransitionTime) {
+			t.Errorf("condition %s changed across the restart: %+v, was %+v", c.Type, c, b)
+		}
+	}
+	return res.Changes
+}
+
+// TestRestartChangesNothing restarts agents in steady and mixed states
+// while traffic flows: a new agent instance reads the kernel back, finds it
+// right and makes zero changes, and no probe is lost.
+func TestRestartChangesNothing(t *testing.T) {
+	l := nslab.New(t, nslab.Options{Nodes: 2})
+	ctx := nslab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, nslab.Tunnel)
+	streams := l.StartStreams(pods, 1000)
+
+	states := []struct {
+		name  string
+		apply func()
+	}{
+		{"tunnel", func() {}},
+		{"prepared (loose rp_filter saved)", func() { l.Step(ctx, l.Nodes, nslab.PrepareToNative, stepTimeout) }},
+		{"mixed (node-1 native, node-2 tunnel)", func() { l.Step(ctx, l.Nodes[:1], nslab.SwitchToNative, stepTimeout) }},
+		{"native", func() {
+			l.Step(ctx, l.Nodes[1:], nslab.SwitchToNative, stepTimeout)
+			l.Step(ctx, l.Nodes, nslab.Native, stepTimeout)
+		}},
+	}
+	for _, st := range states {
+		st.apply()
+		for _, n := range l.Nodes {
+			changes := restart(t, n)
+			time.Sleep(200 * time.Millisecond) // traffic runs on the restarted node
+			t.Logf("%s: %s restarted, %d changes", st.name, n.Name, len(changes))
+			if len(changes) != 0 {
+				t.Errorf("%s: restarted agent on %s made %d changes, want 0: %v", st.name, n.Name, len(changes), changes)
+			}
+		}
+	}
+	stats := streams.Stop()
+	total := nslab.Total(stats)
+	t.Logf("probes across the restarts: %s; echo responder socket drops: %v", total, streams.EchoDrops())
+	if total.Lost != 0 || total.Sent == 0 {
+		t.Errorf("lost %d of %d probes across agent restarts:\n%s", total.Lost, total.Sent, nslab.Report(stats))
+	}
+}
+
+// TestDriftRepair deletes what the agent made behind its back and checks
+// that the next reconcile repairs it, touching no route it does not own.
+func TestDriftRepair(t *testing.T) {
+	l := nslab.New(t, nslab.Options{Nodes: 2})
+	ctx := nslab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, nslab.Tunnel)
+	n1 := l.Nodes[0]
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := n1.IPCmd(args...); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	// Someone else's route, and a stale one of ours.
+	run("route", "add", "10.9.0.0/24", "via", "192.168.0.1", "proto", "static")
+	run("route", "add", "10.0.7.0/24", "via", "192.168.0.1", "proto", "181")
+	// Drift: the route to node-2's pods and the tunnel device are gone.
+	run("route", "del", "10.0.1.0/24")
+	run("link", "del", "rm_vxlan")
+	if err := (masq.Masq{NetNSFd: int(n1.NS.Fd())}).Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 64, false); err == nil {
+		t.Fatal("pod1 still reaches pod2 without route and tunnel: the drift did not break anything")
+	}
+
+	res := n1.Reconcile(ctx)
+	t.Logf("repair:\n  %s", strings.Join(res.Changes, "\n  "))
+	if ok, why := n1.Healthy(); !ok {
+		t.Fatalf("after repair: %s", why)
+	}
+	for _, want := range []string{"create rm_vxlan", "route replace 10.0.1.0/24 via 10.0.1.0 dev rm_vxlan", "route del 10.0.7.0/24", "nftables"} {
+		if !slices.ContainsFunc(res.Changes, func(c string) bool { return strings.Contains(c, want) }) {
+			t.Errorf("repair lacks %q", want)
+		}
+	}
+	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 64, false); err != nil {
+		t.Errorf("pod1→pod2 after repair: %v", err)
+	}
+	if got := routeTo(t, n1, "10.9.0.0/24"); !strings.Contains(got, "proto static") {
+		t.Errorf("the agent touched a route it does not own: %q", got)
+	}
+	if got := routeTo(t, n1, "10.0.7.0/24"); got != "" {
+		t.Errorf("stale owned route survived: %q", got)
+	}
+	if res := n1.Reconcile(ctx); len(res.Changes) != 0 {
+		t.Errorf("second reconcile after repair changed %v", res.Changes)
+	}
+}
+
+// snapshot is the node's kernel state as ip prints it, without counters or
+// neighbour states that age.
+func snapshot(t *testing.T, n *nslab.Node) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-d", "link", "show"}, {"addr", "show"}, {"route", "show", "table", "all"},
+		{"neigh", "show", "nud", "permanent"},
+	} {
+		out, err := n.IPCmd(args...)
+		if err != nil {
+			t.Fatalf("ip %v: %v", args, err)
+		}
+		b.WriteString(out)
+	}
+	out, err := exec.Command("ip", "netns", "exec", n.NSName, "sh", "-c",
+		"bridge fdb show dev rm_vxlan; grep -H . /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv4/ip_forward").CombinedOutput()
+	if err != nil {
+		t.Fatalf("snapshot: %v: %s", err, out)
+	}
+	b.Write(out)
+	return b.String()
+}
+
+// TestGeneveRefused asks for a Geneve tunnel, which this kernel cannot
+// build: the agent reports it clearly and changes nothing.
+func TestGeneveRefused(t *testing.T) {
+	l := nslab.New(t, nslab.Options{Nodes: 2})
+	ctx := nslab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, nslab.Tunnel)
+	n1 := l.Nodes[0]
+	if n1.Status.Capabilities == nil || !n1.Status.Capabilities.VXLAN || n1.Status.Capabilities.Geneve {
+		t.Fatalf("capabilities %+v: this test expects a kernel with VXLAN and without Geneve", n1.Status.Capabilities)
+	}
+	before := snapshot(t, n1)
+
+	geneve := nslab.Tunnel
+	geneve.Tunnel = v1alpha1.TunnelGeneve
+	geneve.TunnelPort = 6081
+	n1.SetDatapath(geneve)
+	res := n1.Reconcile(ctx)
+	if len(res.Changes) != 0 {
+		t.Errorf("refused spec changed the node: %v", res.Changes)
+	}
+	if res.Status.ObservedGeneration != n1.Generation {
+		t.Errorf("observedGeneration %d, want %d", res.Status.ObservedGeneration, n1.Generation)
+	}
+	c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied)
+	if c == nil || c.Status != metav1.ConditionFalse || c.Reason != datapath.ReasonTunnelUnsupported || !strings.Contains(c.Message, "CONFIG_GENEVE") {
+		t.Fatalf("DatapathApplied = %+v, want False/TunnelUnsupported naming CONFIG_GENEVE", c)
+	}
+	t.Logf("DatapathApplied=%s %s: %s", c.Status, c.Reason, c.Message)
+	if after := snapshot(t, n1); after != before {
+		t.Errorf("kernel state changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 64, false); err != nil {
+		t.Errorf("pod1→pod2 after the refusal: %v", err)
+	}
+}
+
+// TestPeersChange covers peers joining and leaving, a peer whose node IP
+// changes, and a peer that is not directly reachable.
+func TestPeersChange(t *testing.T) {
+	l := nslab.New(t, nslab.Options{Nodes: 3})
+	ctx := nslab.Context(t, time.Minute)
+	n1, n2, n3 := l.Nodes[0], l.Nodes[1], l.Nodes[2]
+	l.Hide(n3, true)
+	l.Step(ctx, l.Nodes[:2], nslab.Tunnel, stepTimeout)
+	if got := routeTo(t, n1, "10.0.2.0/24"); got != "" {
+		t.Fatalf("route to a node that has not joined: %q", got)
+	}
+
+	// node-3 joins.
+	l.Hide(n3, false)
+	l.Step(ctx, l.Nodes, nslab.Tunnel, stepTimeout)
+	if got := routeTo(t, n1, "10.0.2.0/24"); !strings.Contains(got, "dev rm_vxlan") {
+		t.Errorf("no tunnel route to the joined node-3: %q", got)
+	}
+	if len(n1.Status.Peers) != 2 {
+		t.Errorf("node-1 reports %d peers, want 2", len(n1.Status.Peers))
+	}
+
+	// node-3 leaves: its route, neighbour and FDB entry go.
+	l.Hide(n3, true)
+	l.Converge(ctx, l.Nodes[:2], stepTimeout)
+	if got := routeTo(t, n1, "10.0.2.0/24"); got != "" {
+		t.Errorf("route to node-3 after it left: %q", got)
+	}
+	if out, _ := exec.Command("ip", "netns", "exec", n1.NSName, "sh", "-c", "ip neigh show dev rm_vxlan; bridge fdb show dev rm_vxlan").CombinedOutput(); strings.Contains(string(out), "10.0.2.0") || strings.Contains(string(out), "192.168.0.140") {
+		t.Errorf("node-3's neighbour or FDB entry survived: %s", out)
+	}
+
+	// node-2's InternalIP changes: its tunnel device follows, node-1's FDB
+	// entry follows, pods still talk.
+	p1, p2 := n1.AddPod(ctx, "pod1"), n2.AddPod(ctx, "pod2")
+	newIP := netip.MustParseAddr("192.168.0.131")
+	if err := n2.Readdress(newIP); err != nil {
+		t.Fatal(err)
+	}
+	l.Converge(ctx, l.Nodes[:2], stepTimeout)
+	out, _ := exec.Command("ip", "netns", "exec", n1.NSName, "bridge", "fdb", "show", "dev", "rm_vxlan").CombinedOutput()
+	if !strings.Contains(string(out), "dst 192.168.0.131") {
+		t.Errorf("node-1's FDB does not follow node-2's new IP: %s", out)
+	}
+	if _, err := p1.Ping(ctx, p2.EchoAddr(), 64, false); err != nil {
+		t.Errorf("pod1→pod2 after node-2's IP changed: %v", err)
+	}
+
+	// A peer behind a gateway: reported not direct; with a tunnel it is
+	// reached through the tunnel, without one it gets no route.
+	if out, err := n1.IPCmd("route", "add", "192.168.5.0/24", "via", "192.168.0.1"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	l.SetExtraPeers(node.Peer{Name: "node-9", IP: netip.MustParseAddr("192.168.5.9"), PodCIDR: netip.MustParsePrefix("10.0.9.0/24")})
+	n1.SetDatapath(nslab.SwitchToNative)
+	res := n1.Reconcile(ctx)
+	if c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied); c == nil || c.Status != metav1.ConditionTrue {
+		t.Fatalf("DatapathApplied = %+v", c)
+	}
+	p9, ok := peerStatus(res.Status, "node-9")
+	if !ok || p9.Direct || p9.Reachable || !strings.Contains(p9.Message, "gateway 192.168.0.1") {
+		t.Errorf("node-9 as seen by node-1: %+v, want direct=false naming the gateway", p9)
+	}
+	t.Logf("node-9 (behind a gateway), tunnel kept: %+v", p9)
+	if got := routeTo(t, n1, "10.0.9.0/24"); !strings.Contains(got, "via 10.0.9.0 dev rm_vxlan") {
+		t.Errorf("node-9 is not reached through the tunnel: %q", got)
+	}
+	if c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionPeersHealthy); c == nil || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "node-9") {
+		t.Errorf("PeersHealthy = %+v, want False naming node-9", c)
+	}
+	n1.SetDatapath(nslab.Native)
+	res = n1.Reconcile(ctx)
+	if got := routeTo(t, n1, "10.0.9.0/24"); got != "" {
+		t.Errorf("route to node-9 without a tunnel: %q", got)
+	}
+	p9, _ = peerStatus(res.Status, "node-9")
+	t.Logf("node-9 (behind a gateway), no tunnel: %+v", p9)
+	if !strings.Contains(p9.Message, "no route installed") {
+		t.Errorf("node-9 without a tunnel: %+v, want a message saying it has no route", p9)
+	}
+}
+
+// peerStatus finds a peer in a status.
+func peerStatus(st v1alpha1.RoutingNodeStatus, name string) (v1alpha1.PeerStatus, bool) {
+	for _, p := range st.Peers {
+		if p.Node == name {
+			return p, true
+		}
+	}
+	return v1alpha1.PeerStatus{}, false
+}

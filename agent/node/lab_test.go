@@ -1,0 +1,137 @@
+package node_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/probe"
+)
+
+const stepTimeout = 20 * time.Second
+
+// podPerNode brings the lab up in mode d and adds one pod per node.
+func podPerNode(ctx context.Context, t *testing.T, l *nslab.Lab, d v1alpha1.NodeDatapath) []*nslab.Pod {
+	t.Helper()
+	l.Step(ctx, l.Nodes, d, stepTimeout)
+	var pods []*nslab.Pod
+	for i, n := range l.Nodes {
+		pods = append(pods, n.AddPod(ctx, "pod"+string(rune('1'+i))))
+	}
+	return pods
+}
+
+// rollout moves every node from the mode it is in to the other one, as the
+// operator orders it: prepare all, switch node by node, finalize all.
+func rollout(ctx context.Context, t *testing.T, l *nslab.Lab, prepare, sw, final v1alpha1.NodeDatapath) {
+	t.Helper()
+	step := func(name string, nodes []*nslab.Node, d v1alpha1.NodeDatapath) {
+		t.Helper()
+		start := time.Now()
+		l.Step(ctx, nodes, d, stepTimeout)
+		t.Logf("%s: %s took %s", time.Now().Format("15:04:05.000"), name, time.Since(start).Round(time.Millisecond))
+	}
+	step("prepare all", l.Nodes, prepare)
+	for _, n := range l.Nodes {
+		step("switch "+n.Name, []*nslab.Node{n}, sw)
+		time.Sleep(500 * time.Millisecond) // let traffic run in the mixed state
+	}
+	step("finalize all", l.Nodes, final)
+}
+
+func routeTo(t *testing.T, n *nslab.Node, dst string) string {
+	t.Helper()
+	out, err := n.IPCmd("route", "show", dst)
+	if err != nil {
+		t.Fatalf("ip route show %s: %v: %s", dst, err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// window counts underlay frames for d while the streams run.
+func window(c *probe.Capture, d time.Duration) probe.CaptureStats {
+	c.Reset()
+	time.Sleep(d)
+	return c.Snapshot()
+}
+
+// TestLiveSwitchZeroLoss switches three nodes from VXLAN to native routing
+// and back, step by step as the operator orders it, while every pod streams
+// probes to every pod on another node and a TCP connection stays open; not
+// a single probe may be lost.
+func TestLiveSwitchZeroLoss(t *testing.T) {
+	l := nslab.New(t, nslab.Options{Nodes: 3})
+	ctx := nslab.Context(t, 2*time.Minute)
+	pods := podPerNode(ctx, t, l, nslab.Tunnel)
+	capture := l.Capture()
+
+	tcpEcho, err := probe.StartTCPEcho(pods[1].Path(), pods[1].EchoAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpEcho.Close()
+	tcp, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: pods[0].Path(), Target: tcpEcho.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams := l.StartStreams(pods, 1000)
+	t.Logf("%s: streams started", time.Now().Format("15:04:05.000"))
+
+	tun := window(capture, 300*time.Millisecond)
+	t.Logf("tunnel mode on the underlay: %s", tun)
+	if tun.Encapsulated == 0 || tun.Plain != 0 {
+		t.Errorf("tunnel mode: want only encapsulated pod packets on the underlay, got %s", tun)
+	}
+
+	rollout(ctx, t, l, nslab.PrepareToNative, nslab.SwitchToNative, nslab.Native)
+	nat := window(capture, 300*time.Millisecond)
+	t.Logf("native mode on the underlay: %s", nat)
+	if nat.TunnelUDP != 0 || nat.Plain == 0 {
+		t.Errorf("native mode: want only plain pod packets on the underlay, got %s", nat)
+	}
+	if got := routeTo(t, l.Nodes[0], "10.0.1.0/24"); !strings.Contains(got, "via 192.168.0.130 dev eth0") {
+		t.Errorf("node-1 route to node-2's pods: %q, want via 192.168.0.130 dev eth0", got)
+	}
+	if out, _ := l.Nodes[0].IPCmd("link", "show", "rm_vxlan"); !strings.Contains(out, "does not exist") {
+		t.Errorf("native mode keeps rm_vxlan: %s", out)
+	}
+	// Full-size packets with DF pass in native mode.
+	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 1500-28, true); err != nil {
+		t.Errorf("native mode: 1472-byte DF probe: %v", err)
+	}
+
+	rollout(ctx, t, l, nslab.PrepareToTunnel, nslab.SwitchToTunnel, nslab.Tunnel)
+	back := window(capture, 300*time.Millisecond)
+	t.Logf("back in tunnel mode on the underlay: %s", back)
+	if back.Encapsulated == 0 || back.Plain != 0 {
+		t.Errorf("tunnel mode again: want only encapsulated pod packets, got %s", back)
+	}
+	if got := routeTo(t, l.Nodes[0], "10.0.1.0/24"); !strings.Contains(got, "via 10.0.1.0 dev rm_vxlan") || !strings.Contains(got, "mtu 1450") {
+		t.Errorf("node-1 route to node-2's pods: %q, want via 10.0.1.0 dev rm_vxlan onlink mtu 1450", got)
+	}
+	// Tunnel-sized DF packets pass; full-size ones are refused in the pod.
+	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 1450-28, true); err != nil {
+		t.Errorf("tunnel mode: 1422-byte DF probe: %v", err)
+	}
+	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 1500-28, true); err == nil {
+		t.Errorf("tunnel mode: a 1472-byte DF probe left the pod, whose route MTU must be 1450")
+	}
+
+	stats := streams.Stop()
+	tcpStats := tcp.Stop()
+	total := nslab.Total(stats)
+	t.Logf("probe streams during tunnel→native→tunnel (%d streams at 1000/s):\n%s", len(stats), nslab.Report(stats))
+	t.Logf("total: %s; echo responder socket drops: %v", total, streams.EchoDrops())
+	t.Logf("tcp connection pod1→pod2: %s", tcpStats)
+	for name, s := range stats {
+		if s.Lost != 0 || s.Sent == 0 {
+			t.Errorf("stream %s: sent %d, lost %d; want 0 lost", name, s.Sent, s.Lost)
+		}
+	}
+	if tcpStats.Resets != 0 || tcpStats.Errors != 0 || tcpStats.Reconnects != 0 || tcpStats.Messages == 0 {
+		t.Errorf("tcp connection: %s; want no reset, error or reconnect", tcpStats)
+	}
+}

@@ -1,0 +1,360 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+/* Copyright 2026 The routemode Authors. */
+
+/*
+ * eBPF host routing: forward pod traffic at tc ingress so that it skips the
+ * node's netfilter hooks and IP forwarding path (Cilium's
+ * enable-host-legacy-routing=false).
+ *
+ *   rm_from_netdev  underlay ingress: packets for a local pod go straight into
+ *                   the pod with bpf_redirect_peer.
+ *   rm_from_overlay VXLAN device ingress, after the kernel decapsulated the
+ *                   packet: same as the underlay.
+ *   rm_from_lxc     ingress of a pod's host-side veth (traffic leaving the
+ *                   pod): local pods get bpf_redirect_peer; remote pods in the
+ *                   native routing CIDR get bpf_fib_lookup + bpf_redirect (or
+ *                   bpf_redirect_neigh while the next hop is unresolved).
+ *
+ * Anything the programs do not handle goes to the stack untouched
+ * (TC_ACT_OK), so attaching them can never break what legacy routing
+ * already delivers: it can only shortcut it.
+ */
+
+#include "rm_uapi.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+/* Program identities, the first index into rm_counters. */
+enum rm_prog {
+	RM_PROG_NETDEV = 0,
+	RM_PROG_OVERLAY = 1,
+	RM_PROG_LXC = 2,
+};
+
+/*
+ * Why a packet got its verdict, the second index into rm_counters. Values
+ * are ABI with the Go side (bpf/reasons.go) and the pinned counter map:
+ * append only.
+ */
+enum rm_reason {
+	RM_REDIRECT_PEER = 0,
+	RM_REDIRECT_NEIGH = 1,
+	RM_REDIRECT_FIB = 2,
+	RM_PASS_NOT_IPV4 = 3,
+	RM_PASS_MALFORMED = 4,
+	RM_PASS_NOT_FOR_HOST = 5,
+	RM_PASS_NO_ENDPOINT = 6,
+	RM_PASS_OUTSIDE_CIDR = 7,
+	RM_PASS_TTL = 8,
+	RM_PASS_FIB = 9,
+	RM_PASS_TUNNEL = 10,
+	RM_DROP_REDIRECT = 11,
+};
+
+/*
+ * Fixed slot counts rather than the current enum sizes, so a newer build
+ * that adds a reason can still reuse the pinned counter map of an older one.
+ */
+#define RM_PROG_SLOTS 4
+#define RM_REASON_SLOTS 16
+
+struct endpoint_key {
+	__be32 ip;
+};
+
+struct endpoint_info {
+	__u32 ifindex;   /* host-side (lxc) veth in the node's netns */
+	__u32 id;        /* endpoint id, for humans */
+	__u16 flags;     /* reserved, shown by `bpf endpoint list` */
+	__u8 mac[6];     /* pod's eth0 */
+	__u8 node_mac[6]; /* lxc, the pod's gateway MAC */
+	__u16 pad;
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Last redirect decision, written only when cfg_record is set (tests). */
+struct last_redirect {
+	__u32 ifindex;
+	__u32 reason;
+	__be32 nexthop;
+	__u32 fib_rc;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rm_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RM_PROG_SLOTS * RM_REASON_SLOTS);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rm_counters SEC(".maps");
+
+/*
+ * Load-time configuration, set from Go with VariableSpec.Set. The verifier
+ * sees them as constants, so disabled branches cost nothing.
+ */
+volatile const __be32 cfg_cidr_addr = 0;
+volatile const __be32 cfg_cidr_mask = 0;
+/* Zero disables the FIB path: without a native routing CIDR nothing is routed. */
+volatile const __u8 cfg_fib_enabled = 0;
+/*
+ * A flow-based (collect_md) VXLAN device needs a tunnel key that only the
+ * stack's route knows, so packets the FIB sends there go to the stack.
+ */
+volatile const __u32 cfg_flowbased_tunnel_ifindex = 0;
+volatile const __u8 cfg_record = 0;
+
+struct last_redirect rm_last = {};
+
+static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reason)
+{
+	__u32 key = prog * RM_REASON_SLOTS + reason;
+	struct counter *c = bpf_map_lookup_elem(&rm_counters, &key);
+
+	if (c) {
+		c->packets++;
+		c->bytes += skb->len;
+	}
+}
+
+static __always_inline void record(__u32 ifindex, __u32 reason, __be32 nexthop, __u32 fib_rc)
+{
+	if (!cfg_record)
+		return;
+	rm_last.ifindex = ifindex;
+	rm_last.reason = reason;
+	rm_last.nexthop = nexthop;
+	rm_last.fib_rc = fib_rc;
+}
+
+static __always_inline int pass(struct __sk_buff *skb, __u32 prog, __u32 reason)
+{
+	count(skb, prog, reason);
+	record(0, reason, 0, 0);
+	return TC_ACT_OK;
+}
+
+/*
+ * The forwarding code we skip would decrement the TTL. Updating the checksum
+ * incrementally keeps the header's one's-complement sum unchanged, so a
+ * CHECKSUM_COMPLETE skb->csum stays valid without a helper call.
+ */
+static __always_inline void ip_decrease_ttl(struct iphdr *ip)
+{
+	__u32 check = (__u32)ip->check;
+
+	check += (__u32)bpf_htons(0x0100);
+	ip->check = (__sum16)(check + (check >= 0xFFFF));
+	--ip->ttl;
+}
+
+/*
+ * Headers must be in the linear part of the skb for direct access; GRO'd or
+ * paged skbs may need a pull first.
+ */
+static __always_inline int linear_ipv4(struct __sk_buff *skb, struct ethhdr **eth, struct iphdr **ip)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	const __u32 need = ETH_HLEN + sizeof(struct iphdr);
+
+	if (data + need > data_end) {
+		if (skb->len < need || bpf_skb_pull_data(skb, need))
+			return -1;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + need > data_end)
+			return -1;
+	}
+	*eth = data;
+	*ip = data + ETH_HLEN;
+	return 0;
+}
+
+/* Returns the reason to pass, or -1 when eth/ip point at a routable IPv4 packet. */
+static __always_inline int parse(struct __sk_buff *skb, struct ethhdr **eth, struct iphdr **ip)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *e = data;
+
+	if (data + ETH_HLEN > data_end)
+		return RM_PASS_MALFORMED;
+	/* A hardware-accelerated VLAN tag would be lost on redirect. */
+	if (e->h_proto != bpf_htons(ETH_P_IP) || skb->vlan_present)
+		return RM_PASS_NOT_IPV4;
+	if (linear_ipv4(skb, eth, ip))
+		return RM_PASS_MALFORMED;
+	if ((*ip)->version != 4 || (*ip)->ihl < 5)
+		return RM_PASS_MALFORMED;
+	/* Let the stack send ICMP time exceeded. */
+	if ((*ip)->ttl <= 1)
+		return RM_PASS_TTL;
+	return -1;
+}
+
+static __always_inline int deliver_local(struct __sk_buff *skb, __u32 prog, struct ethhdr *eth,
+					 struct iphdr *ip, const struct endpoint_info *ep)
+{
+	__u32 ifindex = ep->ifindex;
+	long ret;
+
+	__builtin_memcpy(eth->h_dest, ep->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ep->node_mac, ETH_ALEN);
+	ip_decrease_ttl(ip);
+	record(ifindex, RM_REDIRECT_PEER, 0, 0);
+	ret = bpf_redirect_peer(ifindex, 0);
+	if (ret != TC_ACT_REDIRECT) {
+		count(skb, prog, RM_DROP_REDIRECT);
+		return TC_ACT_SHOT;
+	}
+	count(skb, prog, RM_REDIRECT_PEER);
+	return TC_ACT_REDIRECT;
+}
+
+/* Underlay and tunnel ingress: shortcut packets for local pods, nothing else. */
+static __always_inline int from_network(struct __sk_buff *skb, __u32 prog)
+{
+	struct endpoint_key key = {};
+	struct endpoint_info *ep;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	int reason;
+
+	reason = parse(skb, &eth, &ip);
+	if (reason >= 0)
+		return pass(skb, prog, reason);
+
+	key.ip = ip->daddr;
+	ep = bpf_map_lookup_elem(&rm_endpoints, &key);
+	if (!ep)
+		return pass(skb, prog, RM_PASS_NO_ENDPOINT);
+
+	if (skb->pkt_type != PACKET_HOST) {
+		/*
+		 * The stack would drop a unicast frame for another MAC on the
+		 * underlay. Decapsulated frames carry whatever inner MAC the
+		 * peer chose, so the tunnel device accepts them as ours.
+		 */
+		if (prog != RM_PROG_OVERLAY)
+			return pass(skb, prog, RM_PASS_NOT_FOR_HOST);
+		bpf_skb_change_type(skb, PACKET_HOST);
+		/* A helper call invalidates packet pointers; parse again. */
+		reason = parse(skb, &eth, &ip);
+		if (reason >= 0)
+			return pass(skb, prog, reason);
+	}
+	return deliver_local(skb, prog, eth, ip, ep);
+}
+
+SEC("tc")
+int rm_from_netdev(struct __sk_buff *skb)
+{
+	return from_network(skb, RM_PROG_NETDEV);
+}
+
+SEC("tc")
+int rm_from_overlay(struct __sk_buff *skb)
+{
+	return from_network(skb, RM_PROG_OVERLAY);
+}
+
+SEC("tc")
+int rm_from_lxc(struct __sk_buff *skb)
+{
+	struct bpf_fib_lookup fib = {};
+	struct endpoint_key key = {};
+	struct endpoint_info *ep;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	long ret;
+	int reason, rc;
+
+	/* Broadcasts and frames not for the gateway MAC belong to the stack. */
+	if (skb->pkt_type != PACKET_HOST)
+		return pass(skb, RM_PROG_LXC, RM_PASS_NOT_FOR_HOST);
+
+	reason = parse(skb, &eth, &ip);
+	if (reason >= 0)
+		return pass(skb, RM_PROG_LXC, reason);
+
+	key.ip = ip->daddr;
+	ep = bpf_map_lookup_elem(&rm_endpoints, &key);
+	if (ep)
+		return deliver_local(skb, RM_PROG_LXC, eth, ip, ep);
+
+	/*
+	 * Outside the native routing CIDR the packet needs masquerading,
+	 * which only the stack's netfilter does.
+	 */
+	if (!cfg_fib_enabled || (ip->daddr & cfg_cidr_mask) != cfg_cidr_addr)
+		return pass(skb, RM_PROG_LXC, RM_PASS_OUTSIDE_CIDR);
+
+	fib.family = AF_INET;
+	fib.tos = ip->tos;
+	fib.l4_protocol = ip->protocol;
+	/*
+	 * tot_len 0 makes the kernel check the skb itself against the egress
+	 * MTU, which understands GSO; the IP total length of a GSO skb would
+	 * always look too big.
+	 */
+	fib.tot_len = 0;
+	fib.ifindex = skb->ingress_ifindex;
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* Unreachable, local, needs fragmenting: the stack answers with ICMP. */
+		count(skb, RM_PROG_LXC, RM_PASS_FIB);
+		record(0, RM_PASS_FIB, 0, rc);
+		return TC_ACT_OK;
+	}
+	if (cfg_flowbased_tunnel_ifindex && fib.ifindex == cfg_flowbased_tunnel_ifindex)
+		return pass(skb, RM_PROG_LXC, RM_PASS_TUNNEL);
+
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* fib.ipv4_dst now holds the next hop (the gateway, if any). */
+		struct bpf_redir_neigh nh = {
+			.nh_family = AF_INET,
+			.ipv4_nh = fib.ipv4_dst,
+		};
+
+		ip_decrease_ttl(ip);
+		record(fib.ifindex, RM_REDIRECT_NEIGH, fib.ipv4_dst, rc);
+		ret = bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+		if (ret != TC_ACT_REDIRECT) {
+			count(skb, RM_PROG_LXC, RM_DROP_REDIRECT);
+			return TC_ACT_SHOT;
+		}
+		count(skb, RM_PROG_LXC, RM_REDIRECT_NEIGH);
+		return TC_ACT_REDIRECT;
+	}
+
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	ip_decrease_ttl(ip);
+	record(fib.ifindex, RM_REDIRECT_FIB, fib.ipv4_dst, rc);
+	ret = bpf_redirect(fib.ifindex, 0);
+	if (ret != TC_ACT_REDIRECT) {
+		count(skb, RM_PROG_LXC, RM_DROP_REDIRECT);
+		return TC_ACT_SHOT;
+	}
+	count(skb, RM_PROG_LXC, RM_REDIRECT_FIB);
+	return TC_ACT_REDIRECT;
+}

@@ -1,0 +1,140 @@
+/*
+Copyright 2026 The routemode Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package bpf
+
+import "fmt"
+
+// Names of the objects in hostrouting.c. Programs and maps share the
+// NamePrefix, which is how routemode recognises its own attachments among
+// other tc programs on a device.
+const (
+	NamePrefix = "rm_"
+
+	ProgFromNetdev  = "rm_from_netdev"
+	ProgFromOverlay = "rm_from_overlay"
+	ProgFromLXC     = "rm_from_lxc"
+
+	MapEndpoints = "rm_endpoints"
+	MapCounters  = "rm_counters"
+)
+
+// Program identifies one of the host-routing programs in the counter map.
+// The values are the C enum rm_prog.
+type Program uint32
+
+const (
+	ProgramNetdev  Program = 0
+	ProgramOverlay Program = 1
+	ProgramLXC     Program = 2
+)
+
+// Programs lists the programs in counter-map order.
+var Programs = []Program{ProgramNetdev, ProgramOverlay, ProgramLXC}
+
+// String returns the program's name without the prefix, as used in metric
+// labels.
+func (p Program) String() string {
+	switch p {
+	case ProgramNetdev:
+		return "from_netdev"
+	case ProgramOverlay:
+		return "from_overlay"
+	case ProgramLXC:
+		return "from_lxc"
+	}
+	return fmt.Sprintf("program_%d", uint32(p))
+}
+
+// ObjectName is the program's name in the ELF and in the kernel.
+func (p Program) ObjectName() string { return NamePrefix + p.String() }
+
+// Reason says why a packet got its verdict. The values are the C enum
+// rm_reason and part of the pinned counter map's layout: append only.
+type Reason uint32
+
+const (
+	ReasonRedirectPeer  Reason = 0  // delivered into a local pod with bpf_redirect_peer
+	ReasonRedirectNeigh Reason = 1  // sent out with bpf_redirect_neigh (next hop not resolved yet)
+	ReasonRedirectFIB   Reason = 2  // sent out with bpf_redirect and the MACs bpf_fib_lookup found
+	ReasonNotIPv4       Reason = 3  // not IPv4 (ARP, IPv6, VLAN-tagged): the stack's
+	ReasonMalformed     Reason = 4  // truncated or invalid IPv4 header: the stack drops or handles it
+	ReasonNotForHost    Reason = 5  // broadcast, multicast, or unicast for another MAC
+	ReasonNoEndpoint    Reason = 6  // underlay/tunnel packet for no local pod (node traffic)
+	ReasonOutsideCIDR   Reason = 7  // destination outside the native routing CIDR (needs masquerade)
+	ReasonTTL           Reason = 8  // TTL would expire: the stack sends ICMP time exceeded
+	ReasonFIB           Reason = 9  // bpf_fib_lookup found no forwarding route (local, unreachable, MTU)
+	ReasonTunnel        Reason = 10 // route leads into a flow-based tunnel device that needs the stack
+	ReasonDropRedirect  Reason = 11 // the redirect helper failed
+)
+
+// Slot counts of the counter map, fixed in the C source so that the pinned
+// map survives upgrades that add reasons.
+const (
+	ProgramSlots = 4
+	ReasonSlots  = 16
+)
+
+// Reasons lists every reason the programs can report.
+var Reasons = []Reason{
+	ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB,
+	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
+	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonDropRedirect,
+}
+
+var reasonNames = map[Reason]string{
+	ReasonRedirectPeer:  "redirect_peer",
+	ReasonRedirectNeigh: "redirect_neigh",
+	ReasonRedirectFIB:   "redirect_fib",
+	ReasonNotIPv4:       "not_ipv4",
+	ReasonMalformed:     "malformed",
+	ReasonNotForHost:    "not_for_host",
+	ReasonNoEndpoint:    "no_endpoint",
+	ReasonOutsideCIDR:   "outside_cidr",
+	ReasonTTL:           "ttl",
+	ReasonFIB:           "fib",
+	ReasonTunnel:        "tunnel",
+	ReasonDropRedirect:  "redirect_failed",
+}
+
+func (r Reason) String() string {
+	if n, ok := reasonNames[r]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason_%d", uint32(r))
+}
+
+// Verdict is what happened to a packet.
+type Verdict string
+
+const (
+	VerdictRedirect Verdict = "redirect"
+	VerdictPass     Verdict = "pass"
+	VerdictDrop     Verdict = "drop"
+)
+
+// Verdict is the tc verdict that goes with the reason.
+func (r Reason) Verdict() Verdict {
+	switch r {
+	case ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB:
+		return VerdictRedirect
+	case ReasonDropRedirect:
+		return VerdictDrop
+	}
+	return VerdictPass
+}
+
+// CounterIndex is the key of (program, reason) in the counter map.
+func CounterIndex(p Program, r Reason) uint32 {
+	return uint32(p)*ReasonSlots + uint32(r)
+}
+
+// tc verdicts returned by the programs.
+const (
+	TCActOK       = 0
+	TCActShot     = 2
+	TCActRedirect = 7
+)

@@ -1,0 +1,159 @@
+// Command routemode-agent is routemode's node agent. It runs in the node's
+// network namespace (a hostNetwork DaemonSet pod, or `ip netns exec node-1
+// routemode-agent ...` in the lab), makes the node's kernel match its
+// RoutingNode spec (see agent/node) and reports status.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/routemode/routemode/agent/bpfhost"
+	agentcontroller "github.com/routemode/routemode/agent/controller"
+	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/nlsafe"
+	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/api/v1alpha1"
+)
+
+type options struct {
+	nodeName       string
+	underlay       string
+	cniConfDir     string
+	cniBinDir      string
+	stateDir       string
+	healthNS       string
+	resync         time.Duration
+	metricsAddr    string
+	probeAddr      string
+	legacyOnly     bool
+	installCNIFrom string
+}
+
+func main() {
+	var o options
+	fs := flag.CommandLine
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node's Node and RoutingNode (default $NODE_NAME)")
+	fs.StringVar(&o.underlay, "underlay-device", "", "device towards the other nodes (default: the device holding the node's InternalIP)")
+	fs.StringVar(&o.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "directory the CNI configuration is written to")
+	fs.StringVar(&o.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "directory the routemode-cni plugin is installed into (see --install-cni-from)")
+	fs.StringVar(&o.installCNIFrom, "install-cni-from", "", "routemode-cni binary to copy into --cni-bin-dir at start (default: next to this binary, if present)")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/run/routemode", "agent state: saved sysctls, endpoint records (endpoints/), address allocations (ipam/)")
+	fs.StringVar(&o.healthNS, "health-netns", "", "name of the health endpoint's network namespace (default rmhealth-<node>)")
+	fs.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often the node is reconciled without any event")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, 0 to disable")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
+	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "do not load eBPF host routing; hostRouting bpf is then refused")
+	config.RegisterFlags(fs) // --kubeconfig
+	zopts := zap.Options{}
+	zopts.BindFlags(fs)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	if err := run(o); err != nil {
+		ctrl.Log.Error(err, "Agent failed")
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	log := ctrl.Log.WithName("agent").WithValues("node", o.nodeName)
+	if o.nodeName == "" {
+		return fmt.Errorf("--node-name (or $NODE_NAME) is required")
+	}
+	if err := installCNI(o); err != nil {
+		return fmt.Errorf("installing the CNI plugin: %w", err)
+	}
+	nodeNS, err := ns.GetCurrentNS()
+	if err != nil {
+		return err
+	}
+	defer nodeNS.Close()
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+
+	var hostRouter node.HostRouter = node.LegacyHostRouter{}
+	if !o.legacyOnly {
+		r := bpfhost.New("", hostrouting.DefaultPinDir(o.nodeName), log.WithName("hostrouting"))
+		defer r.Close()
+		hostRouter = r
+	}
+	agent, err := node.New(node.Config{
+		NodeName:       o.nodeName,
+		NodeNS:         nodeNS,
+		Handle:         nlsafe.Wrap(h),
+		UnderlayDevice: o.underlay,
+		StateDir:       o.stateDir,
+		CNIConfDir:     o.cniConfDir,
+		HealthNS:       o.healthNS,
+		HostRouter:     hostRouter,
+		ResyncPeriod:   o.resync,
+		Log:            log,
+	})
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	cfg, err := config.GetConfig()
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: o.probeAddr,
+		LeaderElection:         false,
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	kernel := make(chan event.GenericEvent, 1)
+	r := &agentcontroller.Reconciler{Client: mgr.GetClient(), NodeName: o.nodeName, Agent: agent, Kernel: kernel}
+	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 1}); err != nil {
+		return err
+	}
+
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	go func() {
+		if err := agentcontroller.WatchLinks(ctx, netns.None(), o.underlay, kernel, log); err != nil {
+			log.Error(err, "Failed to watch links; relying on the periodic resync")
+		}
+	}()
+	log.Info("Started agent", "stateDir", o.stateDir, "cniConfDir", o.cniConfDir, "resync", o.resync)
+	return mgr.Start(ctx)
+}

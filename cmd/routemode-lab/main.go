@@ -1,0 +1,120 @@
+// Command routemode-lab runs routemode on one machine: `up` starts an API
+// server, node namespaces with the real agents, the operator and pods;
+// `demo` switches it live and back under traffic; `down` removes it all.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/routemode/routemode/hack/lab"
+)
+
+const usage = `usage: routemode-lab up|down|demo|relay [flags]
+
+  up     start the lab and leave it running
+  down   remove everything the lab made
+  demo   start the lab, switch it VXLAN -> native+BPF -> VXLAN under traffic
+  relay  (internal) forward 127.0.0.1:6443 in a node namespace to the API server
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	if err := run(ctx, os.Args[1], os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "routemode-lab:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cmd string, args []string) error {
+	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
+	root, _ := os.Getwd()
+	exe, _ := os.Executable()
+	cfg := lab.Config{}
+	fs.StringVar(&cfg.Dir, "dir", filepath.Join(root, ".lab"), "the lab's state directory")
+	fs.IntVar(&cfg.Nodes, "nodes", 3, "number of nodes")
+	fs.StringVar(&cfg.Root, "root", root, "the repository root (for config/)")
+	fs.StringVar(&cfg.Bin, "bin", filepath.Dir(exe), "directory of the routemode binaries")
+	fs.StringVar(&cfg.K8sBin, "k8s-bin", filepath.Join(root, "bin", "k8s"), "directory of kube-apiserver, etcd and kubectl")
+	keep := fs.Bool("keep", os.Getenv("DEMO_KEEP") != "0", "demo: leave the lab up afterwards (DEMO_KEEP=0 removes it)")
+	rate := fs.Int("rate", 1000, "demo: probes per second in all")
+	netnsPath := fs.String("netns", "", "relay: the node namespace")
+	to := fs.String("to", "", "relay: the API server's host address")
+	_ = fs.Parse(args)
+
+	switch cmd {
+	case "up":
+		l, err := lab.Up(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		if err := l.Bootstrap(ctx, filepath.Join(cfg.Root, "config", "samples", "tunnel.yaml")); err != nil {
+			return errors.Join(err, lab.Down(cfg.Dir))
+		}
+		printUsage(l)
+		return nil
+	case "down":
+		return lab.Down(cfg.Dir)
+	case "relay":
+		return lab.Relay(ctx, *netnsPath, *to)
+	case "demo":
+		return demo(ctx, cfg, *keep, *rate)
+	}
+	fmt.Fprint(os.Stderr, usage)
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+func demo(ctx context.Context, cfg lab.Config, keep bool, rate int) error {
+	start := time.Now()
+	fmt.Printf("Starting the lab: kube-apiserver and etcd, %d nodes as network namespaces, the agents, the operator, one pod per node...\n", cfg.Nodes)
+	if err := lab.Down(cfg.Dir); err != nil {
+		return fmt.Errorf("removing a previous lab: %w", err)
+	}
+	l, err := lab.Up(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("Lab up in %.0fs.\n", time.Since(start).Seconds())
+	d := &lab.Demo{Lab: l, Out: os.Stdout, Rate: rate, Window: 2 * time.Second}
+	results, err := d.Run(ctx)
+	if err == nil {
+		for _, r := range results {
+			if r.Traffic.UDP.Lost != 0 || r.Traffic.TCP.Resets != 0 {
+				err = fmt.Errorf("%s lost %d probes and reset %d TCP connections", r.Name, r.Traffic.UDP.Lost, r.Traffic.TCP.Resets)
+			}
+		}
+	}
+	if !keep {
+		return errors.Join(err, lab.Down(cfg.Dir))
+	}
+	printUsage(l)
+	return err
+}
+
+func printUsage(l *lab.Lab) {
+	n := l.Nodes[0].NS
+	fmt.Printf(`
+The lab is up. To use it:
+  export KUBECONFIG=%s
+  %s get routingmode,routingnodes
+  ip netns exec %s ip route                  # a node's routes
+  ip netns exec %s ip -d link show           # a node's devices
+  ip netns exec %s ip addr                   # a pod
+  kubectl apply -f config/samples/native-routing.yaml   # switch it live
+Remove it with: make lab-down
+`, l.Kubeconfig(), filepath.Join(filepathK8s(l), "kubectl"), n, n, l.Pods()[0].Name)
+}
+
+func filepathK8s(l *lab.Lab) string { return l.K8sBin() }

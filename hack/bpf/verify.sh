@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Fails when the committed bpf2go output differs from a fresh build of the
+# C sources: somebody edited hostrouting.c without regenerating, or the
+# generator changed. Generates into a temporary copy, so the work tree is
+# never touched.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+mkdir -p "$TMP/hack"
+cp "$ROOT/go.mod" "$ROOT/go.sum" "$TMP/"
+cp -r "$ROOT/bpf" "$TMP/bpf"
+cp -r "$ROOT/hack/bpf" "$TMP/hack/bpf"
+(cd "$TMP" && bash hack/bpf/generate.sh)
+
+status=0
+for f in "$ROOT"/bpf/*_bpfel.go "$ROOT"/bpf/*_bpfel.o; do
+	rel="${f#"$ROOT"/}"
+	if ! cmp -s "$f" "$TMP/$rel"; then
+		echo "verify-bpf: $rel differs from a fresh build; run hack/bpf/generate.sh and commit the result" >&2
+		status=1
+	fi
+done
+for f in "$TMP"/bpf/*_bpfel.go "$TMP"/bpf/*_bpfel.o; do
+	rel="${f#"$TMP"/}"
+	if [[ ! -e "$ROOT/$rel" ]]; then
+		echo "verify-bpf: $rel is generated but not committed" >&2
+		status=1
+	fi
+done
+if ((status == 0)); then
+	echo "verify-bpf: committed BPF objects match the sources"
+fi
+exit $status

@@ -1,0 +1,194 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/routemode/routemode/internal/probe"
+)
+
+// SwitchResult is one live switch as the demo measured it.
+type SwitchResult struct {
+	Name     string
+	Duration time.Duration
+	Traffic  TrafficReport
+	// Before and After are the underlay captures over a quiet moment
+	// before and after the switch.
+	Before, After CaptureSummary
+}
+
+// CaptureSummary says how pod packets crossed the underlay.
+type CaptureSummary struct {
+	Encapsulated, Plain int64
+}
+
+func (c CaptureSummary) String() string {
+	switch {
+	case c.Encapsulated > 0 && c.Plain == 0:
+		return fmt.Sprintf("VXLAN (%d encapsulated, 0 plain)", c.Encapsulated)
+	case c.Plain > 0 && c.Encapsulated == 0:
+		return fmt.Sprintf("native (0 encapsulated, %d plain)", c.Plain)
+	}
+	return fmt.Sprintf("mixed (%d encapsulated, %d plain)", c.Encapsulated, c.Plain)
+}
+
+// Demo is `make demo`: a lab switched live from VXLAN to native routing
+// with eBPF host routing and back while traffic flows, narrated on out.
+type Demo struct {
+	Lab  *Lab
+	Out  io.Writer
+	Rate int
+	// Window is how long traffic is watched before and after a switch.
+	Window time.Duration
+	c      client.Client
+	start  time.Time
+}
+
+func (d *Demo) say(format string, args ...any) {
+	fmt.Fprintf(d.Out, format+"\n", args...)
+}
+
+func (d *Demo) sayCmd(name string, out string) {
+	d.say("$ %s", name)
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		d.say("  %s", line)
+	}
+}
+
+func (d *Demo) kubectl(args ...string) error {
+	out, err := d.Lab.Kubectl(args...)
+	d.sayCmd("kubectl "+strings.Join(args, " "), out)
+	return err
+}
+
+func (d *Demo) nodeCmd(node string, args ...string) {
+	out, err := run("ip", append([]string{"netns", "exec", node}, args...)...)
+	if err != nil {
+		out += err.Error()
+	}
+	d.sayCmd("ip netns exec "+node+" "+strings.Join(args, " "), out)
+}
+
+// sample is a path under config/samples.
+func (d *Demo) sample(name string) string {
+	return filepath.Join(d.Lab.cfg.Root, "config", "samples", name)
+}
+
+// Run runs the demo on a lab that is up.
+func (d *Demo) Run(ctx context.Context) ([]SwitchResult, error) {
+	var err error
+	if d.c, err = d.Lab.Client(); err != nil {
+		return nil, err
+	}
+	d.say("\n== 1. VXLAN tunnelling, legacy host routing ==")
+	if err := d.kubectl("apply", "-f", d.sample("tunnel.yaml")); err != nil {
+		return nil, err
+	}
+	if _, err := d.Lab.WaitRollout(ctx, d.c, 3*time.Minute, nil); err != nil {
+		return nil, err
+	}
+	if err := d.Lab.AddPods(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.kubectl("get", "routingmode,routingnodes"); err != nil {
+		return nil, err
+	}
+	pods := d.Lab.Pods()
+	d.say("\nPods (named network namespaces, wired by routemode-cni):")
+	for _, p := range pods {
+		d.say("  %-8s on %-7s %s", p.Name, p.Node, p.IP)
+	}
+	node1 := d.Lab.Nodes[0].NS
+	d.nodeCmd(node1, "ip", "route")
+
+	var results []SwitchResult
+	for _, sw := range []struct{ name, sample, explain string }{
+		{"VXLAN → native + eBPF host routing", "native-routing.yaml", "tunnel: disabled, nativeRoutingCIDR: 10.0.0.0/16, autoDirectNodeRoutes: true, hostRouting: bpf"},
+		{"native + eBPF host routing → VXLAN", "tunnel.yaml", "tunnel: vxlan, hostRouting: legacy"},
+	} {
+		d.say("\n== %d. Switch live: %s ==", len(results)+2, sw.name)
+		r, err := d.switchTo(ctx, sw.name, sw.sample, sw.explain)
+		if err != nil {
+			return results, err
+		}
+		results = append(results, r)
+		if err := d.kubectl("get", "routingmode,routingnodes"); err != nil {
+			return results, err
+		}
+		d.nodeCmd(node1, "ip", "route")
+		if len(results) == 1 {
+			d.showEndpoints(node1)
+		}
+	}
+	d.say("\n== Summary ==")
+	d.table(results)
+	return results, nil
+}
+
+func (d *Demo) showEndpoints(node string) {
+	ctl := filepath.Join(d.Lab.cfg.Bin, "routemodectl")
+	out, err := exec.Command("nsenter", "--net="+nsPath(node), "--", ctl, "bpf", "endpoint", "list", "--node", node).CombinedOutput()
+	if err != nil {
+		out = append(out, []byte(err.Error())...)
+	}
+	d.sayCmd("routemodectl bpf endpoint list --node "+node+"   (the seed's `cilium bpf endpoint list`)", string(out))
+}
+
+// switchTo applies a sample while traffic flows and reports what the
+// traffic and the underlay captures saw.
+func (d *Demo) switchTo(ctx context.Context, name, sample, explain string) (SwitchResult, error) {
+	r := SwitchResult{Name: name}
+	t, err := d.Lab.StartTraffic(ctx, d.Rate, 8472)
+	if err != nil {
+		return r, err
+	}
+	d.say("Traffic on: a UDP probe stream (%d probes/s in all) and a TCP connection between each of %d pod pairs on different nodes.", d.Rate, len(d.Lab.podPairs()))
+	t.Capture()
+	time.Sleep(d.Window)
+	r.Before = summary(t.Capture())
+	d.say("Underlay before: %s", r.Before)
+	d.say("Applying %s (%s), no delete first:", sample, explain)
+	start := time.Now()
+	if err := d.kubectl("apply", "-f", d.sample(sample)); err != nil {
+		t.Stop()
+		return r, err
+	}
+	d.say("$ kubectl wait --for=condition=Ready routingmode/default   (progress as it changes: phase, updated/total, each node's step→send/host routing)")
+	_, err = d.Lab.WaitRollout(ctx, d.c, 5*time.Minute, func(line string) {
+		d.say("  +%5.1fs %s", time.Since(start).Seconds(), line)
+	})
+	r.Duration = time.Since(start)
+	if err != nil {
+		t.Stop()
+		return r, err
+	}
+	t.Capture()
+	time.Sleep(d.Window)
+	r.After = summary(t.Capture())
+	r.Traffic = t.Stop()
+	d.say("Underlay after: %s", r.After)
+	d.say("Traffic during the switch: UDP %s; TCP %s", r.Traffic.UDP, r.Traffic.TCP)
+	return r, nil
+}
+
+func summary(s probe.CaptureStats) CaptureSummary {
+	return CaptureSummary{Encapsulated: s.Encapsulated, Plain: s.Plain}
+}
+
+func (d *Demo) table(results []SwitchResult) {
+	w := tabwriter.NewWriter(d.Out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "Switch\tDuration\tProbes sent\tLost\tDuplicated\tLargest gap\tTCP conns\tTCP resets\tUnderlay before\tUnderlay after")
+	for _, r := range results {
+		fmt.Fprintf(w, "%s\t%.1fs\t%d\t%d\t%d\t%s\t%d\t%d\t%s\t%s\n", r.Name, r.Duration.Seconds(), r.Traffic.UDP.Sent, r.Traffic.UDP.Lost,
+			r.Traffic.UDP.Duplicates, r.Traffic.UDP.LargestGap.Round(100*time.Microsecond), r.Traffic.Pairs, r.Traffic.TCP.Resets, r.Before, r.After)
+	}
+	w.Flush()
+}

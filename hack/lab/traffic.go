@@ -1,0 +1,163 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"time"
+
+	"github.com/routemode/routemode/internal/probe"
+)
+
+// Ports the traffic generator uses inside every pod.
+const (
+	udpEchoPort = 7000
+	tcpEchoPort = 7001
+)
+
+// PodNativeCIDR holds every pod address of the lab.
+var PodNativeCIDR = netip.MustParsePrefix("10.0.0.0/16")
+
+// Traffic is the lab's traffic: a numbered UDP probe stream and a
+// long-lived TCP connection between every pair of pods on different nodes,
+// and a capture on every node's underlay device.
+type Traffic struct {
+	echoes   []*probe.Echo
+	tcpEcho  []*probe.TCPEcho
+	streams  map[string]*probe.Stream
+	tcp      map[string]*probe.TCPCheck
+	captures map[string]*probe.Capture
+	cancel   context.CancelFunc
+}
+
+// TrafficReport is what the traffic saw.
+type TrafficReport struct {
+	UDP probe.Stats
+	TCP probe.TCPStats
+	// Pairs is the number of pod pairs.
+	Pairs int
+	// Capture is the sum over the nodes' underlay captures.
+	Capture probe.CaptureStats
+}
+
+// StartTraffic starts the traffic at rate probes per second in all.
+func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (t *Traffic, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	t = &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel}
+	defer func() {
+		if err != nil {
+			t.Stop()
+		}
+	}()
+	for _, p := range l.state.Pods {
+		e, err := probe.StartEcho(nsPath(p.Name), netip.AddrPortFrom(p.IP, udpEchoPort))
+		if err != nil {
+			return nil, fmt.Errorf("starting the UDP echo in %s: %w", p.Name, err)
+		}
+		t.echoes = append(t.echoes, e)
+		te, err := probe.StartTCPEcho(nsPath(p.Name), netip.AddrPortFrom(p.IP, tcpEchoPort))
+		if err != nil {
+			return nil, fmt.Errorf("starting the TCP echo in %s: %w", p.Name, err)
+		}
+		t.tcpEcho = append(t.tcpEcho, te)
+	}
+	for _, n := range l.Nodes {
+		c, err := probe.StartCapture(probe.CaptureConfig{NSPath: nsPath(n.NS), Interface: "eth0", TunnelPort: tunnelPort, Inner: PodNativeCIDR})
+		if err != nil {
+			return nil, fmt.Errorf("capturing on %s: %w", n.NS, err)
+		}
+		t.captures[n.NS] = c
+	}
+	pairs := l.podPairs()
+	for _, pr := range pairs {
+		key := pr[0].Name + "->" + pr[1].Name
+		s, err := probe.StartStream(probe.StreamConfig{NSPath: nsPath(pr[0].Name), Target: netip.AddrPortFrom(pr[1].IP, udpEchoPort), Rate: max(1, rate/len(pairs))})
+		if err != nil {
+			return nil, fmt.Errorf("starting the probe stream %s: %w", key, err)
+		}
+		t.streams[key] = s
+		c, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: nsPath(pr[0].Name), Target: netip.AddrPortFrom(pr[1].IP, tcpEchoPort)})
+		if err != nil {
+			return nil, fmt.Errorf("connecting %s over TCP: %w", key, err)
+		}
+		t.tcp[key] = c
+	}
+	return t, nil
+}
+
+func nsPath(name string) string { return filepath.Join("/var/run/netns", name) }
+
+// podPairs is every ordered pair of pods on different nodes.
+func (l *Lab) podPairs() [][2]PodState {
+	var out [][2]PodState
+	for _, a := range l.state.Pods {
+		for _, b := range l.state.Pods {
+			if a.Node != b.Node {
+				out = append(out, [2]PodState{a, b})
+			}
+		}
+	}
+	return out
+}
+
+// Capture returns the summed capture counters and starts counting afresh,
+// so each phase of a demo reports its own packets.
+func (t *Traffic) Capture() probe.CaptureStats {
+	var sum probe.CaptureStats
+	for _, c := range t.captures {
+		s := c.Snapshot()
+		c.Reset()
+		sum.Frames += s.Frames
+		sum.TunnelUDP += s.TunnelUDP
+		sum.Encapsulated += s.Encapsulated
+		sum.Plain += s.Plain
+	}
+	return sum
+}
+
+// Stop ends the traffic and reports it; loss is counted once the last
+// answers had time to arrive.
+func (t *Traffic) Stop() TrafficReport {
+	r := TrafficReport{Pairs: len(t.streams)}
+	for _, s := range t.streams {
+		st := s.Stop()
+		r.UDP.Sent += st.Sent
+		r.UDP.Received += st.Received
+		r.UDP.Lost += st.Lost
+		r.UDP.Duplicates += st.Duplicates
+		r.UDP.Reordered += st.Reordered
+		r.UDP.SendErrors += st.SendErrors
+		r.UDP.LargestGap = max(r.UDP.LargestGap, st.LargestGap)
+		r.UDP.MaxRTT = max(r.UDP.MaxRTT, st.MaxRTT)
+	}
+	for _, c := range t.tcp {
+		st := c.Stop()
+		r.TCP.Messages += st.Messages
+		r.TCP.Resets += st.Resets
+		r.TCP.Errors += st.Errors
+		r.TCP.Reconnects += st.Reconnects
+		r.TCP.LargestGap = max(r.TCP.LargestGap, st.LargestGap)
+		if st.LastError != "" {
+			r.TCP.LastError = st.LastError
+		}
+	}
+	r.Capture = t.Capture()
+	for _, c := range t.captures {
+		c.Stop()
+	}
+	var errs []error
+	for _, e := range t.echoes {
+		errs = append(errs, e.Close())
+	}
+	for _, e := range t.tcpEcho {
+		errs = append(errs, e.Close())
+	}
+	_ = errors.Join(errs...)
+	t.cancel()
+	return r
+}
+
+// Settle waits a moment so in-flight probes are answered before a snapshot.
+func Settle() { time.Sleep(300 * time.Millisecond) }

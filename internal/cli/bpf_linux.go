@@ -1,0 +1,31 @@
+//go:build linux
+
+package cli
+
+import (
+	"strings"
+
+	"github.com/routemode/routemode/agent/hostrouting"
+)
+
+// listPinnedEndpoints reads the map through the agent's own code, so the
+// command always decodes the map the way the programs wrote it.
+func listPinnedEndpoints(pinDir string) ([]endpoint, error) {
+	eps, err := hostrouting.ListEndpoints(pinDir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]endpoint, 0, len(eps))
+	for _, e := range eps {
+		out = append(out, endpoint{
+			IP:      e.IP.String(),
+			ID:      e.ID,
+			Flags:   e.Flags,
+			IfIndex: e.IfIndex,
+			MAC:     strings.ToUpper(e.MAC.String()),
+			NodeMAC: strings.ToUpper(e.NodeMAC.String()),
+			Line:    hostrouting.FormatEndpoint(e),
+		})
+	}
+	return out, nil
+}

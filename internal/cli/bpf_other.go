@@ -1,0 +1,9 @@
+//go:build !linux
+
+package cli
+
+import "errors"
+
+func listPinnedEndpoints(string) ([]endpoint, error) {
+	return nil, errors.New("bpf endpoint list reads a Linux node's bpffs: run it on the node")
+}

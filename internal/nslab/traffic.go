@@ -1,0 +1,102 @@
+package nslab
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/probe"
+)
+
+// Streams are probe streams between pods.
+type Streams struct {
+	names   []string
+	streams []*probe.Stream
+	pods    []*Pod
+}
+
+// StartStreams starts a probe stream from every pod to every pod on
+// another node (answered by the target's echo responder) at rate probes
+// per second each.
+func (l *Lab) StartStreams(pods []*Pod, rate int) *Streams {
+	l.T.Helper()
+	s := &Streams{pods: pods}
+	for _, a := range pods {
+		for _, b := range pods {
+			if a.Node == b.Node {
+				continue
+			}
+			st, err := probe.StartStream(probe.StreamConfig{NSPath: a.Path(), Target: b.EchoAddr(), Rate: rate})
+			if err != nil {
+				s.Stop()
+				l.T.Fatalf("starting stream %s→%s: %v", a.Name, b.Name, err)
+			}
+			s.names = append(s.names, fmt.Sprintf("%s(%s)→%s(%s)", a.Name, a.IP, b.Name, b.IP))
+			s.streams = append(s.streams, st)
+		}
+	}
+	l.T.Cleanup(func() { s.Stop() })
+	return s
+}
+
+// Stop stops every stream and returns the final counts by stream name.
+func (s *Streams) Stop() map[string]probe.Stats {
+	out := map[string]probe.Stats{}
+	for i, st := range s.streams {
+		out[s.names[i]] = st.Stop()
+	}
+	return out
+}
+
+// EchoDrops counts, per pod, probes its echo responder's socket dropped
+// for want of buffer: the tool's loss, not the network's.
+func (s *Streams) EchoDrops() map[string]uint32 {
+	out := map[string]uint32{}
+	for _, p := range s.pods {
+		if p.echo != nil {
+			out[p.Name] = p.echo.Drops()
+		}
+	}
+	return out
+}
+
+// Total adds up stats.
+func Total(stats map[string]probe.Stats) probe.Stats {
+	var t probe.Stats
+	for _, s := range stats {
+		t.Sent += s.Sent
+		t.Received += s.Received
+		t.Lost += s.Lost
+		t.Duplicates += s.Duplicates
+		t.Reordered += s.Reordered
+		t.SendErrors += s.SendErrors
+		t.SocketDrops += s.SocketDrops
+		t.LargestGap = max(t.LargestGap, s.LargestGap)
+		t.MaxRTT = max(t.MaxRTT, s.MaxRTT)
+	}
+	return t
+}
+
+// Report formats stats one stream per line, sorted.
+func Report(stats map[string]probe.Stats) string {
+	var lines []string
+	for name, s := range stats {
+		lines = append(lines, fmt.Sprintf("  %s: %s", name, s))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// Capture starts counting frames on the underlay bridge's ports:
+// encapsulated (UDP to the tunnel port carrying pod addresses) and plain
+// pod packets.
+func (l *Lab) Capture() *probe.Capture {
+	l.T.Helper()
+	c, err := probe.StartCapture(probe.CaptureConfig{NSPath: l.UnderlayPath(), TunnelPort: v1alpha1.DefaultTunnelPort, Inner: PodPrefix})
+	if err != nil {
+		l.T.Fatalf("starting capture: %v", err)
+	}
+	l.T.Cleanup(func() { c.Stop() })
+	return c
+}

@@ -150,7 +150,7 @@ func (d *Demo) switchTo(ctx context.Context, name, sample, explain string) (Swit
 	if err != nil {
 		return r, err
 	}
-	d.say("Traffic on: a UDP probe stream (%d probes/s in all) and a TCP connection between each of %d pod pairs on different nodes.", d.Rate, len(d.Lab.podPairs()))
+	d.say("Traffic on: a UDP probe stream (%d probes/s in all) and a TCP connection between each of %d pod pairs on different nodes.", d.Rate, len(d.Lab.podPairs(func(PodState) bool { return true })))
 	t.Capture()
 	time.Sleep(d.Window)
 	r.Before = summary(t.Capture())

@@ -43,7 +43,12 @@ type TrafficReport struct {
 }
 
 // StartTraffic starts the traffic at rate probes per second in all.
-func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (t *Traffic, err error) {
+func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (*Traffic, error) {
+	return l.startTrafficBetween(ctx, rate, tunnelPort, func(PodState) bool { return true })
+}
+
+// startTrafficBetween runs the traffic between the pods that use selects.
+func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int, use func(PodState) bool) (t *Traffic, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	t = &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel}
 	defer func() {
@@ -51,7 +56,11 @@ func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (t *Tr
 			t.Stop()
 		}
 	}()
+	pairs := l.podPairs(use)
 	for _, p := range l.state.Pods {
+		if !use(p) {
+			continue
+		}
 		e, err := probe.StartEcho(nsPath(p.Name), netip.AddrPortFrom(p.IP, udpEchoPort))
 		if err != nil {
 			return nil, fmt.Errorf("starting the UDP echo in %s: %w", p.Name, err)
@@ -70,7 +79,6 @@ func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (t *Tr
 		}
 		t.captures[n.NS] = c
 	}
-	pairs := l.podPairs()
 	for _, pr := range pairs {
 		key := pr[0].Name + "->" + pr[1].Name
 		s, err := probe.StartStream(probe.StreamConfig{NSPath: nsPath(pr[0].Name), Target: netip.AddrPortFrom(pr[1].IP, udpEchoPort), Rate: max(1, rate/len(pairs))})
@@ -89,12 +97,12 @@ func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (t *Tr
 
 func nsPath(name string) string { return filepath.Join("/var/run/netns", name) }
 
-// podPairs is every ordered pair of pods on different nodes.
-func (l *Lab) podPairs() [][2]PodState {
+// podPairs is every ordered pair of used pods on different nodes.
+func (l *Lab) podPairs(use func(PodState) bool) [][2]PodState {
 	var out [][2]PodState
 	for _, a := range l.state.Pods {
 		for _, b := range l.state.Pods {
-			if a.Node != b.Node {
+			if a.Node != b.Node && use(a) && use(b) {
 				out = append(out, [2]PodState{a, b})
 			}
 		}

@@ -1,0 +1,352 @@
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/testenv"
+)
+
+// The end-to-end tests share one lab: the real API server, agents, operator
+// and CNI plugin, 3 nodes, one pod per node.
+var (
+	e2e    *Lab
+	e2eErr error
+)
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			fmt.Fprintln(os.Stderr, "the end-to-end tests create network namespaces and load eBPF programs: run them as root")
+			return 1
+		}
+		dir, err := os.MkdirTemp("", "routemode-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		root, err := testenv.RepoRoot()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		bin := filepath.Join(dir, "bin")
+		build := exec.Command("go", "build", "-o", bin+"/", "./cmd/...")
+		build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building the binaries:", err)
+			return 1
+		}
+		k8s := os.Getenv("KUBEBUILDER_ASSETS")
+		if k8s == "" {
+			k8s = filepath.Join(root, "bin", "k8s")
+		}
+		id := make([]byte, 2)
+		_, _ = rand.Read(id)
+		cfg := Config{Dir: filepath.Join(dir, "lab"), Nodes: 3, Prefix: "rme" + hex.EncodeToString(id) + "-", Bin: bin, K8sBin: k8s, Root: root}
+		ctx := context.Background()
+		e2e, e2eErr = Up(ctx, cfg)
+		if e2eErr == nil {
+			e2eErr = e2e.Bootstrap(ctx, filepath.Join(root, "config", "samples", "tunnel.yaml"))
+		}
+		defer func() {
+			if err := Down(cfg.Dir); err != nil {
+				fmt.Fprintln(os.Stderr, "removing the lab:", err)
+			}
+		}()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// harness is one test's handle on the shared lab.
+type harness struct {
+	t *testing.T
+	l *Lab
+	c client.Client
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	if e2eErr != nil {
+		t.Fatalf("the lab did not come up: %v", e2eErr)
+	}
+	c, err := e2e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, l: e2e, c: c}
+}
+
+// spec writes a RoutingMode manifest and applies it with kubectl.
+func (h *harness) apply(spec string) (string, error) {
+	h.t.Helper()
+	f := filepath.Join(h.t.TempDir(), "routingmode.yaml")
+	manifest := "apiVersion: routemode.io/v1alpha1\nkind: RoutingMode\nmetadata:\n  name: default\nspec:\n" + spec
+	if err := os.WriteFile(f, []byte(manifest), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	return h.l.Apply(f)
+}
+
+const (
+	tunnelSpec = "  tunnel: vxlan\n  hostRouting: legacy\n"
+	nativeSpec = "  tunnel: disabled\n  nativeRoutingCIDR: 10.0.0.0/16\n  autoDirectNodeRoutes: true\n  hostRouting: bpf\n"
+)
+
+// kstatusWatch records every kstatus the RoutingMode shows until stopped.
+type kstatusWatch struct {
+	mu   sync.Mutex
+	seen []status.Status
+	stop chan struct{}
+	done chan struct{}
+}
+
+func (h *harness) watchKstatus() *kstatusWatch {
+	w := &kstatusWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			rm := &v1alpha1.RoutingMode{}
+			if err := h.c.Get(context.Background(), client.ObjectKey{Name: v1alpha1.RoutingModeName}, rm); err == nil {
+				u, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(rm)
+				if res, err := status.Compute(&unstructured.Unstructured{Object: u}); err == nil {
+					w.mu.Lock()
+					if len(w.seen) == 0 || w.seen[len(w.seen)-1] != res.Status {
+						w.seen = append(w.seen, res.Status)
+					}
+					w.mu.Unlock()
+				}
+			}
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return w
+}
+
+func (w *kstatusWatch) Stop() []status.Status {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen
+}
+
+// rollout applies spec under traffic and checks nothing was lost.
+func (h *harness) rollout(name, spec string, wantUnderlay func(CaptureSummary) bool) {
+	h.t.Helper()
+	ctx := context.Background()
+	tr, err := h.l.StartTraffic(ctx, 600, 8472)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	w := h.watchKstatus()
+	if out, err := h.apply(spec); err != nil {
+		tr.Stop()
+		h.t.Fatalf("%s: kubectl apply: %v\n%s", name, err, out)
+	}
+	rm, err := h.l.WaitRollout(ctx, h.c, 2*time.Minute, func(line string) { h.t.Logf("%s: %s", name, line) })
+	seen := w.Stop()
+	if err != nil {
+		tr.Stop()
+		h.t.Fatalf("%s: %v", name, err)
+	}
+	tr.Capture()
+	time.Sleep(time.Second)
+	after := summary(tr.Capture())
+	r := tr.Stop()
+	h.t.Logf("%s: UDP %s; TCP %s; underlay after: %s; kstatus %v", name, r.UDP, r.TCP, after, seen)
+	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.UDP.Duplicates != 0 {
+		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost", name, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates)
+	}
+	if r.TCP.Messages == 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 || r.TCP.Reconnects != 0 {
+		h.t.Errorf("%s: TCP %s; want no reset, error or reconnect", name, r.TCP)
+	}
+	if !wantUnderlay(after) {
+		h.t.Errorf("%s: the underlay carried %s", name, after)
+	}
+	if !slices.Contains(seen, status.InProgressStatus) || seen[len(seen)-1] != status.CurrentStatus {
+		h.t.Errorf("%s: kstatus went %v; want InProgress during and Current after", name, seen)
+	}
+	if rm.Status.Nodes.Updated != 3 || rm.Status.Nodes.Healthy != 3 {
+		h.t.Errorf("%s: counts %+v", name, rm.Status.Nodes)
+	}
+}
+
+func encapsulated(c CaptureSummary) bool { return c.Encapsulated > 0 && c.Plain == 0 }
+func native(c CaptureSummary) bool       { return c.Plain > 0 && c.Encapsulated == 0 }
+
+func TestE2ESwitchTunnelNativeTunnel(t *testing.T) {
+	h := newHarness(t)
+	h.rollout("tunnel→native+bpf", nativeSpec, native)
+	out, err := run("ip", "netns", "exec", h.l.Nodes[0].NS, "ip", "route")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "10.0.1.0/24 via 192.168.0.130 dev eth0"; !strings.Contains(out, want) {
+		t.Errorf("node-1's routes lack the seed's %q:\n%s", want, out)
+	}
+	h.rollout("native+bpf→tunnel", tunnelSpec, encapsulated)
+}
+
+func TestE2EHostRoutingToggle(t *testing.T) {
+	h := newHarness(t)
+	h.rollout("tunnel legacy→bpf", "  tunnel: vxlan\n  hostRouting: bpf\n", encapsulated)
+	h.rollout("tunnel bpf→legacy", tunnelSpec, encapsulated)
+}
+
+// routingNodeGenerations records every RoutingNode's generation, to show a
+// refused or halted change touched no node.
+func (h *harness) routingNodeGenerations() map[string]int64 {
+	h.t.Helper()
+	var list v1alpha1.RoutingNodeList
+	if err := h.c.List(context.Background(), &list); err != nil {
+		h.t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, rn := range list.Items {
+		out[rn.Name] = rn.Generation
+	}
+	return out
+}
+
+func TestE2EInvalidRoutingModeRefused(t *testing.T) {
+	h := newHarness(t)
+	before := h.routingNodeGenerations()
+	out, err := h.apply("  tunnel: vxlan\n  autoDirectNodeRoutes: true\n")
+	if err == nil {
+		t.Fatalf("kubectl apply accepted autoDirectNodeRoutes with a tunnel: %s", out)
+	}
+	if !strings.Contains(err.Error(), "autoDirectNodeRoutes requires tunnel: disabled") {
+		t.Errorf("refusal does not say why: %v", err)
+	}
+	if after := h.routingNodeGenerations(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("routing nodes changed: %v -> %v", before, after)
+	}
+}
+
+func TestE2EPreflightFailureTouchesNothing(t *testing.T) {
+	h := newHarness(t)
+	before := h.routingNodeGenerations()
+	tr, err := h.l.StartTraffic(context.Background(), 300, 8472)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 10.0.0.0/24 holds node-1's podCIDR only.
+	if out, err := h.apply("  tunnel: disabled\n  nativeRoutingCIDR: 10.0.0.0/24\n  autoDirectNodeRoutes: true\n"); err != nil {
+		tr.Stop()
+		t.Fatalf("%v\n%s", err, out)
+	}
+	_, err = h.l.WaitRollout(context.Background(), h.c, time.Minute, nil)
+	time.Sleep(time.Second)
+	r := tr.Stop()
+	if err == nil || !strings.Contains(err.Error(), "podCIDR 10.0.1.0/24 is outside nativeRoutingCIDR 10.0.0.0/24") {
+		t.Errorf("rollout ended with %v; want a stall naming the podCIDR outside nativeRoutingCIDR", err)
+	}
+	if after := h.routingNodeGenerations(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("routing nodes were touched: %v -> %v", before, after)
+	}
+	if r.UDP.Lost != 0 || r.TCP.Resets != 0 {
+		t.Errorf("traffic was disturbed: UDP %s; TCP %s", r.UDP, r.TCP)
+	}
+	h.restore(tunnelSpec)
+}
+
+// restore applies spec and waits until the lab is back to it.
+func (h *harness) restore(spec string) {
+	h.t.Helper()
+	if out, err := h.apply(spec); err != nil {
+		h.t.Fatalf("%v\n%s", err, out)
+	}
+	if _, err := h.l.WaitRollout(context.Background(), h.c, 2*time.Minute, nil); err != nil {
+		h.t.Fatalf("restoring %q: %v", spec, err)
+	}
+}
+
+func TestE2EUnhealthyNodeRolledBack(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	// Every node receives both ways before node-3 loses its underlay link.
+	if out, err := h.apply(nativeSpec + "  rollout:\n    paused: true\n    healthCheckTimeout: 5s\n"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := wait(ctx, time.Minute, "the rollout to pause after preparing", func() (bool, error) {
+		rm, _, err := h.l.RoutingMode(ctx, h.c)
+		return err == nil && rm.Status.ObservedGeneration == rm.Generation && rm.Status.Phase == v1alpha1.PhasePaused, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	node3 := h.l.Nodes[2]
+	port := "veth-node3"
+	under := h.l.cfg.Prefix + "rmlab-underlay"
+	if _, err := run("ip", "-n", under, "link", "set", port, "down"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := run("ip", "-n", under, "link", "set", port, "up"); err != nil {
+			t.Error(err)
+		}
+		h.restore(tunnelSpec)
+	})
+	// Traffic between the nodes that keep their link.
+	tr, err := h.l.startTrafficBetween(ctx, 300, 8472, func(p PodState) bool { return p.Node != node3.NS })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.apply(nativeSpec + "  rollout:\n    paused: false\n    healthCheckTimeout: 5s\n"); err != nil {
+		tr.Stop()
+		t.Fatalf("%v\n%s", err, out)
+	}
+	rm, err := h.l.WaitRollout(ctx, h.c, time.Minute, func(line string) { t.Logf("%s", line) })
+	time.Sleep(time.Second)
+	r := tr.Stop()
+	if err == nil {
+		t.Fatalf("the rollout finished with node-3 cut off")
+	}
+	stalled := meta.FindStatusCondition(rm.Status.Conditions, v1alpha1.ConditionStalled)
+	if stalled == nil || stalled.Reason != "NodeFailed" || !strings.Contains(stalled.Message, "rolled back") {
+		t.Errorf("Stalled = %+v; want NodeFailed with a rollback", stalled)
+	}
+	var rns v1alpha1.RoutingNodeList
+	if err := h.c.List(ctx, &rns); err != nil {
+		t.Fatal(err)
+	}
+	rolledBack := 0
+	for _, rn := range rns.Items {
+		if rn.Spec.Step == v1alpha1.StepRollback {
+			rolledBack++
+			if rn.Spec.Datapath.SendMode != v1alpha1.SendTunnel {
+				t.Errorf("%s was rolled back to %s", rn.Name, rn.Spec.Datapath.SendMode)
+			}
+		}
+	}
+	if rolledBack != 1 {
+		t.Errorf("%d nodes rolled back, want 1", rolledBack)
+	}
+	t.Logf("traffic between the other nodes: UDP %s; TCP %s", r.UDP, r.TCP)
+	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.TCP.Resets != 0 {
+		t.Errorf("the other nodes lost traffic: UDP %s; TCP %s", r.UDP, r.TCP)
+	}
+}

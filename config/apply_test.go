@@ -66,6 +66,14 @@ func TestKubectlApplyInstallsEverything(t *testing.T) {
 	if len(agent.Env) == 0 || agent.Env[0].Name != "NODE_NAME" || agent.Env[0].ValueFrom == nil || agent.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("agent env %v, want NODE_NAME from spec.nodeName", agent.Env)
 	}
+	for _, a := range []string{"--node-name=$(NODE_NAME)", "--cni-conf-dir=/etc/cni/net.d", "--state-dir=/var/run/routemode", "--cni-bin-dir="} {
+		if !slices.Contains(agent.Args, a) {
+			t.Errorf("agent args %v lack %s", agent.Args, a)
+		}
+	}
+	if agent.LivenessProbe == nil || agent.LivenessProbe.HTTPGet.Path != "/healthz" || agent.ReadinessProbe == nil || agent.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("agent probes %+v %+v", agent.LivenessProbe, agent.ReadinessProbe)
+	}
 	mounts := map[string]corev1.VolumeMount{}
 	for _, m := range agent.VolumeMounts {
 		mounts[m.MountPath] = m

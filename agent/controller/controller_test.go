@@ -225,15 +225,18 @@ func TestManagerTriggers(t *testing.T) {
 	if err := env.Client.Get(t.Context(), client.ObjectKeyFromObject(rn), &cur); err != nil {
 		t.Fatal(err)
 	}
+	// A merge patch: the agent writes the status concurrently.
+	base := cur.DeepCopy()
 	cur.Spec.Datapath = tunnel.DeepCopy()
 	cur.Spec.Datapath.LooseRPFilter = true
-	if err := env.Client.Update(t.Context(), &cur); err != nil {
+	if err := env.Client.Patch(t.Context(), &cur, client.MergeFrom(base)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("spec change", func(req node.Request, _ int) bool { return req.Generation == 2 && req.Datapath.LooseRPFilter })
 
+	base = peer.DeepCopy()
 	peer.Status.VTEPMAC = "0e:72:c0:a8:00:99"
-	if err := env.Client.Status().Update(t.Context(), peer); err != nil {
+	if err := env.Client.Status().Patch(t.Context(), peer, client.MergeFrom(base)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("peer MAC change", func(req node.Request, _ int) bool {

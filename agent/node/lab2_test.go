@@ -139,14 +139,15 @@ func TestDriftRepair(t *testing.T) {
 	}
 }
 
-// snapshot is the node's kernel state as ip prints it, without counters or
-// neighbour states that age.
+// snapshot is the node's IPv4 kernel state as ip prints it, without
+// counters, neighbour states that age or IPv6 (whose duplicate address
+// detection finishes on its own schedule).
 func snapshot(t *testing.T, n *nslab.Node) string {
 	t.Helper()
 	var b strings.Builder
 	for _, args := range [][]string{
-		{"-d", "link", "show"}, {"addr", "show"}, {"route", "show", "table", "all"},
-		{"neigh", "show", "nud", "permanent"},
+		{"-d", "link", "show"}, {"-4", "addr", "show"}, {"-4", "route", "show", "table", "all"},
+		{"-4", "neigh", "show", "nud", "permanent"},
 	} {
 		out, err := n.IPCmd(args...)
 		if err != nil {

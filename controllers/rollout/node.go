@@ -6,6 +6,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/routemode/routemode/api/v1alpha1"
 )
@@ -19,6 +20,8 @@ type Node struct {
 
 	// HasRoutingNode is false until the operator created the node's RoutingNode.
 	HasRoutingNode bool
+	// UID is the RoutingNode's.
+	UID types.UID
 	// Generation is the RoutingNode's metadata.generation.
 	Generation int64
 	Datapath   *v1alpha1.NodeDatapath
@@ -27,7 +30,11 @@ type Node struct {
 	StepStarted time.Time
 	// Previous is what the current Switch replaced, the target of a rollback.
 	Previous *v1alpha1.NodeDatapath
-	Status   v1alpha1.RoutingNodeStatus
+	// TargetGeneration is the RoutingMode generation the node's step serves.
+	TargetGeneration int64
+	// RollbackReason says why the node was rolled back, when it was.
+	RollbackReason string
+	Status         v1alpha1.RoutingNodeStatus
 }
 
 // health is how a node stands on its current step.

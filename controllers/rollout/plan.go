@@ -23,6 +23,8 @@ type Input struct {
 	Stalled *Stall
 	// Started is when the rollout of the current generation began.
 	Started time.Time
+	// Generation is the RoutingMode's generation.
+	Generation int64
 }
 
 // Update is a new datapath for one node.
@@ -32,6 +34,8 @@ type Update struct {
 	Step     v1alpha1.RolloutStep
 	// Previous is recorded so a failed Switch can be rolled back.
 	Previous *v1alpha1.NodeDatapath
+	// Reason says why, for a rollback.
+	Reason string
 }
 
 // Stall is why a rollout halted.
@@ -67,6 +71,9 @@ func Plan(in Input) (d Decision) {
 	d.Target = target
 	defer func() { d.Counts = count(in.Nodes, target, d.Updates) }()
 
+	if in.Stalled == nil {
+		in.Stalled = rolledBack(in)
+	}
 	if in.Stalled != nil {
 		d.Phase, d.Stall = v1alpha1.PhaseStalled, in.Stalled
 		return d
@@ -128,6 +135,22 @@ func Plan(in Input) (d Decision) {
 		}
 	}
 	return d
+}
+
+// rolledBack is the halt a rollback in this generation implies. It is read
+// from the RoutingNodes themselves, so the halt holds even before the
+// RoutingMode's Stalled condition is seen again.
+func rolledBack(in Input) *Stall {
+	for _, n := range in.Nodes {
+		if n.Step == v1alpha1.StepRollback && n.TargetGeneration == in.Generation {
+			return &Stall{Reason: ReasonNodeFailed, Message: haltMessage(n.RollbackReason)}
+		}
+	}
+	return nil
+}
+
+func haltMessage(why string) string {
+	return fmt.Sprintf("%s; the rollout halted: fix the node, then set spec.rollout.paused to true and back to false (or apply a new spec) to retry", why)
 }
 
 // atTarget reports whether every node was asked for the target datapath.
@@ -302,11 +325,11 @@ func (g gateResult) apply(d Decision, phase v1alpha1.RolloutPhase, spec v1alpha1
 	n := g.failed
 	msg := g.why
 	if n.Step == v1alpha1.StepSwitch && n.Previous != nil && autoRollback(spec) {
-		d.Updates = append(d.Updates, Update{Node: n.Name, Datapath: *n.Previous, Step: v1alpha1.StepRollback})
 		msg += "; rolled back to how it sent before"
+		d.Updates = append(d.Updates, Update{Node: n.Name, Datapath: *n.Previous, Step: v1alpha1.StepRollback, Reason: msg})
 	}
 	d.Phase = v1alpha1.PhaseStalled
-	d.Stall = &Stall{Reason: ReasonNodeFailed, Message: fmt.Sprintf("%s; the rollout halted: fix the node, then set spec.rollout.paused to true and back to false (or apply a new spec) to retry", msg)}
+	d.Stall = &Stall{Reason: ReasonNodeFailed, Message: haltMessage(msg)}
 	return d
 }
 

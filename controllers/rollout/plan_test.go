@@ -33,10 +33,18 @@ type sim struct {
 	phases  []v1alpha1.RolloutPhase
 	stall   *Stall
 	steps   map[string][]v1alpha1.RolloutStep
+	// generation is the RoutingMode's; setSpec bumps it.
+	generation int64
+}
+
+func (s *sim) setSpec(spec v1alpha1.RoutingModeSpec) {
+	s.spec = spec
+	s.generation++
+	s.stall = nil
 }
 
 func newSim(t *testing.T, n int, from v1alpha1.RoutingModeSpec) *sim {
-	s := &sim{t: t, spec: from, now: time.Unix(1_800_000_000, 0), failing: map[string]bool{}, steps: map[string][]v1alpha1.RolloutStep{}}
+	s := &sim{t: t, spec: from, generation: 1, now: time.Unix(1_800_000_000, 0), failing: map[string]bool{}, steps: map[string][]v1alpha1.RolloutStep{}}
 	for i := range n {
 		s.addNode(i)
 	}
@@ -91,7 +99,7 @@ func (s *sim) report() {
 
 func (s *sim) step() Decision {
 	s.t.Helper()
-	d := Plan(Input{Spec: s.spec, Nodes: s.nodes, Now: s.now, Stalled: s.stall})
+	d := Plan(Input{Spec: s.spec, Nodes: s.nodes, Now: s.now, Stalled: s.stall, Generation: s.generation})
 	s.phases = append(s.phases, d.Phase)
 	s.checkLossless(d.Updates)
 	for _, u := range d.Updates {
@@ -99,6 +107,7 @@ func (s *sim) step() Decision {
 		n := &s.nodes[i]
 		dp := u.Datapath
 		n.Datapath, n.Step, n.Previous, n.StepStarted = &dp, u.Step, u.Previous, s.now
+		n.TargetGeneration, n.RollbackReason = s.generation, u.Reason
 		n.Generation++
 		s.steps[n.Name] = append(s.steps[n.Name], u.Step)
 	}
@@ -219,7 +228,7 @@ func TestPlanRollouts(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			s := newSim(t, tc.nodes, tc.from)
-			s.spec = tc.to
+			s.setSpec(tc.to)
 			d := s.settle(60)
 			if got := compact(s.phases); got != tc.wantPhases {
 				t.Errorf("phases = %s, want %s", got, tc.wantPhases)
@@ -246,7 +255,7 @@ func TestPlanBatchesRespectMaxUnavailable(t *testing.T) {
 	}{{intstr.FromInt32(1), 1}, {intstr.FromInt32(2), 2}, {intstr.FromString("50%"), 3}, {intstr.FromString("10%"), 1}} {
 		t.Run(tc.mu.String(), func(t *testing.T) {
 			s := newSim(t, 6, tunnelSpec)
-			s.spec = nativeSpec
+			s.setSpec(nativeSpec)
 			s.spec.Rollout.MaxUnavailable = &tc.mu
 			widest := 0
 			for range 40 {
@@ -272,7 +281,7 @@ func TestPlanBatchesRespectMaxUnavailable(t *testing.T) {
 
 func TestPlanWaitsForHealthBeforeNextBatch(t *testing.T) {
 	s := newSim(t, 3, tunnelSpec)
-	s.spec = nativeSpec
+	s.setSpec(nativeSpec)
 	s.step() // prepare all
 	if d := s.step(); len(d.Updates) != 0 || d.Phase != v1alpha1.PhasePreparing {
 		t.Fatalf("switched before the prepare step was applied: %s %v", d.Phase, names(d.Updates))
@@ -291,7 +300,7 @@ func TestPlanRollsBackFailedNodeAndHalts(t *testing.T) {
 	for _, autoRollback := range []bool{true, false} {
 		t.Run(fmt.Sprint("autoRollback=", autoRollback), func(t *testing.T) {
 			s := newSim(t, 3, tunnelSpec)
-			s.spec = nativeSpec
+			s.setSpec(nativeSpec)
 			s.spec.Rollout.AutoRollback = &autoRollback
 			s.spec.Rollout.HealthCheckTimeout = &metav1.Duration{Duration: 10 * time.Second}
 			s.failing["node-2"] = true
@@ -322,7 +331,7 @@ func TestPlanRollsBackFailedNodeAndHalts(t *testing.T) {
 			if d := s.step(); d.Phase != v1alpha1.PhaseStalled || len(d.Updates) != 0 {
 				t.Errorf("moved on while stalled: %s %v", d.Phase, names(d.Updates))
 			}
-			s.stall = nil // what a new generation does
+			s.setSpec(s.spec) // what pausing and resuming does
 			if d := s.settle(40); d.Phase != v1alpha1.PhaseComplete {
 				t.Errorf("retry ended %s", d.Phase)
 			}
@@ -332,17 +341,19 @@ func TestPlanRollsBackFailedNodeAndHalts(t *testing.T) {
 
 func TestPlanPauseAndResume(t *testing.T) {
 	s := newSim(t, 3, tunnelSpec)
-	s.spec = nativeSpec
+	s.setSpec(nativeSpec)
 	s.step()
 	s.report()
 	s.step() // node-1 switches
 	s.report()
 	s.spec.Rollout.Paused = true
+	s.generation++
 	d := s.settle(10)
 	if d.Phase != v1alpha1.PhasePaused || d.Counts.Updated != 1 {
 		t.Fatalf("paused at %s with %d updated", d.Phase, d.Counts.Updated)
 	}
 	s.spec.Rollout.Paused = false
+	s.generation++
 	if d := s.settle(30); d.Phase != v1alpha1.PhaseComplete {
 		t.Fatalf("resume ended %s", d.Phase)
 	}
@@ -352,7 +363,7 @@ func TestPlanNodeJoiningMidRollout(t *testing.T) {
 	for _, joinAfter := range []int{0, 1, 2, 3} {
 		t.Run(fmt.Sprint("after ", joinAfter, " decisions"), func(t *testing.T) {
 			s := newSim(t, 3, tunnelSpec)
-			s.spec = nativeSpec
+			s.setSpec(nativeSpec)
 			for range joinAfter {
 				s.step()
 				s.report()
@@ -370,12 +381,12 @@ func TestPlanNodeJoiningMidRollout(t *testing.T) {
 
 func TestPlanSpecChangedMidRollout(t *testing.T) {
 	s := newSim(t, 4, tunnelSpec)
-	s.spec = nativeSpec
+	s.setSpec(nativeSpec)
 	for range 4 {
 		s.step()
 		s.report()
 	}
-	s.spec = tunnelSpec // back before the first rollout finished
+	s.setSpec(tunnelSpec) // back before the first rollout finished
 	if d := s.settle(60); d.Phase != v1alpha1.PhaseComplete {
 		t.Fatalf("ended %s", d.Phase)
 	}
@@ -388,7 +399,7 @@ func TestPlanSpecChangedMidRollout(t *testing.T) {
 
 func TestPlanTimeoutWithoutReport(t *testing.T) {
 	s := newSim(t, 2, tunnelSpec)
-	s.spec = nativeSpec
+	s.setSpec(nativeSpec)
 	s.step()
 	s.report()
 	d := s.step()
@@ -453,7 +464,7 @@ func TestPreflight(t *testing.T) {
 func TestPlanPreflightFailureTouchesNothing(t *testing.T) {
 	s := newSim(t, 3, tunnelSpec)
 	s.nodes[2].PodCIDR = "10.9.0.0/24"
-	s.spec = nativeSpec
+	s.setSpec(nativeSpec)
 	d := s.step()
 	if d.Phase != v1alpha1.PhaseStalled || len(d.Updates) != 0 || d.Stall.Reason != ReasonPodCIDROutside {
 		t.Fatalf("got %s %+v with updates %v", d.Phase, d.Stall, names(d.Updates))

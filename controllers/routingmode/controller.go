@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -46,6 +47,8 @@ const (
 	// AnnotationPreviousDatapath is the datapath a Switch replaced, the target
 	// of a rollback.
 	AnnotationPreviousDatapath = "routemode.io/previous-datapath"
+	// AnnotationRollbackReason says why a node was rolled back.
+	AnnotationRollbackReason = "routemode.io/rollback-reason"
 	// AnnotationLastAppliedSpec is the last RoutingMode spec that completed,
 	// what `routemodectl rollout undo` goes back to.
 	AnnotationLastAppliedSpec = "routemode.io/last-applied-spec"
@@ -57,6 +60,19 @@ type Reconciler struct {
 	Recorder events.EventRecorder
 	// Now is the clock; tests move it to fire timeouts.
 	Now func() time.Time
+
+	// written is the generation each RoutingNode had after this operator
+	// last wrote it. A decision made from a cache that has not caught up
+	// with the operator's own writes could switch a node twice or too many
+	// nodes at once, so reconciles wait for the cache first.
+	written map[string]writtenAt
+}
+
+// writtenAt identifies one write of one RoutingNode object: a RoutingNode
+// deleted and made again starts its generations afresh.
+type writtenAt struct {
+	uid        types.UID
+	generation int64
 }
 
 // +kubebuilder:rbac:groups=routemode.io,resources=routingmodes,verbs=get;list;watch;patch
@@ -64,7 +80,6 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=routemode.io,resources=routingnodes,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
 
 // Reconcile runs one step of the rollout.
 func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl.Result, reterr error) {
@@ -84,7 +99,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		return ctrl.Result{}, err
 	}
 
-	in := rollout.Input{Spec: rm.Spec, Nodes: nodes, Now: now, Stalled: recordedStall(rm)}
+	if stale := r.staleNodes(nodes); stale != "" {
+		log.FromContext(ctx).V(1).Info("Waited for the cache to see the operator's writes", "routingNode", stale)
+		return ctrl.Result{RequeueAfter: 50 * time.Millisecond}, nil
+	}
+	in := rollout.Input{Spec: rm.Spec, Nodes: nodes, Now: now, Stalled: recordedStall(rm), Generation: rm.Generation}
 	if rm.Status.RolloutStartTime != nil && rm.Status.ObservedGeneration == rm.Generation {
 		in.Started = rm.Status.RolloutStartTime.Time
 	} else {
@@ -148,6 +167,12 @@ func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode)
 		delete(rns, node.Name)
 		if !ok {
 			created, err := r.createRoutingNode(ctx, rm, node)
+			if apierrors.IsAlreadyExists(err) {
+				// The cache has not seen it yet. Planning without this
+				// node could finalize while it still needs the old mode.
+				errs = append(errs, fmt.Errorf("waiting for the cache to see routingnode %s", node.Name))
+				continue
+			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -176,9 +201,6 @@ func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.Routing
 		return nil, err
 	}
 	if err := r.Create(ctx, rn); err != nil {
-		if apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("routingnode %s appeared while creating it; retrying: %w", node.Name, err)
-		}
 		return nil, fmt.Errorf("creating routingnode %s: %w", node.Name, err)
 	}
 	var regarding runtime.Object = rn
@@ -189,16 +211,29 @@ func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.Routing
 	return rn, nil
 }
 
+// staleNodes names a node whose cached RoutingNode is older than the
+// operator's own last write of it.
+func (r *Reconciler) staleNodes(nodes []rollout.Node) string {
+	for _, n := range nodes {
+		if w, ok := r.written[n.Name]; ok && w.uid == n.UID && n.Generation < w.generation {
+			return n.Name
+		}
+	}
+	return ""
+}
+
 // view is the planner's picture of one node.
 func view(node *corev1.Node, rn *v1alpha1.RoutingNode) rollout.Node {
 	n := rollout.Node{
-		Name:           node.Name,
-		PodCIDR:        node.Spec.PodCIDR,
-		HasRoutingNode: true,
-		Generation:     rn.Generation,
-		Datapath:       rn.Spec.Datapath,
-		Step:           rn.Spec.Step,
-		Status:         rn.Status,
+		Name:             node.Name,
+		PodCIDR:          node.Spec.PodCIDR,
+		HasRoutingNode:   true,
+		Generation:       rn.Generation,
+		Datapath:         rn.Spec.Datapath,
+		Step:             rn.Spec.Step,
+		TargetGeneration: rn.Spec.TargetGeneration,
+		RollbackReason:   rn.Annotations[AnnotationRollbackReason],
+		Status:           rn.Status,
 	}
 	for _, a := range node.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP {
@@ -234,6 +269,10 @@ func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode,
 		}
 		rn.Annotations[AnnotationStepStarted] = now.UTC().Format(time.RFC3339Nano)
 		delete(rn.Annotations, AnnotationPreviousDatapath)
+		delete(rn.Annotations, AnnotationRollbackReason)
+		if u.Reason != "" {
+			rn.Annotations[AnnotationRollbackReason] = u.Reason
+		}
 		if u.Previous != nil {
 			raw, err := json.Marshal(u.Previous)
 			if err != nil {
@@ -245,6 +284,10 @@ func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode,
 		if err := r.Patch(ctx, rn, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 			return fmt.Errorf("writing step %s to routingnode %s: %w", u.Step, u.Node, err)
 		}
+		if r.written == nil {
+			r.written = map[string]writtenAt{}
+		}
+		r.written[u.Node] = writtenAt{uid: rn.UID, generation: rn.Generation}
 		logger.Info("Wrote RoutingNode step", "routingNode", u.Node, "step", u.Step, "datapath", describe(dp))
 		eventType := corev1.EventTypeNormal
 		if u.Step == v1alpha1.StepRollback {

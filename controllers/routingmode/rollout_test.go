@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -99,7 +100,8 @@ func (c *cluster) waitReady() *v1alpha1.RoutingMode {
 	rm := c.waitPhase(v1alpha1.PhaseComplete)
 	c.expectCondition(rm, v1alpha1.ConditionReady, metav1.ConditionTrue, "Complete")
 	c.expectCondition(rm, v1alpha1.ConditionReconciling, metav1.ConditionFalse, "Complete")
-	c.expectCondition(rm, v1alpha1.ConditionStalled, metav1.ConditionFalse, "Progressing")
+	c.expectCondition(rm, v1alpha1.ConditionStalled, metav1.ConditionFalse, "Complete")
+	c.expectCondition(rm, v1alpha1.ConditionPreflightSucceeded, metav1.ConditionTrue, rollout.ReasonPreflightPassed)
 	if got := kstatusOf(c.t, rm); got != status.CurrentStatus {
 		c.t.Errorf("kstatus after the rollout = %s, want Current", got)
 	}
@@ -358,7 +360,12 @@ func TestRolloutPreflightFailuresTouchNoNode(t *testing.T) {
 			startOperator(t)
 			c.bootstrap(tunnelSpec)
 			tc.setup(c)
-			c.waitReady() // node-4 joins the tunnel first; the agents report
+			// node-4 joins the tunnel first, and the agents report.
+			c.waitFor("every node settled", func(rm *v1alpha1.RoutingMode) (bool, string) {
+				var nodes corev1.NodeList
+				_ = env.Client.List(context.Background(), &nodes)
+				return rm.Status.Phase == v1alpha1.PhaseComplete && rm.Status.Nodes.Healthy == int32(len(nodes.Items)), fmt.Sprintf("%+v", rm.Status.Nodes)
+			})
 			time.Sleep(100 * time.Millisecond)
 			before := map[string]int64{}
 			var list v1alpha1.RoutingNodeList

@@ -75,7 +75,7 @@ func stalledCondition(_ *v1alpha1.RoutingMode, d rollout.Decision) metav1.Condit
 	if d.Stall != nil {
 		return cond(v1alpha1.ConditionStalled, true, d.Stall.Reason, d.Stall.Message)
 	}
-	return cond(v1alpha1.ConditionStalled, false, "Progressing", "")
+	return cond(v1alpha1.ConditionStalled, false, string(d.Phase), "")
 }
 
 // preflightCondition keeps the last verdict while there is nothing to
@@ -84,13 +84,14 @@ func preflightCondition(rm *v1alpha1.RoutingMode, d rollout.Decision) metav1.Con
 	p := d.Preflight
 	switch {
 	case p.Reason == "":
-		if old := meta.FindStatusCondition(rm.Status.Conditions, v1alpha1.ConditionPreflightSucceeded); old != nil {
+		// Nothing was checked this time: every node already runs the
+		// requested mode, or a node failure holds the rollout. A verdict
+		// that passed stands; a wait or failure that no longer applies
+		// does not.
+		if old := meta.FindStatusCondition(rm.Status.Conditions, v1alpha1.ConditionPreflightSucceeded); old != nil && old.Status == metav1.ConditionTrue {
 			return *old
 		}
-		if d.Stall != nil && d.Stall.Reason != rollout.ReasonNodeFailed {
-			return cond(v1alpha1.ConditionPreflightSucceeded, false, d.Stall.Reason, d.Stall.Message)
-		}
-		return cond(v1alpha1.ConditionPreflightSucceeded, true, rollout.ReasonPreflightPassed, "no change to check")
+		return cond(v1alpha1.ConditionPreflightSucceeded, true, rollout.ReasonPreflightPassed, "every node runs the requested mode")
 	case p.Reason == rollout.ReasonWaitingForAgents:
 		c := cond(v1alpha1.ConditionPreflightSucceeded, false, p.Reason, p.Message)
 		c.Status = metav1.ConditionUnknown

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Datapath benchmark: pod-to-pod TCP request/response rate, 64-byte UDP
+# Datapath benchmark: pod-to-pod TCP request/response rate (blocking and
+# busy-polling sockets), 64-byte UDP
 # packet rate and TCP bulk throughput across two namespace "nodes", for
 # node-to-node traffic, legacy host routing (no rules, a kube-proxy-sized
 # nftables ruleset with conntrack, and the same ruleset walked per packet),

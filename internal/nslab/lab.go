@@ -59,6 +59,21 @@ func PodCIDR(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i - 1), 0}), 24)
 }
 
+// NeighQueue (for device dev) is set on the devices that carry the probe
+// streams: each node's eth0, each pod's eth0 and its lxc device. UDP-only flows never confirm a neighbour, so the kernel re-probes
+// it every half minute or so; on a test machine starved of CPU (parallel
+// builds, load far above the core count) the ARP answer can be processed
+// late, the entry goes through FAILED and is resolved again while the probe
+// streams keep sending. The default queue for packets awaiting resolution
+// (212992 bytes, some 140 ms of the lab's probe traffic) then overflows
+// and the kernel discards them (unresolved_discards in
+// /proc/net/stat/arp_cache), which has nothing to do with the datapath
+// under test. A 4 MiB queue holds seconds of probes, so a slow resolution
+// delays them instead; a resolution that never succeeds still loses them.
+func NeighQueue(dev string) nsutil.SysctlSet {
+	return nsutil.SysctlSet{Key: "net/ipv4/neigh/" + dev + "/unres_qlen_bytes", Value: "4194304"}
+}
+
 // Options shape a lab.
 type Options struct {
 	// Nodes is the number of nodes; 0 means 2.
@@ -252,6 +267,9 @@ func (l *Lab) addNode(i int) (*Node, error) {
 		return nil, err
 	}
 	if err := h.LinkSetUp(eth); err != nil {
+		return nil, err
+	}
+	if err := nsutil.WriteSysctls(nn, []nsutil.SysctlSet{NeighQueue(n.Underlay)}); err != nil {
 		return nil, err
 	}
 	n.StateDir = filepath.Join(l.T.TempDir(), n.Name, "state")

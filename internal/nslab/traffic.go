@@ -2,8 +2,11 @@ package nslab
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/internal/probe"
@@ -40,11 +43,22 @@ func (l *Lab) StartStreams(pods []*Pod, rate int) *Streams {
 	return s
 }
 
-// Stop stops every stream and returns the final counts by stream name.
+// Stop stops every stream (concurrently, so their drains overlap) and
+// returns the final counts by stream name.
 func (s *Streams) Stop() map[string]probe.Stats {
-	out := map[string]probe.Stats{}
+	stats := make([]probe.Stats, len(s.streams))
+	var wg sync.WaitGroup
 	for i, st := range s.streams {
-		out[s.names[i]] = st.Stop()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stats[i] = st.Stop()
+		}()
+	}
+	wg.Wait()
+	out := map[string]probe.Stats{}
+	for i := range s.streams {
+		out[s.names[i]] = stats[i]
 	}
 	return out
 }
@@ -99,4 +113,33 @@ func (l *Lab) Capture() *probe.Capture {
 	}
 	l.T.Cleanup(func() { c.Stop() })
 	return c
+}
+
+// UnresolvedDiscards is the kernel's count of packets dropped while waiting
+// for a neighbour to resolve (unresolved_discards in
+// /proc/net/stat/arp_cache, summed over CPUs). It is one counter for the
+// whole machine, every namespace included: log its change around a test to
+// tell neighbour-resolution losses from others.
+func UnresolvedDiscards() uint64 {
+	b, err := os.ReadFile("/proc/net/stat/arp_cache")
+	if err != nil {
+		return 0
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) < 2 {
+		return 0
+	}
+	col := slices.Index(strings.Fields(lines[0]), "unresolved_discards")
+	if col < 0 {
+		return 0
+	}
+	var total uint64
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if col < len(f) {
+			v, _ := strconv.ParseUint(f[col], 16, 64)
+			total += v
+		}
+	}
+	return total
 }

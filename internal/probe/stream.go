@@ -27,7 +27,8 @@ type StreamConfig struct {
 	Rate int
 	// Size is the UDP payload size, at least 28 bytes; 0 means 64.
 	Size int
-	// Drain is how long Stop waits for late answers; 0 means 500 ms.
+	// Drain is how long Stop waits at most for the last answers; 0 means
+	// 3 s (Stop returns as soon as every probe is answered).
 	Drain time.Duration
 	// DontFragment sets DF and refuses to send datagrams larger than the
 	// path MTU known to the sender (IP_PMTUDISC_DO).
@@ -48,7 +49,7 @@ func (c *StreamConfig) defaults() error {
 		return fmt.Errorf("probe stream: size %d is below the %d-byte header", c.Size, headerLen)
 	}
 	if c.Drain <= 0 {
-		c.Drain = 500 * time.Millisecond
+		c.Drain = 3 * time.Second
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ var (
 	duration = flag.Duration("datapath.duration", 150*time.Millisecond, "measured time per path, test and round")
 	warmup   = flag.Duration("datapath.warmup", 30*time.Millisecond, "unmeasured time before each measurement")
 	services = flag.Int("datapath.services", 1000, "ClusterIP services in the kube-proxy-sized ruleset")
+	realtime = flag.Bool("datapath.realtime", true, "run client and server threads SCHED_FIFO (not the UDP sender)")
 	only     = flag.String("datapath.paths", "", "comma-separated subset of paths to measure (default all)")
 	kindsArg = flag.String("datapath.tests", "", "comma-separated subset of tcp_rr,udp64,tcp_stream (default all)")
 )
@@ -59,7 +60,7 @@ func paths() []path {
 	}
 }
 
-var kinds = []Kind{TCPRR, UDP64, TCPStream}
+var kinds = []Kind{TCPRR, TCPRRPoll, UDP64, TCPStream}
 
 // rig is one lab per path, set up once: measurements alternate between
 // paths every few hundred milliseconds instead of reconfiguring one lab,
@@ -133,9 +134,11 @@ func (r *rig) peers() (client, server Peer) {
 	}
 	n1, n2 := r.lab.Nodes[0], r.lab.Nodes[1]
 	if r.path.node {
-		return Peer{NSPath: n1.NSPath, IP: n1.UnderlayIP, CPU: cpuC}, Peer{NSPath: n2.NSPath, IP: n2.UnderlayIP, CPU: cpuS}
+		return Peer{NSPath: n1.NSPath, IP: n1.UnderlayIP, CPU: cpuC, RealTime: *realtime},
+			Peer{NSPath: n2.NSPath, IP: n2.UnderlayIP, CPU: cpuS, RealTime: *realtime}
 	}
-	return Peer{NSPath: n1.Pods[0].NSPath, IP: n1.Pods[0].IP, CPU: cpuC}, Peer{NSPath: n2.Pods[0].NSPath, IP: n2.Pods[0].IP, CPU: cpuS}
+	return Peer{NSPath: n1.Pods[0].NSPath, IP: n1.Pods[0].IP, CPU: cpuC, RealTime: *realtime},
+		Peer{NSPath: n2.Pods[0].NSPath, IP: n2.Pods[0].IP, CPU: cpuS, RealTime: *realtime}
 }
 
 // forwarded reads Ip ForwDatagrams of both nodes: it must not move on BPF
@@ -282,8 +285,8 @@ func values(ss []sample, f func(sample) float64) []float64 {
 func rateOf(s sample) float64 { return s.rate }
 func cpuOf(s sample) float64  { return s.cpu }
 
-var units = map[Kind]string{TCPRR: "trans/s", UDP64: "pkt/s", TCPStream: "Gbit/s"}
-var cpuUnits = map[Kind]string{TCPRR: "CPU ns/trans", UDP64: "CPU ns/pkt", TCPStream: "CPU ns/KiB"}
+var units = map[Kind]string{TCPRR: "trans/s", TCPRRPoll: "trans/s", UDP64: "pkt/s", TCPStream: "Gbit/s"}
+var cpuUnits = map[Kind]string{TCPRR: "CPU ns/trans", TCPRRPoll: "CPU ns/trans", UDP64: "CPU ns/pkt", TCPStream: "CPU ns/KiB"}
 
 var comparisons = [][2]string{
 	{"bpf", "node"}, {"legacy", "node"},
@@ -294,10 +297,10 @@ var comparisons = [][2]string{
 func report(b *testing.B, ps []path, res map[string]map[Kind][]sample) {
 	var sb strings.Builder
 	load, _ := os.ReadFile("/proc/loadavg")
-	fmt.Fprintf(&sb, "\nDatapath benchmark: %d interleaved rounds x %s per path and test (after %s warm-up), one lab per path, client CPU 0, server CPU 1, load average now %s",
-		*rounds, *duration, *warmup, strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Fprintf(&sb, "\nDatapath benchmark: %d interleaved rounds x %s per path and test (after %s warm-up), one lab per path, client CPU 0, server CPU 1, SCHED_FIFO %v, load average now %s",
+		*rounds, *duration, *warmup, *realtime, strings.Join(strings.Fields(string(load))[:3], " "))
 	fmt.Fprintf(&sb, "\nMedians over rounds. CPU = CPU time of client+server threads (datapath runs in their softirq context) per transaction / packet / KiB.\n\n")
-	fmt.Fprintf(&sb, "%-13s %10s %9s %11s %9s %8s %9s  %s\n", "path", "tcp_rr/s", "ns/trans", "udp64 pkt/s", "ns/pkt", "Gbit/s", "ns/KiB", "IP-forwarded packets (max per sample)")
+	fmt.Fprintf(&sb, "%-13s %10s %9s %10s %9s %11s %9s %8s %9s  %s\n", "path", "tcp_rr/s", "ns/trans", "rr_poll/s", "ns/trans", "udp64 pkt/s", "ns/pkt", "Gbit/s", "ns/KiB", "IP-forwarded packets (max per sample)")
 	for _, p := range ps {
 		m := res[p.name]
 		var fw uint64
@@ -306,8 +309,9 @@ func report(b *testing.B, ps []path, res map[string]map[Kind][]sample) {
 				fw = max(fw, s.forwarded)
 			}
 		}
-		fmt.Fprintf(&sb, "%-13s %10.0f %9.0f %11.0f %9.0f %8.2f %9.0f  %d\n", p.name,
+		fmt.Fprintf(&sb, "%-13s %10.0f %9.0f %10.0f %9.0f %11.0f %9.0f %8.2f %9.0f  %d\n", p.name,
 			median(values(m[TCPRR], rateOf)), median(values(m[TCPRR], cpuOf)),
+			median(values(m[TCPRRPoll], rateOf)), median(values(m[TCPRRPoll], cpuOf)),
 			median(values(m[UDP64], rateOf)), median(values(m[UDP64], cpuOf)),
 			median(values(m[TCPStream], rateOf)), median(values(m[TCPStream], cpuOf)), fw)
 	}
@@ -324,7 +328,7 @@ func report(b *testing.B, ps []path, res map[string]map[Kind][]sample) {
 		}
 		fmt.Fprintf(&sb, "  %-10s / %-13s", c[0], c[1])
 		for _, k := range kinds {
-			fmt.Fprintf(&sb, "  %s rate %.2fx cpu %.2fx", k, pairedRatio(a[k], bb[k]), costRatio(a[k], bb[k]))
+			fmt.Fprintf(&sb, " | %s %.2fx cpu %.2fx", k, pairedRatio(a[k], bb[k]), costRatio(a[k], bb[k]))
 		}
 		sb.WriteString("\n")
 	}

@@ -37,6 +37,11 @@ type Peer struct {
 	NSPath string
 	IP     netip.Addr
 	CPU    int // -1: not pinned
+	// RealTime runs the peer's thread SCHED_FIFO, so that on a busy
+	// machine it is not queued behind other work whenever a packet wakes
+	// it. Never for a thread that does not sleep (the UDP sender): it
+	// would starve ksoftirqd on its CPU.
+	RealTime bool
 }
 
 // Kind is a traffic pattern.
@@ -46,6 +51,12 @@ const (
 	// TCPRR is netperf TCP_RR: one connection, 1-byte request, 1-byte
 	// response, one transaction in flight. Result: transactions/s.
 	TCPRR Kind = "tcp_rr"
+	// TCPRRPoll is TCPRR with both sides polling their socket instead of
+	// sleeping in read (sockperf --busy-wait). Without a wake-up and a
+	// context switch per message, the datapath's own cost is a larger part
+	// of each transaction; on a VM, where a cross-CPU wake-up is expensive,
+	// this is the comparison that shows it.
+	TCPRRPoll Kind = "tcp_rr_poll"
 	// UDP64 is a one-way stream of 64-byte UDP payloads. Result: packets/s
 	// received.
 	UDP64 Kind = "udp64"
@@ -81,8 +92,13 @@ func threadCPU() time.Duration {
 func Measure(kind Kind, client, server Peer, port int, warmup, d time.Duration) (Result, error) {
 	switch kind {
 	case TCPRR:
-		return tcpRR(client, server, port, warmup, d)
+		return tcpRR(client, server, port, warmup, d, false)
+	case TCPRRPoll:
+		// A thread that never sleeps must not be real-time.
+		client.RealTime, server.RealTime = false, false
+		return tcpRR(client, server, port, warmup, d, true)
 	case UDP64:
+		client.RealTime = false
 		return udp64(client, server, port, warmup, d)
 	case TCPStream:
 		return tcpStream(client, server, port, warmup, d)
@@ -107,10 +123,16 @@ func onThread(p Peer, fn func() error) <-chan error {
 			errc <- err
 			return
 		}
-		// The highest CFS weight keeps other work on a shared machine from
-		// dominating the comparison; unlike a real-time policy it cannot
-		// starve ksoftirqd, which some packets are processed in.
+		// The highest CFS weight (or a real-time policy) keeps other work
+		// on a shared machine from dominating the comparison.
 		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), -20)
+		if p.RealTime {
+			attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 10}
+			if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+				errc <- fmt.Errorf("SCHED_FIFO: %w", err)
+				return
+			}
+		}
 		if p.CPU >= 0 {
 			var set unix.CPUSet
 			set.Set(p.CPU)
@@ -192,13 +214,27 @@ func server(p Peer, port int, cpu *time.Duration, serve func(fd int) error) (<-c
 	}
 }
 
-func tcpRR(client, srv Peer, port int, warmup, d time.Duration) (Result, error) {
+// readOne reads one byte, blocking or polling.
+func readOne(fd int, buf []byte, poll bool) (int, error) {
+	if !poll {
+		return unix.Read(fd, buf)
+	}
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			continue
+		}
+		return n, err
+	}
+}
+
+func tcpRR(client, srv Peer, port int, warmup, d time.Duration, poll bool) (Result, error) {
 	var scpu, ccpu time.Duration
 	var total int
 	done, err := server(srv, port, &scpu, func(fd int) error {
 		buf := make([]byte, 1)
 		for {
-			n, err := unix.Read(fd, buf)
+			n, err := readOne(fd, buf, poll)
 			if n <= 0 || err != nil {
 				return nil
 			}
@@ -229,7 +265,7 @@ func tcpRR(client, srv Peer, port int, warmup, d time.Duration) (Result, error) 
 			if _, err := unix.Write(fd, buf); err != nil {
 				return err
 			}
-			if r, err := unix.Read(fd, buf); r != 1 || err != nil {
+			if r, err := readOne(fd, buf, poll); r != 1 || err != nil {
 				return fmt.Errorf("read response: %d, %w", r, err)
 			}
 			total++

@@ -75,6 +75,7 @@ func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
 		if err := os.RemoveAll(pinRoot); err != nil {
 			t.Errorf("remove %s: %v", pinRoot, err)
 		}
+		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other run uses it
 	})
 	return e
 }

@@ -50,6 +50,15 @@ func Create(name string) (ns.NetNS, error) {
 		return nil, err
 	}
 	path := NamedPath(name)
+	// A mount point left behind without its namespace (the bind mount died
+	// with a container whose mounts did not reach the host) is not a
+	// namespace any more: replace it.
+	var notNS ns.NSPathNotNSErr
+	if err := ns.IsNSorErr(path); errors.As(err, &notNS) {
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing the stale mount point of namespace %s: %w", name, err)
+		}
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
 		return nil, fmt.Errorf("creating mount point for namespace %s: %w", name, err)

@@ -9,6 +9,13 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 )
 
+// ProcSys is where sysctls are written. In a container /proc/sys is
+// read-only; the DaemonSet mounts the host's /proc/sys/net under
+// /host/proc/sys/net and the agent's --proc-sys flag points here. Writes
+// through it still reach the writing thread's network namespace: net
+// sysctls resolve against the caller's namespace, not the mount's.
+var ProcSys = "/proc/sys"
+
 // SysctlPath is the /proc/sys file of key, written with slashes or dots
 // ("net/ipv4/conf/eth0/rp_filter" or "net.ipv4.ip_forward"). Dots in the
 // device part of a dotted key are not supported; use slashes for those.
@@ -16,7 +23,7 @@ func SysctlPath(key string) string {
 	if !strings.Contains(key, "/") {
 		key = strings.ReplaceAll(key, ".", "/")
 	}
-	return filepath.Join("/proc/sys", key)
+	return filepath.Join(ProcSys, key)
 }
 
 // ReadSysctl reads key in namespace n (nil: the caller's namespace).

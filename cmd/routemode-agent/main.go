@@ -31,6 +31,7 @@ import (
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
@@ -62,6 +63,7 @@ func main() {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, 0 to disable")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "do not load eBPF host routing; hostRouting bpf is then refused")
+	fs.StringVar(&nsutil.ProcSys, "proc-sys", "/proc/sys", "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
 	config.RegisterFlags(fs) // --kubeconfig
 	zopts := zap.Options{}
 	zopts.BindFlags(fs)

@@ -2,8 +2,6 @@ package routingmode
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -29,17 +27,7 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(zap.New(zap.UseDevMode(true)))
-	var err error
-	env, err = testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stopping the API server:", err)
-	}
-	os.Exit(code)
+	testenv.Main(m, &env)
 }
 
 // startOperator runs the reconciler in a manager until stop is called.

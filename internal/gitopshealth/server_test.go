@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sync"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -14,26 +13,11 @@ import (
 	"github.com/routemode/routemode/internal/testenv"
 )
 
-var (
-	envOnce sync.Once
-	env     *testenv.Env
-	envErr  error
-)
-
-func startEnv(t *testing.T) *testenv.Env {
-	t.Helper()
-	envOnce.Do(func() { env, envErr = testenv.Start() })
-	if envErr != nil {
-		t.Fatalf("envtest: %v", envErr)
-	}
-	return env
-}
+var env testenv.Lazy
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if env != nil {
-		_ = env.Stop()
-	}
+	env.Stop()
 	os.Exit(code)
 }
 
@@ -44,7 +28,7 @@ func TestMain(m *testing.M) {
 // objects the CRD accepts, with nothing pruned, and that both checks read
 // the server's own encoding (int64 generations, defaulted fields).
 func TestFixturesThroughAPIServer(t *testing.T) {
-	e := startEnv(t)
+	e := env.Get(t)
 	ctx := context.Background()
 	script := readScript(t)
 	for name, tc := range fixtures {

@@ -86,7 +86,9 @@ func Total(stats map[string]probe.Stats) probe.Stats {
 		t.Reordered += s.Reordered
 		t.SendErrors += s.SendErrors
 		t.SocketDrops += s.SocketDrops
-		t.LargestGap = max(t.LargestGap, s.LargestGap)
+		if s.LargestGap > t.LargestGap {
+			t.LargestGap, t.LargestGapAt = s.LargestGap, s.LargestGapAt
+		}
 		t.MaxRTT = max(t.MaxRTT, s.MaxRTT)
 	}
 	return t

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sync"
 	"testing"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,28 +14,11 @@ import (
 	"github.com/routemode/routemode/internal/testenv"
 )
 
-var (
-	envOnce sync.Once
-	env     *testenv.Env
-	envErr  error
-)
-
-// startEnv starts the API server on first use, so the pure tests in this
-// package run without one; a missing binary fails the test, never skips it.
-func startEnv(t *testing.T) *testenv.Env {
-	t.Helper()
-	envOnce.Do(func() { env, envErr = testenv.Start() })
-	if envErr != nil {
-		t.Fatalf("envtest: %v", envErr)
-	}
-	return env
-}
+var env testenv.Lazy
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if env != nil {
-		_ = env.Stop()
-	}
+	env.Stop()
 	os.Exit(code)
 }
 
@@ -44,7 +26,7 @@ func TestMain(m *testing.M) {
 // the generated CRD and checks the server agrees with Validate: if the CRD
 // markers change and Validate does not, this fails.
 func TestCRDParity(t *testing.T) {
-	e := startEnv(t)
+	e := env.Get(t)
 	ctx := context.Background()
 	for name, tc := range specCases() {
 		t.Run(name, func(t *testing.T) {

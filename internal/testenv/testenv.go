@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"testing"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -92,4 +94,47 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	return &Env{Environment: env, Config: cfg, Client: c, Scheme: scheme, Root: root}, nil
+}
+
+// Main runs a package's tests against one API server, started before them
+// and stopped after, and exits with the tests' code.
+func Main(m *testing.M, env **Env) {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*env = e
+	code := m.Run()
+	if err := e.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping the API server:", err)
+	}
+	os.Exit(code)
+}
+
+// Lazy starts the API server the first time a test asks for it, for
+// packages whose other tests need none.
+type Lazy struct {
+	once sync.Once
+	env  *Env
+	err  error
+}
+
+// Get returns the running API server, starting it if needed.
+func (l *Lazy) Get(t testing.TB) *Env {
+	t.Helper()
+	l.once.Do(func() { l.env, l.err = Start() })
+	if l.err != nil {
+		t.Fatalf("starting the API server: %v", l.err)
+	}
+	return l.env
+}
+
+// Stop stops the API server if it was started.
+func (l *Lazy) Stop() {
+	if l.env != nil {
+		if err := l.env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping the API server:", err)
+		}
+	}
 }

@@ -32,7 +32,8 @@ var (
 	services = flag.Int("datapath.services", 1000, "ClusterIP services in the kube-proxy-sized ruleset")
 	realtime = flag.Bool("datapath.realtime", true, "run client and server threads SCHED_FIFO (not the UDP sender)")
 	only     = flag.String("datapath.paths", "", "comma-separated subset of paths to measure (default all)")
-	kindsArg = flag.String("datapath.tests", "", "comma-separated subset of tcp_rr,udp64,tcp_stream (default all)")
+	kindsArg = flag.String("datapath.tests", "", "comma-separated tests: tcp_rr,udp64,tcp_stream (default) and tcp_rr_poll (only meaningful on an idle machine)")
+	sameCPU  = flag.Bool("datapath.samecpu", false, "pin client and server to the same CPU (no cross-CPU wake-ups)")
 )
 
 // path is one configuration of the lab.
@@ -60,7 +61,7 @@ func paths() []path {
 	}
 }
 
-var kinds = []Kind{TCPRR, TCPRRPoll, UDP64, TCPStream}
+var kinds = []Kind{TCPRR, UDP64, TCPStream}
 
 // rig is one lab per path, set up once: measurements alternate between
 // paths every few hundred milliseconds instead of reconfiguring one lab,
@@ -90,6 +91,7 @@ func newRig(b *testing.B, i int, p path) *rig {
 			m.Close()
 		}
 		_ = os.RemoveAll(pinRoot)
+		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other lab uses it
 	})
 	if err := r.setup(); err != nil {
 		b.Fatalf("%s: %v", p.name, err)
@@ -129,6 +131,9 @@ func (r *rig) setup() error {
 
 func (r *rig) peers() (client, server Peer) {
 	cpuC, cpuS := 0, 1
+	if *sameCPU {
+		cpuS = 0
+	}
 	if runtime.NumCPU() < 2 {
 		cpuC, cpuS = -1, -1
 	}
@@ -202,8 +207,10 @@ func BenchmarkDatapath(b *testing.B) {
 		ps = slices.DeleteFunc(ps, func(p path) bool { return !slices.Contains(want, p.name) })
 	}
 	if *kindsArg != "" {
-		want := strings.Split(*kindsArg, ",")
-		kinds = slices.DeleteFunc(kinds, func(k Kind) bool { return !slices.Contains(want, string(k)) })
+		kinds = nil
+		for _, k := range strings.Split(*kindsArg, ",") {
+			kinds = append(kinds, Kind(k))
+		}
 	}
 	rigs := make([]*rig, len(ps))
 	res := map[string]map[Kind][]sample{}
@@ -297,8 +304,8 @@ var comparisons = [][2]string{
 func report(b *testing.B, ps []path, res map[string]map[Kind][]sample) {
 	var sb strings.Builder
 	load, _ := os.ReadFile("/proc/loadavg")
-	fmt.Fprintf(&sb, "\nDatapath benchmark: %d interleaved rounds x %s per path and test (after %s warm-up), one lab per path, client CPU 0, server CPU 1, SCHED_FIFO %v, load average now %s",
-		*rounds, *duration, *warmup, *realtime, strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Fprintf(&sb, "\nDatapath benchmark: %d interleaved rounds x %s per path and test (after %s warm-up), one lab per path, client CPU 0, server CPU %d, SCHED_FIFO %v, load average now %s",
+		*rounds, *duration, *warmup, map[bool]int{false: 1, true: 0}[*sameCPU], *realtime, strings.Join(strings.Fields(string(load))[:3], " "))
 	fmt.Fprintf(&sb, "\nMedians over rounds. CPU = CPU time of client+server threads (datapath runs in their softirq context) per transaction / packet / KiB.\n\n")
 	fmt.Fprintf(&sb, "%-13s %10s %9s %10s %9s %11s %9s %8s %9s  %s\n", "path", "tcp_rr/s", "ns/trans", "rr_poll/s", "ns/trans", "udp64 pkt/s", "ns/pkt", "Gbit/s", "ns/KiB", "IP-forwarded packets (max per sample)")
 	for _, p := range ps {

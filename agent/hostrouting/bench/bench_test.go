@@ -201,6 +201,9 @@ func BenchmarkDatapath(b *testing.B) {
 	if caps := hostrouting.Probe(); !caps.BPFHostRouting {
 		b.Skipf("no eBPF host routing: %s", caps.Reason)
 	}
+	// The measurement threads block in raw system calls that keep their P;
+	// leave Ps for everything else.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(max(4, runtime.GOMAXPROCS(0))))
 	ps := paths()
 	if *only != "" {
 		want := strings.Split(*only, ",")

@@ -14,10 +14,12 @@ Licensed under the Apache License, Version 2.0.
 // Run it with hack/bpf/bench.sh (make bench-datapath); it is a benchmark,
 // not part of `go test ./...`.
 //
-// The traffic generators use blocking sockets through raw system calls on
-// OS threads pinned to one CPU each (client and server on different CPUs),
-// so that Go's scheduler and netpoller add as little as possible to the
-// per-packet cost being compared.
+// The traffic generators use blocking sockets through raw system calls
+// (syscall.RawSyscall, which does not tell Go's scheduler about the call) on
+// OS threads pinned to one CPU each (client and server on different CPUs).
+// With ordinary system calls every blocking read hands the thread's P to
+// another thread and takes one back, futex wake-ups that doubled the CPU
+// cost of a transaction and hid the datapath's share of it.
 package bench
 
 import (
@@ -27,6 +29,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -88,7 +91,9 @@ func threadCPU() time.Duration {
 	return time.Duration(ts.Nano())
 }
 
-// Measure runs kind from client to server for d after a warm-up.
+// Measure runs kind from client to server for d after a warm-up. Its two
+// threads block in system calls without releasing their Ps: GOMAXPROCS
+// must leave at least one P for the rest of the program.
 func Measure(kind Kind, client, server Peer, port int, warmup, d time.Duration) (Result, error) {
 	switch kind {
 	case TCPRR:
@@ -214,13 +219,43 @@ func server(p Peer, port int, cpu *time.Duration, serve func(fd int) error) (<-c
 	}
 }
 
+// rawRead and rawWrite bypass the Go scheduler's system call hooks: the
+// calling thread keeps its P while it blocks. Only for the dedicated,
+// locked measurement threads, and only for calls that return soon.
+// Go's preemption signals interrupt them (EINTR, not restarted on sockets
+// with a timeout): retry.
+func rawRead(fd int, b []byte) (int, error) {
+	return rawIO(unix.SYS_READ, fd, b, 0)
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	return rawIO(unix.SYS_WRITE, fd, b, 0)
+}
+
+func rawRecvDontWait(fd int, b []byte) (int, error) {
+	return rawIO(unix.SYS_RECVFROM, fd, b, unix.MSG_DONTWAIT)
+}
+
+func rawIO(trap uintptr, fd int, b []byte, flags uintptr) (int, error) {
+	for {
+		n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), flags, 0, 0)
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return -1, e
+	}
+}
+
 // readOne reads one byte, blocking or polling.
 func readOne(fd int, buf []byte, poll bool) (int, error) {
 	if !poll {
-		return unix.Read(fd, buf)
+		return rawRead(fd, buf)
 	}
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		n, err := rawRecvDontWait(fd, buf)
 		if err == unix.EAGAIN {
 			continue
 		}
@@ -238,7 +273,7 @@ func tcpRR(client, srv Peer, port int, warmup, d time.Duration, poll bool) (Resu
 			if n <= 0 || err != nil {
 				return nil
 			}
-			if _, err := unix.Write(fd, buf[:n]); err != nil {
+			if _, err := rawWrite(fd, buf[:n]); err != nil {
 				return nil
 			}
 		}
@@ -262,7 +297,7 @@ func tcpRR(client, srv Peer, port int, warmup, d time.Duration, poll bool) (Resu
 		var n int
 		var t0 time.Time
 		for {
-			if _, err := unix.Write(fd, buf); err != nil {
+			if _, err := rawWrite(fd, buf); err != nil {
 				return err
 			}
 			if r, err := readOne(fd, buf, poll); r != 1 || err != nil {
@@ -301,7 +336,7 @@ func tcpStream(client, srv Peer, port int, warmup, d time.Duration) (Result, err
 	done, err := server(srv, port, &scpu, func(fd int) error {
 		buf := make([]byte, 256<<10)
 		for {
-			n, err := unix.Read(fd, buf)
+			n, err := rawRead(fd, buf)
 			if n <= 0 || err != nil {
 				return nil
 			}
@@ -328,7 +363,7 @@ func tcpStream(client, srv Peer, port int, warmup, d time.Duration) (Result, err
 			b0 uint64
 		)
 		for {
-			if _, err := unix.Write(fd, buf); err != nil {
+			if _, err := rawWrite(fd, buf); err != nil {
 				return err
 			}
 			now := time.Now()
@@ -372,8 +407,8 @@ func udp64(client, srv Peer, port int, warmup, d time.Duration) (Result, error) 
 		c0 := threadCPU()
 		buf := make([]byte, 2048)
 		for !stop.Load() {
-			n, _, err := unix.Recvfrom(fd, buf, 0)
-			if err == nil && n > 0 {
+			// SO_RCVTIMEO bounds the wait, so the loop sees stop.
+			if n, err := rawRead(fd, buf); err == nil && n > 0 {
 				received.Add(1)
 			}
 		}
@@ -404,7 +439,7 @@ func udp64(client, srv Peer, port int, warmup, d time.Duration) (Result, error) 
 		)
 		for {
 			// ECONNREFUSED from an ICMP error or ENOBUFS is not fatal.
-			_ = unix.Send(fd, buf, 0)
+			_, _ = rawWrite(fd, buf)
 			now := time.Now()
 			if now.Before(measureFrom) {
 				continue

@@ -49,7 +49,6 @@ type Demo struct {
 	// Window is how long traffic is watched before and after a switch.
 	Window time.Duration
 	c      client.Client
-	start  time.Time
 }
 
 func (d *Demo) say(format string, args ...any) {

@@ -67,14 +67,29 @@ func TestMain(m *testing.M) {
 		if e2eErr == nil {
 			e2eErr = e2e.Bootstrap(ctx, filepath.Join(root, "config", "samples", "tunnel.yaml"))
 		}
-		defer func() {
-			if err := Down(cfg.Dir); err != nil {
-				fmt.Fprintln(os.Stderr, "removing the lab:", err)
-			}
-		}()
-		return m.Run()
+		code := m.Run()
+		if err := Down(cfg.Dir); err != nil {
+			fmt.Fprintln(os.Stderr, "removing the lab:", err)
+			code = 1
+		}
+		if left := leftovers(cfg.Prefix); len(left) > 0 {
+			fmt.Fprintln(os.Stderr, "the lab left behind:", left)
+			code = 1
+		}
+		return code
 	}()
 	os.Exit(code)
+}
+
+// leftovers lists what a removed lab with prefix still has on the host:
+// namespaces and bpffs pin directories.
+func leftovers(prefix string) []string {
+	var out []string
+	for _, pattern := range []string{"/var/run/netns/" + prefix + "*", "/var/run/netns/rmhealth-" + prefix + "*", "/sys/fs/bpf/routemode/" + prefix + "*"} {
+		m, _ := filepath.Glob(pattern)
+		out = append(out, m...)
+	}
+	return out
 }
 
 // harness is one test's handle on the shared lab.

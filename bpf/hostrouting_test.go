@@ -17,6 +17,8 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/routemode/routemode/internal/privileged"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
@@ -89,9 +91,7 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for BPF_PROG_TEST_RUN and network namespaces")
-	}
+	privileged.Require(t, "BPF_PROG_TEST_RUN and network namespaces")
 }
 
 func newTestNet(t *testing.T) *testNet {

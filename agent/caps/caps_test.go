@@ -2,16 +2,15 @@ package caps
 
 import (
 	"context"
-	"os"
 	"testing"
+
+	"github.com/routemode/routemode/internal/privileged"
 )
 
 // TestProbeThisKernel expects what this machine's kernel has: VXLAN but no
 // Geneve (CONFIG_GENEVE unset). On another kernel, adjust or skip.
 func TestProbeThisKernel(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates devices in a scratch namespace")
-	}
+	privileged.Require(t, "creates devices in a scratch namespace")
 	called := false
 	r := Probe(context.Background(), func(context.Context) (bool, bool) { called = true; return true, true })
 	t.Logf("kernel %s: vxlan=%v (%v) geneve=%v (%v)", r.Kernel, r.VXLAN, r.VXLANError, r.Geneve, r.GeneveError)

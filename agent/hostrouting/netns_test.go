@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/routemode/routemode/internal/privileged"
+
 	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
@@ -44,9 +46,7 @@ type env struct {
 
 func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	privileged.Require(t, "loads BPF programs into network namespaces")
 	if caps := hostrouting.Probe(); !caps.BPFHostRouting {
 		t.Skipf("kernel cannot do eBPF host routing: %s", caps.Reason)
 	}

@@ -4,16 +4,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/netip"
-	"os"
 	"testing"
+
+	"github.com/routemode/routemode/internal/privileged"
 
 	"github.com/routemode/routemode/agent/nsutil"
 )
 
 func TestEnsureIsIdempotent(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privileged.Require(t, "creates a network namespace")
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := "rmmasq" + hex.EncodeToString(b)

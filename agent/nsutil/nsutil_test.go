@@ -3,14 +3,13 @@ package nsutil
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"os"
 	"testing"
+
+	"github.com/routemode/routemode/internal/privileged"
 )
 
 func TestNamedNamespaceAndSysctls(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privileged.Require(t, "creates a network namespace")
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := "rmnsutil" + hex.EncodeToString(b)

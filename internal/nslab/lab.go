@@ -42,6 +42,7 @@ import (
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/privileged"
 )
 
 // Addresses of the lab.
@@ -106,9 +107,7 @@ type Lab struct {
 // RequireRoot skips the test with a clear message unless it runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veth pairs and a bridge (run as root; CI does)")
-	}
+	privileged.Require(t, "creates network namespaces, veth pairs and a bridge")
 }
 
 // New builds a lab; t.Cleanup tears it down.

@@ -4,9 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
+
+	"github.com/routemode/routemode/internal/privileged"
 
 	"golang.org/x/sys/unix"
 )
@@ -169,9 +170,7 @@ func TestClassify(t *testing.T) {
 // TestCaptureAndNamespaces opens sockets inside a fresh namespace and
 // counts packets there with the capture (needs root).
 func TestCaptureAndNamespaces(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and a packet socket")
-	}
+	privileged.Require(t, "creates a network namespace and a packet socket")
 	path := newNS(t)
 	c, err := StartCapture(CaptureConfig{NSPath: path, Interface: "lo", TunnelPort: 8472, Inner: netip.MustParsePrefix("10.0.0.0/16")})
 	if err != nil {

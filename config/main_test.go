@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	rmscheme "github.com/routemode/routemode/internal/scheme"
+
 	"github.com/go-logr/logr"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -175,9 +177,12 @@ func installed(t *testing.T) *cluster {
 	return installedEnv
 }
 
-// scheme is testenv's (core and routemode types) plus CRDs.
+// scheme is the shared one (core and routemode types) plus CRDs.
 func scheme() *runtime.Scheme {
-	s := testenv.Scheme()
+	s, err := rmscheme.New()
+	if err != nil {
+		panic(err)
+	}
 	if err := apiextensionsv1.AddToScheme(s); err != nil {
 		panic(err)
 	}

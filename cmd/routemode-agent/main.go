@@ -13,11 +13,11 @@ import (
 	"syscall"
 	"time"
 
+	rmscheme "github.com/routemode/routemode/internal/scheme"
+
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -32,7 +32,6 @@ import (
 	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/agent/nsutil"
-	"github.com/routemode/routemode/api/v1alpha1"
 )
 
 type options struct {
@@ -117,11 +116,8 @@ func run(o options) error {
 	}
 	defer agent.Close()
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
+	scheme, err := rmscheme.New()
+	if err != nil {
 		return err
 	}
 	cfg, err := config.GetConfig()

@@ -13,7 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/routemode/routemode/api/v1alpha1"
-	"github.com/routemode/routemode/internal/testenv"
+	"github.com/routemode/routemode/internal/scheme"
 )
 
 // Open attaches to the running lab in cfg.Dir.
@@ -45,7 +45,11 @@ func Open(cfg Config) (*Lab, error) {
 
 // Client is an admin client of the lab's API server.
 func (l *Lab) Client() (client.Client, error) {
-	return client.New(l.cp.restConfig(), client.Options{Scheme: testenv.Scheme()})
+	s, err := scheme.New()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(l.cp.restConfig(), client.Options{Scheme: s})
 }
 
 // Pods lists the lab's pods.

@@ -11,13 +11,12 @@ import (
 	"sync"
 	"testing"
 
+	rmscheme "github.com/routemode/routemode/internal/scheme"
+
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-
-	"github.com/routemode/routemode/api/v1alpha1"
 )
 
 // Env is a running API server.
@@ -28,18 +27,6 @@ type Env struct {
 	Scheme *runtime.Scheme
 	// Root is the repository's root directory.
 	Root string
-}
-
-// Scheme knows the core types and routemode's.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := v1alpha1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
 }
 
 // RepoRoot finds the directory holding the project's go.mod.
@@ -77,7 +64,10 @@ func Start() (*Env, error) {
 			return nil, fmt.Errorf("%s not found in %s: run `make envtest-bin` (builds the API server from source) or set KUBEBUILDER_ASSETS", b, assets)
 		}
 	}
-	scheme := Scheme()
+	scheme, err := rmscheme.New()
+	if err != nil {
+		return nil, err
+	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},

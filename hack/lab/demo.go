@@ -184,10 +184,12 @@ func summary(s probe.CaptureStats) CaptureSummary {
 
 func (d *Demo) table(results []SwitchResult) {
 	w := tabwriter.NewWriter(d.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "Switch\tDuration\tProbes sent\tLost\tDuplicated\tLargest gap\tTCP conns\tTCP resets\tUnderlay before\tUnderlay after")
+	fmt.Fprintln(w, "Switch\tDuration\tProbes sent\tLost\tDuplicated\tLargest gap (when)\tTCP conns\tTCP resets\tUnderlay before\tUnderlay after")
 	for _, r := range results {
-		fmt.Fprintf(w, "%s\t%.1fs\t%d\t%d\t%d\t%s\t%d\t%d\t%s\t%s\n", r.Name, r.Duration.Seconds(), r.Traffic.UDP.Sent, r.Traffic.UDP.Lost,
-			r.Traffic.UDP.Duplicates, r.Traffic.UDP.LargestGap.Round(100*time.Microsecond), r.Traffic.Pairs, r.Traffic.TCP.Resets, r.Before, r.After)
+		fmt.Fprintf(w, "%s\t%.1fs\t%d\t%d\t%d\t%s (%.1fs)\t%d\t%d\t%s\t%s\n", r.Name, r.Duration.Seconds(), r.Traffic.UDP.Sent, r.Traffic.UDP.Lost,
+			r.Traffic.UDP.Duplicates, r.Traffic.UDP.LargestGap.Round(100*time.Microsecond), r.Traffic.UDP.LargestGapAt.Seconds(),
+			r.Traffic.Pairs, r.Traffic.TCP.Resets, r.Before, r.After)
 	}
 	w.Flush()
+	fmt.Fprintf(d.Out, "Each switch began %s after its traffic started; the largest gap between two answers on any stream, and when it began, is in the table.\n", d.Window)
 }

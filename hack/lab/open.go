@@ -74,9 +74,10 @@ func (l *Lab) RoutingMode(ctx context.Context, c client.Client) (*v1alpha1.Routi
 // Progress is one line of a rollout's progress, for people.
 func Progress(rm *v1alpha1.RoutingMode, rns []v1alpha1.RoutingNode) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-10s %-5s", rm.Status.Phase, rm.Status.Progress)
 	if rm.Status.ObservedGeneration != rm.Generation {
-		b.WriteString(" (new spec not yet observed)")
+		b.WriteString("(operator has not seen the new spec yet)")
+	} else {
+		fmt.Fprintf(&b, "%-10s %-5s", rm.Status.Phase, rm.Status.Progress)
 	}
 	for _, rn := range rns {
 		applied := "…"
@@ -126,7 +127,7 @@ func (l *Lab) WaitRollout(ctx context.Context, c client.Client, limit time.Durat
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return nil, fmt.Errorf("the rollout did not finish within %s: %s", limit, last)

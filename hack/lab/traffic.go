@@ -137,7 +137,9 @@ func (t *Traffic) Stop() TrafficReport {
 		r.UDP.Duplicates += st.Duplicates
 		r.UDP.Reordered += st.Reordered
 		r.UDP.SendErrors += st.SendErrors
-		r.UDP.LargestGap = max(r.UDP.LargestGap, st.LargestGap)
+		if st.LargestGap > r.UDP.LargestGap {
+			r.UDP.LargestGap, r.UDP.LargestGapAt = st.LargestGap, st.LargestGapAt
+		}
 		r.UDP.MaxRTT = max(r.UDP.MaxRTT, st.MaxRTT)
 	}
 	for _, c := range t.tcp {

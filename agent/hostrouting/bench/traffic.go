@@ -14,12 +14,14 @@ Licensed under the Apache License, Version 2.0.
 // Run it with hack/bpf/bench.sh (make bench-datapath); it is a benchmark,
 // not part of `go test ./...`.
 //
-// The traffic generators use blocking sockets through raw system calls
-// (syscall.RawSyscall, which does not tell Go's scheduler about the call) on
-// OS threads pinned to one CPU each (client and server on different CPUs).
-// With ordinary system calls every blocking read hands the thread's P to
-// another thread and takes one back, futex wake-ups that doubled the CPU
-// cost of a transaction and hid the datapath's share of it.
+// The traffic generators use blocking sockets on OS threads pinned to one
+// CPU each (client and server on different CPUs). The request/response
+// test reads and writes through raw system calls (syscall.RawSyscall, which
+// does not tell Go's scheduler about the call): with ordinary ones every
+// blocking read hands the thread's P to another thread and takes one back,
+// futex wake-ups that doubled the CPU cost of a transaction and hid the
+// datapath's share of it. The streaming tests rarely block and use ordinary
+// system calls.
 package bench
 
 import (
@@ -40,10 +42,9 @@ type Peer struct {
 	NSPath string
 	IP     netip.Addr
 	CPU    int // -1: not pinned
-	// RealTime runs the peer's thread SCHED_FIFO, so that on a busy
-	// machine it is not queued behind other work whenever a packet wakes
-	// it. Never for a thread that does not sleep (the UDP sender): it
-	// would starve ksoftirqd on its CPU.
+	// RealTime runs the peer's thread SCHED_FIFO for TCPRR, so that on a
+	// busy machine it is not queued behind other work whenever a packet
+	// wakes it. Ignored for the other kinds, whose threads may never sleep.
 	RealTime bool
 }
 
@@ -92,18 +93,42 @@ func threadCPU() time.Duration {
 }
 
 // Measure runs kind from client to server for d after a warm-up. Its two
-// threads block in system calls without releasing their Ps: GOMAXPROCS
-// must leave at least one P for the rest of the program.
+// threads block in system calls without releasing their Ps and spin in
+// loops a stop-the-world may wait long for: GOMAXPROCS must leave at least
+// one P for the rest of the program, and the garbage collector should be
+// off (debug.SetGCPercent(-1)) while measuring.
 func Measure(kind Kind, client, server Peer, port int, warmup, d time.Duration) (Result, error) {
+	type outcome struct {
+		r   Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		r, err := measure(kind, client, server, port, warmup, d)
+		done <- outcome{r, err}
+	}()
+	// A lost SYN or a wedged thread must fail the run, not hang it.
+	select {
+	case o := <-done:
+		return o.r, o.err
+	case <-time.After(warmup + d + 15*time.Second):
+		return Result{}, fmt.Errorf("%s measurement did not finish", kind)
+	}
+}
+
+func measure(kind Kind, client, server Peer, port int, warmup, d time.Duration) (Result, error) {
 	switch kind {
 	case TCPRR:
 		return tcpRR(client, server, port, warmup, d, false)
+	}
+	// Threads that may never sleep (pollers, flood senders and their
+	// receivers, bulk transfers) must not be real-time: they would starve
+	// everything else on their CPU, ksoftirqd and the Go runtime included.
+	client.RealTime, server.RealTime = false, false
+	switch kind {
 	case TCPRRPoll:
-		// A thread that never sleeps must not be real-time.
-		client.RealTime, server.RealTime = false, false
 		return tcpRR(client, server, port, warmup, d, true)
 	case UDP64:
-		client.RealTime = false
 		return udp64(client, server, port, warmup, d)
 	case TCPStream:
 		return tcpStream(client, server, port, warmup, d)
@@ -336,7 +361,7 @@ func tcpStream(client, srv Peer, port int, warmup, d time.Duration) (Result, err
 	done, err := server(srv, port, &scpu, func(fd int) error {
 		buf := make([]byte, 256<<10)
 		for {
-			n, err := rawRead(fd, buf)
+			n, err := unix.Read(fd, buf)
 			if n <= 0 || err != nil {
 				return nil
 			}
@@ -363,7 +388,7 @@ func tcpStream(client, srv Peer, port int, warmup, d time.Duration) (Result, err
 			b0 uint64
 		)
 		for {
-			if _, err := rawWrite(fd, buf); err != nil {
+			if _, err := unix.Write(fd, buf); err != nil {
 				return err
 			}
 			now := time.Now()
@@ -408,7 +433,7 @@ func udp64(client, srv Peer, port int, warmup, d time.Duration) (Result, error) 
 		buf := make([]byte, 2048)
 		for !stop.Load() {
 			// SO_RCVTIMEO bounds the wait, so the loop sees stop.
-			if n, err := rawRead(fd, buf); err == nil && n > 0 {
+			if n, err := unix.Read(fd, buf); err == nil && n > 0 {
 				received.Add(1)
 			}
 		}
@@ -439,7 +464,7 @@ func udp64(client, srv Peer, port int, warmup, d time.Duration) (Result, error) 
 		)
 		for {
 			// ECONNREFUSED from an ICMP error or ENOBUFS is not fatal.
-			_, _ = rawWrite(fd, buf)
+			_, _ = unix.Write(fd, buf)
 			now := time.Now()
 			if now.Before(measureFrom) {
 				continue

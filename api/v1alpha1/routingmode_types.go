@@ -38,6 +38,11 @@ const (
 	HostRoutingLegacy HostRouting = "legacy"
 )
 
+// AnnotationLastAppliedSpec holds, on the RoutingMode, the JSON of the last
+// spec whose rollout completed: the operator writes it, `routemodectl
+// rollout undo` goes back to it.
+const AnnotationLastAppliedSpec = "routemode.io/last-applied-spec"
+
 // DefaultTunnelPort is VXLAN's Linux default port, also Cilium's.
 const DefaultTunnelPort = 8472
 

@@ -49,9 +49,6 @@ const (
 	AnnotationPreviousDatapath = "routemode.io/previous-datapath"
 	// AnnotationRollbackReason says why a node was rolled back.
 	AnnotationRollbackReason = "routemode.io/rollback-reason"
-	// AnnotationLastAppliedSpec is the last RoutingMode spec that completed,
-	// what `routemodectl rollout undo` goes back to.
-	AnnotationLastAppliedSpec = "routemode.io/last-applied-spec"
 )
 
 // Reconciler drives the RoutingMode rollout.
@@ -305,14 +302,14 @@ func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.Routi
 	if err != nil {
 		return err
 	}
-	if rm.Annotations[AnnotationLastAppliedSpec] == string(raw) {
+	if rm.Annotations[v1alpha1.AnnotationLastAppliedSpec] == string(raw) {
 		return nil
 	}
 	base := rm.DeepCopy()
 	if rm.Annotations == nil {
 		rm.Annotations = map[string]string{}
 	}
-	rm.Annotations[AnnotationLastAppliedSpec] = string(raw)
+	rm.Annotations[v1alpha1.AnnotationLastAppliedSpec] = string(raw)
 	if err := r.Patch(ctx, rm, client.MergeFrom(base)); err != nil {
 		return fmt.Errorf("recording the completed spec: %w", err)
 	}

@@ -197,7 +197,7 @@ func TestRolloutTunnelToNativeAndBack(t *testing.T) {
 	if rm.Status.Datapath.Routing != v1alpha1.ActualRoutingTunnel {
 		t.Errorf("datapath summary = %+v", rm.Status.Datapath)
 	}
-	if rm.Annotations[AnnotationLastAppliedSpec] == "" {
+	if rm.Annotations[v1alpha1.AnnotationLastAppliedSpec] == "" {
 		t.Errorf("the completed spec was not recorded for rollout undo")
 	}
 }

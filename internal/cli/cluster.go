@@ -14,10 +14,6 @@ import (
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
-// LastAppliedSpecAnnotation holds, on the RoutingMode, the JSON of the last
-// spec whose rollout completed. The operator writes it when a rollout
-// reaches Complete; rollout undo applies it again.
-const LastAppliedSpecAnnotation = "routemode.io/last-applied-spec"
 
 func newScheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()

@@ -225,19 +225,19 @@ func TestClusterUndo(t *testing.T) {
 	})
 
 	t.Run("broken annotation", func(t *testing.T) {
-		createRoutingMode(t, cur, map[string]string{LastAppliedSpecAnnotation: `{"tunnel": "vxlan", "tunel": 1}`}, nil)
+		createRoutingMode(t, cur, map[string]string{v1alpha1.AnnotationLastAppliedSpec: `{"tunnel": "vxlan", "tunel": 1}`}, nil)
 		r := kubectl(t, "", "rollout", "undo")
 		mustContain(t, "stderr", r.err, "is not a RoutingMode spec", `unknown field "tunel"`, "nothing was changed")
 	})
 
 	t.Run("annotation the CRD refuses", func(t *testing.T) {
-		createRoutingMode(t, cur, map[string]string{LastAppliedSpecAnnotation: `{"tunnel":"disabled"}`}, nil)
+		createRoutingMode(t, cur, map[string]string{v1alpha1.AnnotationLastAppliedSpec: `{"tunnel":"disabled"}`}, nil)
 		r := kubectl(t, "", "rollout", "undo")
 		mustContain(t, "stderr", r.err, "not valid for this CRD", "nativeRoutingCIDR is required", "nothing was changed")
 	})
 
 	t.Run("dry run then undo", func(t *testing.T) {
-		createRoutingMode(t, cur, map[string]string{LastAppliedSpecAnnotation: string(prevJSON)}, nil)
+		createRoutingMode(t, cur, map[string]string{v1alpha1.AnnotationLastAppliedSpec: string(prevJSON)}, nil)
 		rv := getRM(t).ResourceVersion
 		r := kubectl(t, "", "rollout", "undo", "--dry-run")
 		if r.code != 0 {

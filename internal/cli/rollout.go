@@ -102,7 +102,7 @@ func newUndoCommand(g *globalOptions) *cobra.Command {
 		Long: `Restores the routing fields of the RoutingMode (tunnel, tunnelPort,
 nativeRoutingCIDR, autoDirectNodeRoutes, hostRouting) to the last spec whose
 rollout completed, which the operator records in the annotation
-` + LastAppliedSpecAnnotation + `. The rollout settings (maxUnavailable,
+` + v1alpha1.AnnotationLastAppliedSpec + `. The rollout settings (maxUnavailable,
 healthCheckTimeout, paused, autoRollback) are kept: they say how to roll,
 and the way back rolls the same way, node by node.
 
@@ -138,7 +138,7 @@ func (g *globalOptions) undo(ctx context.Context, dryRun bool) error {
 	next := rm.DeepCopy()
 	next.Spec = withRoutingFields(rm.Spec, prev)
 	if err := specvalidate.Validate(next.Spec); err != nil {
-		return fmt.Errorf("the spec in annotation %s is not valid for this CRD (%w): nothing was changed; edit the RoutingMode by hand", LastAppliedSpecAnnotation, err)
+		return fmt.Errorf("the spec in annotation %s is not valid for this CRD (%w): nothing was changed; edit the RoutingMode by hand", v1alpha1.AnnotationLastAppliedSpec, err)
 	}
 	if dryRun {
 		fmt.Fprintf(g.streams.Out, "routingmode/%s would go back from: %s\n", rm.Name, describeSpec(rm.Spec))
@@ -161,15 +161,15 @@ func (g *globalOptions) undo(ctx context.Context, dryRun bool) error {
 
 // lastAppliedSpec reads the annotation the operator writes on Complete.
 func lastAppliedSpec(rm *v1alpha1.RoutingMode) (v1alpha1.RoutingModeSpec, error) {
-	raw, ok := rm.Annotations[LastAppliedSpecAnnotation]
+	raw, ok := rm.Annotations[v1alpha1.AnnotationLastAppliedSpec]
 	if !ok || strings.TrimSpace(raw) == "" {
-		return v1alpha1.RoutingModeSpec{}, fmt.Errorf("routingmode/%s has no previous completed mode to go back to (annotation %s is missing: no rollout has completed yet); to change the mode, edit spec with kubectl edit routingmode %s", rm.Name, LastAppliedSpecAnnotation, rm.Name)
+		return v1alpha1.RoutingModeSpec{}, fmt.Errorf("routingmode/%s has no previous completed mode to go back to (annotation %s is missing: no rollout has completed yet); to change the mode, edit spec with kubectl edit routingmode %s", rm.Name, v1alpha1.AnnotationLastAppliedSpec, rm.Name)
 	}
 	var spec v1alpha1.RoutingModeSpec
 	dec := json.NewDecoder(strings.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&spec); err != nil {
-		return v1alpha1.RoutingModeSpec{}, fmt.Errorf("annotation %s on routingmode/%s is not a RoutingMode spec (%v): nothing was changed; edit the RoutingMode by hand", LastAppliedSpecAnnotation, rm.Name, err)
+		return v1alpha1.RoutingModeSpec{}, fmt.Errorf("annotation %s on routingmode/%s is not a RoutingMode spec (%v): nothing was changed; edit the RoutingMode by hand", v1alpha1.AnnotationLastAppliedSpec, rm.Name, err)
 	}
 	return spec, nil
 }

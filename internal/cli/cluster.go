@@ -14,7 +14,6 @@ import (
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
-
 func newScheme() (*runtime.Scheme, error) {
 	s := runtime.NewScheme()
 	if err := corev1.AddToScheme(s); err != nil {

@@ -186,7 +186,7 @@ func Check(args *skel.CmdArgs) error {
 		return err
 	}
 	defer closeNode()
-	if err := podnet.Check(node, podnet.Config{RouterIP: cfg.RouterIP, DeviceMTU: cfg.DeviceMTU, RouteMTU: cfg.RouteMTU}, ep); err != nil {
+	if err := podnet.Check(node, ep); err != nil {
 		return types.NewError(types.ErrInternal, "pod wiring check failed", err.Error())
 	}
 	return nil

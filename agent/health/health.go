@@ -73,7 +73,7 @@ func (h *Endpoint) Ensure(cfg podnet.Config, ip netip.Addr) (changed bool, err e
 	if err != nil {
 		return changed, err
 	}
-	wired := ok && rec.IP == ip && rec.NetNS == hns.Path() && podnet.Check(h.Node, cfg, rec) == nil
+	wired := ok && rec.IP == ip && rec.NetNS == hns.Path() && podnet.Check(h.Node, rec) == nil
 	if ok && wired {
 		// The device must be the one recorded, not a namesake.
 		if l, err := h.Node.Handle.LinkByName(LXCName); err != nil || l.Attrs().Index != rec.LXCIndex {

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -188,7 +189,7 @@ func Teardown(node Node, lxcName string) error {
 
 // Check verifies the wiring of ep: the lxc device is up, the node routes the
 // pod's address through it, and the pod has its address and default route.
-func Check(node Node, cfg Config, ep endpoint.Endpoint) error {
+func Check(node Node, ep endpoint.Endpoint) error {
 	lxc, err := node.Handle.LinkByName(ep.LXCName)
 	if err != nil {
 		return fmt.Errorf("node-side device %s: %w", ep.LXCName, err)
@@ -204,38 +205,20 @@ func Check(node Node, cfg Config, ep endpoint.Endpoint) error {
 	if len(routes) == 0 || routes[0].LinkIndex != lxc.Attrs().Index {
 		return fmt.Errorf("node has no route to %s via %s", ep.IP, ep.LXCName)
 	}
-	podNS, err := ns.GetNS(ep.NetNS)
-	if err != nil {
-		return fmt.Errorf("pod namespace %s: %w", ep.NetNS, err)
-	}
-	defer podNS.Close()
-	h, err := nlsafe.NewHandleAt(nsHandle(podNS))
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(ep.IfName)
-	if err != nil {
-		return fmt.Errorf("pod interface %s: %w", ep.IfName, err)
-	}
-	addrs, err := h.AddrList(l, unix.AF_INET)
-	if err != nil {
-		return err
-	}
-	found := false
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && ip == ep.IP {
-			found = true
+	return withPod(ep, func(h nlsafe.Handle, idx int) error {
+		addrs, err := h.AddrList(nil, unix.AF_INET)
+		if err != nil {
+			return err
 		}
-	}
-	if !found {
-		return fmt.Errorf("pod interface %s lacks address %s", ep.IfName, ep.IP)
-	}
-	if _, err := defaultRoute(h, l.Attrs().Index); err != nil {
+		if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			return ok && a.LinkIndex == idx && ip == ep.IP
+		}) {
+			return fmt.Errorf("pod interface %s lacks address %s", ep.IfName, ep.IP)
+		}
+		_, err = defaultRoute(h, idx)
 		return err
-	}
-	_ = cfg
-	return nil
+	})
 }
 
 // RouteMTU reads the MTU of the pod's default route.

@@ -160,7 +160,8 @@ func (d *Demo) switchTo(ctx context.Context, name, sample, explain string) (Swit
 		t.Stop()
 		return r, err
 	}
-	d.say("$ kubectl wait --for=condition=Ready routingmode/default   (progress as it changes: phase, updated/total, each node's step→send/host routing)")
+	d.say("Waiting for Ready, as `kubectl wait --for=condition=Ready routingmode/default` would; the rollout as it changes")
+	d.say("(phase, nodes updated/total, then per node: its step → how its agent reports it sends / forwards, and whether its probes reach every peer):")
 	_, err = d.Lab.WaitRollout(ctx, d.c, 5*time.Minute, func(line string) {
 		d.say("  +%5.1fs %s", time.Since(start).Seconds(), line)
 	})

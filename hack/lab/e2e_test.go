@@ -20,7 +20,9 @@ import (
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/testenv"
 )
 
@@ -229,7 +231,38 @@ func TestE2ESwitchTunnelNativeTunnel(t *testing.T) {
 func TestE2EHostRoutingToggle(t *testing.T) {
 	h := newHarness(t)
 	h.rollout("tunnel legacy→bpf", "  tunnel: vxlan\n  hostRouting: bpf\n", encapsulated)
+	before := h.redirected()
+	tr, err := h.l.StartTraffic(context.Background(), 300, 8472)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	tr.Stop()
+	// The programs, not the host stack, now forward the pods' packets.
+	for node, n := range h.redirected() {
+		if n <= before[node] {
+			t.Errorf("%s's eBPF programs redirected no packet under traffic (%d before, %d after)", node, before[node], n)
+		}
+	}
 	h.rollout("tunnel bpf→legacy", tunnelSpec, encapsulated)
+}
+
+// redirected sums every node's eBPF redirect counters.
+func (h *harness) redirected() map[string]uint64 {
+	h.t.Helper()
+	out := map[string]uint64{}
+	for _, n := range h.l.Nodes {
+		cs, err := hostrouting.ReadCounters(hostrouting.DefaultPinDir(n.NS))
+		if err != nil {
+			h.t.Fatalf("reading %s's counters: %v", n.NS, err)
+		}
+		for _, c := range cs {
+			if c.Verdict == bpf.VerdictRedirect {
+				out[n.NS] += c.Packets
+			}
+		}
+	}
+	return out
 }
 
 // routingNodeGenerations records every RoutingNode's generation, to show a

@@ -20,6 +20,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/vishvananda/netlink"
 
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 )
@@ -121,7 +122,7 @@ func (m *Manager) prepareClassicTC(cfg Config, eps []Endpoint) error {
 	if cfg.Underlay == "" || !m.classicTC() {
 		return nil
 	}
-	return inNetNS(m.opts.NetNS, func() error {
+	return nsutil.RunIn(m.opts.NetNS, func() error {
 		h, err := netlink.NewHandle()
 		if err != nil {
 			return err
@@ -169,7 +170,7 @@ func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
 		}
 	}
 	var skipped []error
-	err := inNetNS(m.opts.NetNS, func() error {
+	err := nsutil.RunIn(m.opts.NetNS, func() error {
 		h, err := netlink.NewHandle()
 		if err != nil {
 			return err
@@ -398,7 +399,7 @@ func (m *Manager) detach(pinDir string, purge bool) error {
 		errs = append(errs, detachTCX(filepath.Join(linksDir(pinDir), l)))
 	}
 	if len(tcs) > 0 {
-		err := inNetNS(m.opts.NetNS, func() error {
+		err := nsutil.RunIn(m.opts.NetNS, func() error {
 			h, err := netlink.NewHandle()
 			if err != nil {
 				return err

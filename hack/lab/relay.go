@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 
-	"github.com/vishvananda/netns"
+	"github.com/routemode/routemode/agent/nsutil"
 )
 
 // RelayPort is where the API server answers inside every node namespace.
@@ -18,27 +17,13 @@ const RelayPort = 6443
 // socket belongs to the namespace it was created in, so the rest of the
 // relay runs on any thread, in the host's namespace.
 func listenIn(nsPath, addr string) (net.Listener, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", nsPath, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return nil, err
-	}
-	l, lerr := net.Listen("tcp", addr)
-	if err := netns.Set(orig); err != nil {
-		// A thread stuck in another namespace must not go back to the pool.
-		panic(fmt.Sprintf("returning to the host namespace: %v", err))
-	}
-	return l, lerr
+	var l net.Listener
+	err := nsutil.RunIn(nsPath, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
 }
 
 // Relay forwards connections made to 127.0.0.1:RelayPort inside the node

@@ -39,6 +39,8 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/routemode/routemode/agent/nsutil"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -216,25 +218,8 @@ func (l *Lab) Close() error {
 	return errors.Join(errs...)
 }
 
-// Run runs fn on a fresh OS thread inside the namespace at path; the thread
-// is discarded afterwards.
-func Run(path string, fn func() error) error {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// Run runs fn on a locked OS thread inside the namespace at path.
+func Run(path string, fn func() error) error { return nsutil.RunIn(path, fn) }
 
 // Sysctl writes a sysctl (path below /proc/sys) inside the namespace.
 func Sysctl(nsPath, key, value string) error {

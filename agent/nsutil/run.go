@@ -1,12 +1,4 @@
-//go:build linux
-
-/*
-Copyright 2026 The routemode Authors.
-
-Licensed under the Apache License, Version 2.0.
-*/
-
-package hostrouting
+package nsutil
 
 import (
 	"fmt"
@@ -15,10 +7,10 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// inNetNS runs fn in the network namespace at path, or in the caller's if
-// path is empty. TCX attach and netlink resolve ifindexes in the calling
-// thread's namespace, so fn always runs on a locked OS thread.
-func inNetNS(path string, fn func() error) error {
+// RunIn runs fn in the network namespace at path, or in the caller's if
+// path is empty, always on a locked OS thread: TCX attach, netlink and
+// socket creation resolve against the calling thread's namespace.
+func RunIn(path string, fn func() error) error {
 	if path == "" {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/routemode/routemode/internal/scheme"
+
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -137,13 +139,39 @@ type kstatusWatch struct {
 	done chan struct{}
 }
 
+// watchKstatus follows every change of the RoutingMode through a watch, so
+// even a rollout faster than any polling interval shows its InProgress
+// states (the spec change itself is one, until the operator observes it).
 func (h *harness) watchKstatus() *kstatusWatch {
+	h.t.Helper()
 	w := &kstatusWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	s, err := scheme.New()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	wc, err := client.NewWithWatch(h.l.cp.restConfig(), client.Options{Scheme: s})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	watcher, err := wc.Watch(context.Background(), &v1alpha1.RoutingModeList{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
 	go func() {
 		defer close(w.done)
+		defer watcher.Stop()
 		for {
-			rm := &v1alpha1.RoutingMode{}
-			if err := h.c.Get(context.Background(), client.ObjectKey{Name: v1alpha1.RoutingModeName}, rm); err == nil {
+			select {
+			case <-w.stop:
+				return
+			case ev, ok := <-watcher.ResultChan():
+				if !ok {
+					return
+				}
+				rm, isRM := ev.Object.(*v1alpha1.RoutingMode)
+				if !isRM {
+					continue
+				}
 				u, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(rm)
 				if res, err := status.Compute(&unstructured.Unstructured{Object: u}); err == nil {
 					w.mu.Lock()
@@ -152,11 +180,6 @@ func (h *harness) watchKstatus() *kstatusWatch {
 					}
 					w.mu.Unlock()
 				}
-			}
-			select {
-			case <-w.stop:
-				return
-			case <-time.After(20 * time.Millisecond):
 			}
 		}
 	}()

@@ -14,8 +14,10 @@
  *                   packet: same as the underlay.
  *   rm_from_lxc     ingress of a pod's host-side veth (traffic leaving the
  *                   pod): local pods get bpf_redirect_peer; remote pods in the
- *                   native routing CIDR get bpf_fib_lookup + bpf_redirect (or
- *                   bpf_redirect_neigh while the next hop is unresolved).
+ *                   native routing CIDR go to the next hop of the agent's
+ *                   direct route with bpf_redirect_neigh, or, without one,
+ *                   get bpf_fib_lookup + bpf_redirect (bpf_redirect_neigh
+ *                   while the next hop is unresolved).
  *
  * Anything the programs do not handle goes to the stack untouched
  * (TC_ACT_OK), so attaching them can never break what legacy routing
@@ -53,6 +55,7 @@ enum rm_reason {
 	RM_PASS_FIB = 9,
 	RM_PASS_TUNNEL = 10,
 	RM_DROP_REDIRECT = 11,
+	RM_REDIRECT_DIRECT_ROUTE = 12,
 };
 
 /*
@@ -75,6 +78,24 @@ struct endpoint_info {
 	__u16 pad;
 };
 
+/* A peer node's pod CIDR, longest prefix match. */
+struct direct_route_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/*
+ * The next hop of the agent's route to a peer's pod CIDR through the
+ * underlay, and the largest IP packet that route forwards without
+ * fragmenting.
+ */
+struct direct_route {
+	__u32 ifindex;
+	__be32 gateway;
+	__u32 mtu;
+	__u32 pad;
+};
+
 struct counter {
 	__u64 packets;
 	__u64 bytes;
@@ -95,6 +116,23 @@ struct {
 	__type(value, struct endpoint_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rm_endpoints SEC(".maps");
+
+/*
+ * Filled by the agent from the direct routes it installs
+ * (auto-direct-node-routes), updated right after it changes them. A hit
+ * spares the packet bpf_fib_lookup, the largest part of rm_from_lxc's cost.
+ * Only routes through the underlay, which the agent never deletes, are
+ * here, so a stale entry can only send a packet the other way the
+ * make-before-break rollout keeps working.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct direct_route_key);
+	__type(value, struct direct_route);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rm_direct_routes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -274,9 +312,32 @@ int rm_from_overlay(struct __sk_buff *skb)
 	return from_network(skb, RM_PROG_OVERLAY);
 }
 
+/* Remote pods with a direct route: straight to its gateway. */
+static __always_inline int redirect_direct_route(struct __sk_buff *skb, struct iphdr *ip,
+						 const struct direct_route *rt)
+{
+	struct bpf_redir_neigh nh = {
+		.nh_family = AF_INET,
+		.ipv4_nh = rt->gateway,
+	};
+	long ret;
+
+	ip_decrease_ttl(ip);
+	record(rt->ifindex, RM_REDIRECT_DIRECT_ROUTE, rt->gateway, 0);
+	ret = bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
+	if (ret != TC_ACT_REDIRECT) {
+		count(skb, RM_PROG_LXC, RM_DROP_REDIRECT);
+		return TC_ACT_SHOT;
+	}
+	count(skb, RM_PROG_LXC, RM_REDIRECT_DIRECT_ROUTE);
+	return TC_ACT_REDIRECT;
+}
+
 SEC("tc")
 int rm_from_lxc(struct __sk_buff *skb)
 {
+	struct direct_route_key rkey = { .prefixlen = 32 };
+	struct direct_route *rt;
 	struct bpf_fib_lookup fib = {};
 	struct endpoint_key key = {};
 	struct endpoint_info *ep;
@@ -305,22 +366,32 @@ int rm_from_lxc(struct __sk_buff *skb)
 	if (!cfg_fib_enabled || (ip->daddr & cfg_cidr_mask) != cfg_cidr_addr)
 		return pass(skb, RM_PROG_LXC, RM_PASS_OUTSIDE_CIDR);
 
+	/*
+	 * bpf_redirect_neigh does not check the MTU: packets the route would
+	 * not forward whole, and GSO packets, take the FIB path, which does.
+	 */
+	rkey.addr = ip->daddr;
+	rt = bpf_map_lookup_elem(&rm_direct_routes, &rkey);
+	if (rt && !skb->gso_size && bpf_ntohs(ip->tot_len) <= rt->mtu)
+		return redirect_direct_route(skb, ip, rt);
+
 	fib.family = AF_INET;
 	fib.tos = ip->tos;
 	fib.l4_protocol = ip->protocol;
 	/*
-	 * tot_len 0 makes the kernel check the skb itself against the egress
-	 * MTU, which understands GSO; the IP total length of a GSO skb would
-	 * always look too big.
+	 * Given the IP total length, the lookup checks it against the
+	 * forwarding MTU as ip_forward does: the device's, or the route's when
+	 * locked. A GSO skb's total length would always look too big: tot_len
+	 * 0 makes the kernel check the skb itself against the egress device.
 	 */
-	fib.tot_len = 0;
+	fib.tot_len = skb->gso_size ? 0 : bpf_ntohs(ip->tot_len);
 	fib.ifindex = skb->ingress_ifindex;
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
 
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* Unreachable, local, needs fragmenting: the stack answers with ICMP. */
+		/* Unreachable, local, too big: the stack answers with ICMP. */
 		count(skb, RM_PROG_LXC, RM_PASS_FIB);
 		record(0, RM_PASS_FIB, 0, rc);
 		return TC_ACT_OK;

@@ -19,6 +19,20 @@ type hostroutingCounter struct {
 	Bytes   uint64
 }
 
+type hostroutingDirectRoute struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Gateway uint32
+	Mtu     uint32
+	Pad     uint32
+}
+
+type hostroutingDirectRouteKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
 type hostroutingEndpointInfo struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -47,6 +61,7 @@ type hostroutingLastRedirect struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	hostroutingMapRmCounters                = "rm_counters"
+	hostroutingMapRmDirectRoutes            = "rm_direct_routes"
 	hostroutingMapRmEndpoints               = "rm_endpoints"
 	hostroutingProgRmFromLxc                = "rm_from_lxc"
 	hostroutingProgRmFromNetdev             = "rm_from_netdev"
@@ -110,8 +125,9 @@ type hostroutingProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hostroutingMapSpecs struct {
-	RmCounters  *ebpf.MapSpec `ebpf:"rm_counters"`
-	RmEndpoints *ebpf.MapSpec `ebpf:"rm_endpoints"`
+	RmCounters     *ebpf.MapSpec `ebpf:"rm_counters"`
+	RmDirectRoutes *ebpf.MapSpec `ebpf:"rm_direct_routes"`
+	RmEndpoints    *ebpf.MapSpec `ebpf:"rm_endpoints"`
 }
 
 // hostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -146,13 +162,15 @@ func (o *hostroutingObjects) Close() error {
 //
 // It can be passed to loadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hostroutingMaps struct {
-	RmCounters  *ebpf.Map `ebpf:"rm_counters"`
-	RmEndpoints *ebpf.Map `ebpf:"rm_endpoints"`
+	RmCounters     *ebpf.Map `ebpf:"rm_counters"`
+	RmDirectRoutes *ebpf.Map `ebpf:"rm_direct_routes"`
+	RmEndpoints    *ebpf.Map `ebpf:"rm_endpoints"`
 }
 
 func (m *hostroutingMaps) Close() error {
 	return _HostroutingClose(
 		m.RmCounters,
+		m.RmDirectRoutes,
 		m.RmEndpoints,
 	)
 }

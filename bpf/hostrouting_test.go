@@ -33,6 +33,7 @@ import (
 //	     10.0.1.0/24 via 192.168.0.130 (neighbour resolved)
 //	     10.0.2.0/24 via 192.168.0.140 (no neighbour)
 //	     unreachable 10.0.3.0/24
+//	     10.0.4.0/24 via 192.168.0.130 mtu lock 1400
 //	lxc0 a pod's host-side veth, holding the router IP 10.0.0.1/32
 
 var (
@@ -49,12 +50,27 @@ var (
 	remotePod = netip.MustParseAddr("10.0.1.124")
 	noNeigh   = netip.MustParseAddr("10.0.2.7")
 	unreach   = netip.MustParseAddr("10.0.3.7")
+	smallMTU  = netip.MustParseAddr("10.0.4.9")
 	routerIP  = netip.MustParseAddr("10.0.0.1")
 	outside   = netip.MustParseAddr("192.0.2.10")
 	cidr      = netip.MustParsePrefix("10.0.0.0/16")
 )
 
+// Direct routes in the map, none of them in the FIB: a packet that reaches
+// their gateways did not consult the FIB.
+var directRoutes = []struct {
+	dst netip.Prefix
+	gw  netip.Addr
+	mtu int
+}{
+	{netip.MustParsePrefix("10.0.5.0/24"), netip.MustParseAddr("192.168.0.150"), 1500},
+	{netip.MustParsePrefix("10.0.5.128/25"), netip.MustParseAddr("192.168.0.160"), 1500},
+	{netip.MustParsePrefix("10.0.6.0/24"), netip.MustParseAddr("192.168.0.170"), 1400},
+}
+
 const (
+	directRouteIfindex = 41
+	lockedRouteMTU     = 1400
 	localPodIfindex  = 34
 	localPod2Ifindex = 26
 )
@@ -160,6 +176,7 @@ func newTestNet(t *testing.T) *testNet {
 	must(h.RouteAdd(&netlink.Route{Dst: mustNet("10.0.1.0/24"), Gw: net.ParseIP("192.168.0.130"), LinkIndex: tn.ul}))
 	must(h.RouteAdd(&netlink.Route{Dst: mustNet("10.0.2.0/24"), Gw: net.ParseIP("192.168.0.140"), LinkIndex: tn.ul}))
 	must(h.RouteAdd(&netlink.Route{Dst: mustNet("10.0.3.0/24"), Type: unix.RTN_UNREACHABLE}))
+	must(h.RouteAdd(&netlink.Route{Dst: mustNet("10.0.4.0/24"), Gw: net.ParseIP("192.168.0.130"), LinkIndex: tn.ul, MTU: lockedRouteMTU, MTULock: true}))
 	must(h.NeighSet(&netlink.Neigh{LinkIndex: tn.ul, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
 		IP: net.ParseIP("192.168.0.130"), HardwareAddr: gwMAC}))
 	must(inNS(ns, func() error {
@@ -216,6 +233,15 @@ func loadObjects(t *testing.T, cfg Config) *objects {
 	}
 	put(localPod, EndpointInfo{Ifindex: localPodIfindex, Id: 1445, Mac: [6]byte(podMAC), NodeMac: [6]byte(nodeMAC)})
 	put(localPod2, EndpointInfo{Ifindex: localPod2Ifindex, Id: 1580, Mac: [6]byte(pod2MAC), NodeMac: [6]byte(node2MAC)})
+	for _, r := range directRoutes {
+		k, err := KeyFromPrefix(r.dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := coll.Maps[MapDirectRoutes].Put(k, NewDirectRoute(directRouteIfindex, r.gw, r.mtu)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return &objects{coll: coll}
 }
 
@@ -274,11 +300,15 @@ type ipv4 struct {
 	src, dst   netip.Addr
 	ttl        uint8
 	versionIHL uint8 // 0 means 0x45
+	totLen     int   // 0 means a short probe
 }
 
 // udpFrame returns an Ethernet+IPv4+UDP frame with a valid IP checksum.
 func udpFrame(dstMAC, srcMAC net.HardwareAddr, h ipv4) []byte {
 	payload := []byte("routemode probe 0001")
+	if h.totLen > 0 {
+		payload = make([]byte, h.totLen-20-8)
+	}
 	b := make([]byte, 14+20+8+len(payload))
 	copy(b[0:6], dstMAC)
 	copy(b[6:12], srcMAC)
@@ -333,7 +363,12 @@ type want struct {
 	dstMAC  net.HardwareAddr
 	srcMAC  net.HardwareAddr
 	nexthop netip.Addr // for redirect_neigh/fib
+	fibRC   uint32     // bpf_fib_lookup's result, checked when nonzero
+	ttlOnly bool       // redirect_neigh: MACs left to the kernel, TTL decremented
 }
+
+// fibRetFragNeeded is BPF_FIB_LKUP_RET_FRAG_NEEDED.
+const fibRetFragNeeded = 8
 
 func checkRewritten(t *testing.T, in, out []byte, w want) {
 	t.Helper()
@@ -447,6 +482,9 @@ func checkVerdict(t *testing.T, objs *objects, p Program, in []byte, ret uint32,
 	if Reason(l.Reason) != w.reason {
 		t.Errorf("recorded reason = %s, want %s", Reason(l.Reason), w.reason)
 	}
+	if w.fibRC != 0 && l.FibRc != w.fibRC {
+		t.Errorf("fib lookup result = %d, want %d", l.FibRc, w.fibRC)
+	}
 	if w.ret != TCActRedirect {
 		if string(out[:len(in)]) != string(in) {
 			t.Errorf("passed frame was modified:\n in %x\nout %x", in, out[:len(in)])
@@ -462,6 +500,10 @@ func checkVerdict(t *testing.T, objs *objects, p Program, in []byte, ret uint32,
 	if w.dstMAC != nil {
 		checkRewritten(t, in, out, w)
 	}
+	if w.ttlOnly {
+		w.dstMAC, w.srcMAC = in[0:6], in[6:12]
+		checkRewritten(t, in, out, w)
+	}
 }
 
 func TestFromLXC(t *testing.T) {
@@ -475,6 +517,31 @@ func TestFromLXC(t *testing.T) {
 		"local pod is delivered with redirect_peer": {
 			frame: udpFrame(tn.lxcMAC, pod2MAC, ipv4{src: localPod2, dst: localPod, ttl: 64}),
 			want:  want{ret: TCActRedirect, reason: ReasonRedirectPeer, ifindex: localPodIfindex, dstMAC: podMAC, srcMAC: nodeMAC},
+		},
+		"remote pod with a direct route goes to its gateway without a FIB lookup": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.5.9"), ttl: 64}),
+			want: want{ret: TCActRedirect, reason: ReasonRedirectDirectRoute, ifindex: directRouteIfindex,
+				nexthop: netip.MustParseAddr("192.168.0.150"), ttlOnly: true},
+		},
+		"the longest direct route wins": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.5.200"), ttl: 64}),
+			want: want{ret: TCActRedirect, reason: ReasonRedirectDirectRoute, ifindex: directRouteIfindex,
+				nexthop: netip.MustParseAddr("192.168.0.160"), ttlOnly: true},
+		},
+		"packet within a direct route's MTU takes it": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.6.9"), ttl: 64, totLen: 1400}),
+			want: want{ret: TCActRedirect, reason: ReasonRedirectDirectRoute, ifindex: directRouteIfindex,
+				nexthop: netip.MustParseAddr("192.168.0.170"), ttlOnly: true},
+		},
+		// bpf_redirect_neigh does not check sizes; the FIB path does (here it
+		// finds no route at all).
+		"packet over a direct route's MTU takes the FIB path": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.6.9"), ttl: 64, totLen: 1401}),
+			want:  want{ret: TCActOK, reason: ReasonFIB},
+		},
+		"packet over the device MTU passes for ICMP fragmentation needed": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64, totLen: 1501}),
+			want:  want{ret: TCActOK, reason: ReasonFIB, fibRC: fibRetFragNeeded},
 		},
 		"remote pod with resolved next hop uses redirect and the FIB's MACs": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64}),
@@ -493,6 +560,18 @@ func TestFromLXC(t *testing.T) {
 		"router IP passes to the node": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: routerIP, ttl: 64}),
 			want:  want{ret: TCActOK, reason: ReasonFIB},
+		},
+		// Forwarding honours a route's MTU only when it is locked (or with
+		// ip_forward_use_pmtu); otherwise the device's MTU applies, in the
+		// stack and in the program alike.
+		"packet within a locked route MTU is forwarded": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: smallMTU, ttl: 64, totLen: lockedRouteMTU}),
+			want: want{ret: TCActRedirect, reason: ReasonRedirectFIB, ifindex: uint32(tn.ul),
+				dstMAC: gwMAC, srcMAC: tn.ulMAC, nexthop: netip.MustParseAddr("192.168.0.130")},
+		},
+		"packet over a locked route MTU passes for ICMP fragmentation needed": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: smallMTU, ttl: 64, totLen: lockedRouteMTU + 1}),
+			want:  want{ret: TCActOK, reason: ReasonFIB, fibRC: fibRetFragNeeded},
 		},
 		"destination outside the CIDR passes for masquerade": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: outside, ttl: 64}),

@@ -23,6 +23,35 @@ type EndpointKey = hostroutingEndpointKey
 // EndpointInfo is the endpoint map's value.
 type EndpointInfo = hostroutingEndpointInfo
 
+// DirectRouteKey is the direct-route map's key: a peer's pod CIDR.
+type DirectRouteKey = hostroutingDirectRouteKey
+
+// DirectRoute is the direct-route map's value: where packets to the CIDR go.
+type DirectRoute = hostroutingDirectRoute
+
+// KeyFromPrefix returns the direct-route map key of an IPv4 prefix.
+func KeyFromPrefix(p netip.Prefix) (DirectRouteKey, error) {
+	if !p.IsValid() || !p.Addr().Is4() {
+		return DirectRouteKey{}, fmt.Errorf("direct route destination %s is not an IPv4 prefix", p)
+	}
+	p = p.Masked()
+	return DirectRouteKey{Prefixlen: uint32(p.Bits()), Addr: be32(p.Addr().As4())}, nil
+}
+
+// Prefix returns the key's prefix.
+func (k hostroutingDirectRouteKey) Prefix() netip.Prefix {
+	return netip.PrefixFrom(addrFrombe32(k.Addr), int(k.Prefixlen))
+}
+
+// NewDirectRoute returns the map value sending packets out of ifindex to
+// an IPv4 gateway, for IP packets of up to mtu bytes.
+func NewDirectRoute(ifindex int, gateway netip.Addr, mtu int) DirectRoute {
+	return DirectRoute{Ifindex: uint32(ifindex), Gateway: be32(gateway.As4()), Mtu: uint32(mtu)}
+}
+
+// GatewayAddr returns the route's gateway.
+func (r hostroutingDirectRoute) GatewayAddr() netip.Addr { return addrFrombe32(r.Gateway) }
+
 // Counter is one CPU's packet and byte count of one (program, reason) slot.
 type Counter = hostroutingCounter
 
@@ -40,16 +69,16 @@ func KeyFromAddr(a netip.Addr) (EndpointKey, error) {
 }
 
 // Addr returns the key's IPv4 address.
-func (k hostroutingEndpointKey) Addr() netip.Addr { return addrFromBE32(k.Ip) }
+func (k hostroutingEndpointKey) Addr() netip.Addr { return addrFrombe32(k.Ip) }
 
 // Nexthop returns the recorded next hop (zero for local delivery).
-func (l hostroutingLastRedirect) NexthopAddr() netip.Addr { return addrFromBE32(l.Nexthop) }
+func (l hostroutingLastRedirect) NexthopAddr() netip.Addr { return addrFrombe32(l.Nexthop) }
 
 // be32 turns address bytes into the uint32 whose in-memory representation
 // is those bytes, i.e. a __be32 as the C side sees it.
 func be32(b [4]byte) uint32 { return binary.NativeEndian.Uint32(b[:]) }
 
-func addrFromBE32(v uint32) netip.Addr {
+func addrFrombe32(v uint32) netip.Addr {
 	var b [4]byte
 	binary.NativeEndian.PutUint32(b[:], v)
 	return netip.AddrFrom4(b)

@@ -18,9 +18,13 @@ const (
 	ProgFromOverlay = "rm_from_overlay"
 	ProgFromLXC     = "rm_from_lxc"
 
-	MapEndpoints = "rm_endpoints"
-	MapCounters  = "rm_counters"
+	MapEndpoints    = "rm_endpoints"
+	MapCounters     = "rm_counters"
+	MapDirectRoutes = "rm_direct_routes"
 )
+
+// PinnedMaps are the maps pinned in a node's pin directory.
+var PinnedMaps = []string{MapEndpoints, MapCounters, MapDirectRoutes}
 
 // Program identifies one of the host-routing programs in the counter map.
 // The values are the C enum rm_prog.
@@ -69,6 +73,9 @@ const (
 	ReasonFIB           Reason = 9  // bpf_fib_lookup found no forwarding route (local, unreachable, MTU)
 	ReasonTunnel        Reason = 10 // route leads into a flow-based tunnel device that needs the stack
 	ReasonDropRedirect  Reason = 11 // the redirect helper failed
+	// ReasonRedirectDirectRoute: sent with bpf_redirect_neigh to the gateway
+	// of the agent's direct route to the destination's node, no FIB lookup.
+	ReasonRedirectDirectRoute Reason = 12
 )
 
 // Slot counts of the counter map, fixed in the C source so that the pinned
@@ -83,6 +90,7 @@ var Reasons = []Reason{
 	ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB,
 	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
 	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonDropRedirect,
+	ReasonRedirectDirectRoute,
 }
 
 var reasonNames = map[Reason]string{
@@ -98,6 +106,8 @@ var reasonNames = map[Reason]string{
 	ReasonFIB:           "fib",
 	ReasonTunnel:        "tunnel",
 	ReasonDropRedirect:  "redirect_failed",
+
+	ReasonRedirectDirectRoute: "redirect_direct_route",
 }
 
 func (r Reason) String() string {
@@ -119,7 +129,7 @@ const (
 // Verdict is the tc verdict that goes with the reason.
 func (r Reason) Verdict() Verdict {
 	switch r {
-	case ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB:
+	case ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB, ReasonRedirectDirectRoute:
 		return VerdictRedirect
 	case ReasonDropRedirect:
 		return VerdictDrop

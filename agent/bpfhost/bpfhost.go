@@ -10,9 +10,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
+	"slices"
 
 	"github.com/go-logr/logr"
 
+	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/endpoint"
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/node"
@@ -57,6 +60,7 @@ func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1
 		TunnelDevice:      req.TunnelDevice,
 		NativeRoutingCIDR: req.NativeRoutingCIDR,
 		PinDir:            r.PinDir,
+		DirectRoutes:      DirectRoutes(req.Routes, req.Underlay, req.NativeRoutingCIDR),
 	}
 	err := r.Manager.Apply(req.Mode, cfg, Endpoints(req.Endpoints))
 	if errors.Is(err, hostrouting.ErrEndpointSkipped) {
@@ -75,6 +79,23 @@ func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1
 
 // Close releases the Manager; attached programs stay pinned.
 func (r *Router) Close() error { return r.Manager.Close() }
+
+// DirectRoutes picks the routes through the underlay to pod CIDRs inside
+// the native routing CIDR: the direct routes the programs may use instead of
+// a FIB lookup. Tunnel routes stay with the FIB: the tunnel device comes and
+// goes with the rollout, the underlay does not.
+func DirectRoutes(routes []datapath.Route, underlay string, nativeCIDR netip.Prefix) []hostrouting.DirectRoute {
+	var out []hostrouting.DirectRoute
+	for _, r := range routes {
+		if r.Dev != underlay || !r.Gw.Is4() || !r.Dst.Addr().Is4() || !nativeCIDR.IsValid() ||
+			r.Dst.Bits() < nativeCIDR.Bits() || !nativeCIDR.Contains(r.Dst.Addr()) {
+			continue
+		}
+		out = append(out, hostrouting.DirectRoute{Dst: r.Dst.Masked(), Gateway: r.Gw})
+	}
+	slices.SortFunc(out, func(a, b hostrouting.DirectRoute) int { return a.Dst.Compare(b.Dst) })
+	return out
+}
 
 // Endpoints converts endpoint records.
 func Endpoints(eps []endpoint.Endpoint) []hostrouting.Endpoint {

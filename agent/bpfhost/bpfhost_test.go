@@ -1,11 +1,14 @@
 package bpfhost_test
 
 import (
+	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/routemode/routemode/agent/bpfhost"
+	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
@@ -59,23 +62,32 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	for _, ep := range eps {
 		t.Logf("node-1 bpf endpoint: %s", hostrouting.FormatEndpoint(ep))
 	}
+	// node-1's direct route to node-2's pods is in the map the programs read.
+	routes, err := hostrouting.ListDirectRoutes(routers["node-1"].PinDir)
+	n2 := l.Nodes[1]
+	if err != nil || len(routes) != 1 || routes[0].Dst != n2.PodCIDR || routes[0].Gateway != n2.IP {
+		t.Errorf("node-1's BPF direct routes: %v %v, want %s via %s", routes, err, n2.PodCIDR, n2.IP)
+	}
+	for _, r := range routes {
+		t.Logf("node-1 bpf direct route: %s", hostrouting.FormatDirectRoute(r))
+	}
 	// The programs, not the stack, forwarded the pods' packets.
 	counters, err := hostrouting.ReadCounters(routers["node-1"].PinDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var peer, fib uint64
+	var peer, direct uint64
 	for _, c := range counters {
 		switch c.Reason {
 		case bpf.ReasonRedirectPeer:
 			peer += c.Packets
-		case bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh:
-			fib += c.Packets
+		case bpf.ReasonRedirectDirectRoute:
+			direct += c.Packets
 		}
 	}
-	t.Logf("node-1 BPF counters: %d packets delivered with redirect_peer, %d sent with fib redirect", peer, fib)
-	if peer == 0 || fib == 0 {
-		t.Errorf("BPF host routing did not forward: redirect_peer %d, fib %d", peer, fib)
+	t.Logf("node-1 BPF counters: %d packets delivered with redirect_peer, %d sent along the direct route", peer, direct)
+	if peer == 0 || direct == 0 {
+		t.Errorf("BPF host routing did not forward: redirect_peer %d, direct route %d", peer, direct)
 	}
 	// A restarted agent (new Manager, same pins) changes nothing.
 	n1 := l.Nodes[0]
@@ -95,5 +107,28 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	t.Logf("probes across legacy→bpf→legacy: %s", total)
 	if total.Lost != 0 || total.Sent == 0 {
 		t.Errorf("lost %d of %d probes:\n%s", total.Lost, total.Sent, nslab.Report(stats))
+	}
+}
+
+func TestDirectRoutesAreTheUnderlayRoutesInTheCIDR(t *testing.T) {
+	p, a := netip.MustParsePrefix, netip.MustParseAddr
+	routes := []datapath.Route{
+		{Dst: p("10.0.2.0/24"), Gw: a("192.168.0.140"), Dev: "eth0"},
+		{Dst: p("10.0.1.0/24"), Gw: a("192.168.0.130"), Dev: "eth0"},
+		{Dst: p("10.0.3.0/24"), Gw: a("10.0.3.0"), Dev: "rm_vxlan", OnLink: true, MTU: 1450}, // tunnel
+		{Dst: p("10.9.0.0/24"), Gw: a("192.168.0.150"), Dev: "eth0"},                         // outside the CIDR
+		{Dst: p("10.0.0.0/8"), Gw: a("192.168.0.1"), Dev: "eth0"},                            // wider than the CIDR
+		{Dst: p("10.0.4.0/24"), Dev: "eth0"},                                                 // no gateway
+	}
+	got := bpfhost.DirectRoutes(routes, "eth0", p("10.0.0.0/16"))
+	want := []hostrouting.DirectRoute{
+		{Dst: p("10.0.1.0/24"), Gateway: a("192.168.0.130")},
+		{Dst: p("10.0.2.0/24"), Gateway: a("192.168.0.140")},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got := bpfhost.DirectRoutes(routes, "eth0", netip.Prefix{}); len(got) != 0 {
+		t.Errorf("without a native routing CIDR: got %v, want none", got)
 	}
 }

@@ -9,7 +9,6 @@ Licensed under the Apache License, Version 2.0.
 package hostrouting
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -66,68 +65,17 @@ func endpointEntries(eps []Endpoint, links map[int]device) (map[netip.Addr]bpf.E
 	return entries, lxcs, problems
 }
 
-// diffEndpoints returns the entries to write and the keys to delete to turn
-// cur into want.
-func diffEndpoints(cur, want map[netip.Addr]bpf.EndpointInfo) (put map[netip.Addr]bpf.EndpointInfo, del []netip.Addr) {
-	put = make(map[netip.Addr]bpf.EndpointInfo)
-	for ip, v := range want {
-		if c, ok := cur[ip]; !ok || c != v {
-			put[ip] = v
-		}
-	}
-	for ip := range cur {
-		if _, ok := want[ip]; !ok {
-			del = append(del, ip)
-		}
-	}
-	slices.SortFunc(del, netip.Addr.Compare)
-	return put, del
+var endpointKey = mapKey[netip.Addr, bpf.EndpointKey]{
+	to: bpf.KeyFromAddr, from: bpf.EndpointKey.Addr, cmp: netip.Addr.Compare, what: "endpoint",
 }
 
 func readEndpointMap(m *ebpf.Map) (map[netip.Addr]bpf.EndpointInfo, error) {
-	cur := make(map[netip.Addr]bpf.EndpointInfo)
-	var (
-		k bpf.EndpointKey
-		v bpf.EndpointInfo
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		cur[k.Addr()] = v
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read endpoint map: %w", err)
-	}
-	return cur, nil
+	return readMap[netip.Addr, bpf.EndpointKey, bpf.EndpointInfo](m, endpointKey.from)
 }
 
-// syncEndpoints writes new and changed entries before deleting stale ones:
-// an update is a single atomic map write, so a pod is never briefly
-// missing.
+// syncEndpoints makes the endpoint map hold exactly want.
 func syncEndpoints(m *ebpf.Map, want map[netip.Addr]bpf.EndpointInfo) error {
-	cur, err := readEndpointMap(m)
-	if err != nil {
-		return err
-	}
-	put, del := diffEndpoints(cur, want)
-	for _, ip := range slices.SortedFunc(maps.Keys(put), netip.Addr.Compare) {
-		k, err := bpf.KeyFromAddr(ip)
-		if err != nil {
-			return err
-		}
-		if err := m.Put(k, put[ip]); err != nil {
-			return fmt.Errorf("write endpoint %s: %w", ip, err)
-		}
-	}
-	for _, ip := range del {
-		k, err := bpf.KeyFromAddr(ip)
-		if err != nil {
-			return err
-		}
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete endpoint %s: %w", ip, err)
-		}
-	}
-	return nil
+	return syncMap(m, want, endpointKey)
 }
 
 // ListEndpoints reads a node's endpoint map from its pin, sorted by IP.

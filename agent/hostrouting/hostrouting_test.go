@@ -98,31 +98,45 @@ func TestEndpointEntries(t *testing.T) {
 	}
 }
 
-func TestDiffEndpoints(t *testing.T) {
+func TestDiffMap(t *testing.T) {
 	a, b, c := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
 	cur := map[netip.Addr]bpf.EndpointInfo{a: {Ifindex: 1}, b: {Ifindex: 2}}
 	want := map[netip.Addr]bpf.EndpointInfo{a: {Ifindex: 1}, b: {Ifindex: 20}, c: {Ifindex: 3}}
-	put, del := diffEndpoints(cur, want)
-	if len(put) != 2 || put[b].Ifindex != 20 || put[c].Ifindex != 3 || len(del) != 0 {
+	put, del := diffMap(cur, want, netip.Addr.Compare)
+	if !slices.Equal(put, []netip.Addr{b, c}) || len(del) != 0 {
 		t.Errorf("put=%v del=%v", put, del)
 	}
-	put, del = diffEndpoints(want, map[netip.Addr]bpf.EndpointInfo{c: {Ifindex: 3}})
+	put, del = diffMap(want, map[netip.Addr]bpf.EndpointInfo{c: {Ifindex: 3}}, netip.Addr.Compare)
 	if len(put) != 0 || !slices.Equal(del, []netip.Addr{a, b}) {
 		t.Errorf("put=%v del=%v", put, del)
 	}
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{Underlay: "eth0", PinDir: "/sys/fs/bpf/routemode/n1", NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/16")}
+	cidr := netip.MustParsePrefix("10.0.0.0/16")
+	route := func(dst, gw string) []DirectRoute {
+		return []DirectRoute{{Dst: netip.MustParsePrefix(dst), Gateway: netip.MustParseAddr(gw)}}
+	}
+	ok := Config{Underlay: "eth0", PinDir: "/sys/fs/bpf/routemode/n1", NativeRoutingCIDR: cidr,
+		DirectRoutes: route("10.0.1.0/24", "192.168.0.130")}
 	if err := ok.validate(true); err != nil {
 		t.Errorf("valid config: %v", err)
 	}
+	withRoutes := func(r []DirectRoute) Config {
+		return Config{Underlay: "eth0", PinDir: "/sys/fs/bpf/x", NativeRoutingCIDR: cidr, DirectRoutes: r}
+	}
 	for name, c := range map[string]Config{
-		"no underlay":   {PinDir: "/sys/fs/bpf/x"},
-		"relative pin":  {Underlay: "eth0", PinDir: "x"},
-		"host bits":     {Underlay: "eth0", PinDir: "/sys/fs/bpf/x", NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.1/16")},
-		"IPv6 CIDR":     {Underlay: "eth0", PinDir: "/sys/fs/bpf/x", NativeRoutingCIDR: netip.MustParsePrefix("fd00::/64")},
-		"empty pin dir": {Underlay: "eth0"},
+		"route outside the CIDR":     withRoutes(route("10.1.0.0/24", "192.168.0.130")),
+		"route wider than the CIDR":  withRoutes(route("10.0.0.0/8", "192.168.0.130")),
+		"route with host bits":       withRoutes(route("10.0.1.1/24", "192.168.0.130")),
+		"route with an IPv6 gateway": withRoutes(route("10.0.1.0/24", "fd00::1")),
+		"route without a gateway":    withRoutes([]DirectRoute{{Dst: netip.MustParsePrefix("10.0.1.0/24")}}),
+		"routes without a CIDR":      {Underlay: "eth0", PinDir: "/sys/fs/bpf/x", DirectRoutes: route("10.0.1.0/24", "192.168.0.130")},
+		"no underlay":                {PinDir: "/sys/fs/bpf/x"},
+		"relative pin":               {Underlay: "eth0", PinDir: "x"},
+		"host bits":                  {Underlay: "eth0", PinDir: "/sys/fs/bpf/x", NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.1/16")},
+		"IPv6 CIDR":                  {Underlay: "eth0", PinDir: "/sys/fs/bpf/x", NativeRoutingCIDR: netip.MustParsePrefix("fd00::/64")},
+		"empty pin dir":              {Underlay: "eth0"},
 	} {
 		if err := c.validate(true); err == nil {
 			t.Errorf("%s: want error", name)

@@ -202,9 +202,12 @@ func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
 			}()
 		}
 
-		// Map first: a program must never redirect to a pod the map does
+		// Maps first: a program must never redirect to a pod the map does
 		// not know yet, nor to one whose entry is stale.
 		if err := syncEndpoints(coll.Maps[bpf.MapEndpoints], entries); err != nil {
+			return err
+		}
+		if err := syncMap(coll.Maps[bpf.MapDirectRoutes], directRouteEntries(cfg.DirectRoutes, underlay), directRouteKey); err != nil {
 			return err
 		}
 
@@ -244,7 +247,7 @@ func resolveDevices(h *netlink.Handle, cfg Config) (underlay device, tunnel *dev
 	byName := make(map[string]device, len(all))
 	for _, l := range all {
 		a := l.Attrs()
-		d := device{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr}
+		d := device{Name: a.Name, Index: a.Index, MTU: a.MTU, MAC: a.HardwareAddr}
 		if vx, ok := l.(*netlink.Vxlan); ok {
 			d.FlowBased = vx.FlowBased
 		}
@@ -280,7 +283,7 @@ func (m *Manager) programs(pinDir string, bcfg bpf.Config) (*ebpf.Collection, bo
 		// An older build's maps: start over with fresh ones. The old
 		// programs keep using the old maps until their links are updated.
 		m.log.Info("Replaced incompatible pinned maps", "pinDir", pinDir, "reason", err.Error())
-		for _, name := range []string{bpf.MapEndpoints, bpf.MapCounters} {
+		for _, name := range bpf.PinnedMaps {
 			if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return nil, false, err
 			}
@@ -294,7 +297,7 @@ func (m *Manager) programs(pinDir string, bcfg bpf.Config) (*ebpf.Collection, bo
 }
 
 func mapsPinned(pinDir string) bool {
-	for _, name := range []string{bpf.MapEndpoints, bpf.MapCounters} {
+	for _, name := range bpf.PinnedMaps {
 		if _, err := os.Stat(filepath.Join(pinDir, name)); err != nil {
 			return false
 		}
@@ -428,7 +431,7 @@ func (m *Manager) detach(pinDir string, purge bool) error {
 	if !purge {
 		return nil
 	}
-	for _, name := range []string{bpf.MapEndpoints, bpf.MapCounters} {
+	for _, name := range bpf.PinnedMaps {
 		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

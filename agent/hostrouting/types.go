@@ -76,7 +76,22 @@ type Config struct {
 	NativeRoutingCIDR netip.Prefix
 	// PinDir is the node's bpffs directory, e.g. DefaultPinDir(node).
 	PinDir string
+	// DirectRoutes are the node's routes to other nodes' pod CIDRs through
+	// the underlay (auto-direct-node-routes), as just installed. Pods'
+	// packets to them go straight to the route's gateway with
+	// bpf_redirect_neigh; everything else in NativeRoutingCIDR is looked up
+	// in the FIB per packet. Routes through other devices (the tunnel) do
+	// not belong here.
+	DirectRoutes []DirectRoute
 }
+
+// DirectRoute is `Dst via Gateway dev <underlay>`.
+type DirectRoute struct {
+	Dst     netip.Prefix
+	Gateway netip.Addr
+}
+
+func (r DirectRoute) String() string { return fmt.Sprintf("%s via %s", r.Dst, r.Gateway) }
 
 // validate checks c for a switch to bpf (full) or to legacy (which only
 // needs the pin dir).
@@ -90,6 +105,16 @@ func (c Config) validate(full bool) error {
 	}
 	if p := c.NativeRoutingCIDR; p.IsValid() && (!p.Addr().Is4() || p.Masked() != p) {
 		errs = append(errs, fmt.Errorf("native routing CIDR %s must be an IPv4 network address", p))
+	}
+	for _, r := range c.DirectRoutes {
+		switch {
+		case !r.Dst.IsValid() || !r.Dst.Addr().Is4() || r.Dst.Masked() != r.Dst:
+			errs = append(errs, fmt.Errorf("direct route %s: the destination must be an IPv4 network address", r))
+		case !r.Gateway.Is4():
+			errs = append(errs, fmt.Errorf("direct route %s: the gateway must be an IPv4 address", r))
+		case !c.NativeRoutingCIDR.IsValid() || !c.NativeRoutingCIDR.Contains(r.Dst.Addr()) || r.Dst.Bits() < c.NativeRoutingCIDR.Bits():
+			errs = append(errs, fmt.Errorf("direct route %s: the destination is not inside the native routing CIDR %s", r, c.NativeRoutingCIDR))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -119,6 +144,7 @@ func (a attachment) pinName() string { return a.Dev + "_ingress" }
 type device struct {
 	Name  string
 	Index int
+	MTU   int
 	MAC   net.HardwareAddr
 	// FlowBased marks a collect_md tunnel device.
 	FlowBased bool

@@ -7,6 +7,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/endpoint"
 	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
@@ -51,6 +52,9 @@ type HostRoutingRequest struct {
 	SendMode v1alpha1.SendMode
 	// Endpoints are the local endpoints, the health endpoint included.
 	Endpoints []endpoint.Endpoint
+	// Routes are the routes to peers' pod CIDRs the agent has just
+	// installed, through the tunnel or the underlay.
+	Routes []datapath.Route
 	// StateDir is the agent's state directory.
 	StateDir string
 }

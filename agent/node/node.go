@@ -371,6 +371,7 @@ func (r *run) do(ctx context.Context) {
 		Mode: spec.HostRouting, NodeNS: a.cfg.NodeNS, Handle: a.cfg.Handle, Underlay: underlay, TunnelDevice: tunnelDev,
 		NodeIP: self.IP, PodCIDR: self.PodCIDR.Masked(), RouterIP: routerIP, NativeRoutingCIDR: exempt,
 		SendMode: spec.SendMode, Endpoints: eps, StateDir: a.cfg.StateDir,
+		Routes: slices.Collect(maps.Values(desired.Routes)),
 	})
 	r.status.Datapath.HostRouting = hr
 	if err != nil {

@@ -42,27 +42,76 @@ func sanitizeNode(node string) string {
 	return string(out)
 }
 
+// directRoute is one entry of a node's pinned direct-route map, as printed
+// by `bpf route list -o json|yaml`.
+type directRoute struct {
+	Destination string `json:"destination"`
+	Gateway     string `json:"gateway"`
+	IfIndex     int    `json:"ifindex"`
+	MTU         int    `json:"mtu"`
+	// Line is the entry as text: 10.0.1.0/24 via 192.168.0.130 ifindex=2 mtu=1500.
+	Line string `json:"-"`
+}
+
+// directRouteLister reads the direct-route map pinned under pinDir. The real
+// one (bpf_linux.go) wraps agent/hostrouting.ListDirectRoutes.
+type directRouteLister func(pinDir string) ([]directRoute, error)
+
+func (e endpoint) line() string    { return e.Line }
+func (r directRoute) line() string { return r.Line }
+
+// pinnedList describes a `bpf <noun> list` command over one pinned map.
+type pinnedList[T interface{ line() string }] struct {
+	noun, mapName, short, long, example, empty string
+	list                                       func(pinDir string) ([]T, error)
+}
+
 func newBPFCommand(g *globalOptions) *cobra.Command {
 	bpf := &cobra.Command{
 		Use:   "bpf",
 		Short: "Read the eBPF host-routing state of the node this runs on",
 	}
-	ep := &cobra.Command{
-		Use:   "endpoint",
-		Short: "Local pod endpoints known to the host-routing programs",
-	}
-	var node, pinDir, output string
-	list := &cobra.Command{
-		Use:   "list",
-		Short: "List the endpoint map pinned on this node's bpffs",
-		Long: `Lists the pods the eBPF host-routing programs deliver to on this node, read
+	bpf.AddCommand(newPinnedListCommand(g, pinnedList[endpoint]{
+		noun:    "endpoint",
+		mapName: "endpoint map",
+		short:   "Local pod endpoints known to the host-routing programs",
+		long: `Lists the pods the eBPF host-routing programs deliver to on this node, read
 from the endpoint map the routemode agent pins under
 /sys/fs/bpf/routemode/<node>. Run it on the node (or in the agent's pod,
 e.g. kubectl -n routemode-system exec ds/routemode-agent -- routemodectl bpf endpoint list);
 it needs root to open the pinned map.`,
-		Example: `  routemodectl bpf endpoint list
+		example: `  routemodectl bpf endpoint list
   routemodectl bpf endpoint list --node worker-1 -o json`,
-		Args: cobra.NoArgs,
+		empty: "No endpoints in %s: no local pod is served by eBPF host routing yet",
+		list:  func(dir string) ([]endpoint, error) { return g.deps.listEndpoints(dir) },
+	}))
+	bpf.AddCommand(newPinnedListCommand(g, pinnedList[directRoute]{
+		noun:    "route",
+		mapName: "direct-route map",
+		short:   "Direct routes to other nodes' pods used by the host-routing programs",
+		long: `Lists the routes to other nodes' pod CIDRs that the eBPF host-routing
+programs follow without a FIB lookup: the agent's direct routes through the
+underlay (autoDirectNodeRoutes), mirrored into a map the agent pins under
+/sys/fs/bpf/routemode/<node>. Pods' packets to other destinations in the
+native routing CIDR are looked up in the kernel's FIB. Run it on the node
+(or in the agent's pod); it needs root to open the pinned map.`,
+		example: `  routemodectl bpf route list
+  routemodectl bpf route list --node worker-1 -o yaml`,
+		empty: "No direct routes in %s: the programs look every destination up in the FIB (tunnel mode, or no other node yet)",
+		list:  func(dir string) ([]directRoute, error) { return g.deps.listDirectRoutes(dir) },
+	}))
+	return bpf
+}
+
+func newPinnedListCommand[T interface{ line() string }](g *globalOptions, pl pinnedList[T]) *cobra.Command {
+	group := &cobra.Command{Use: pl.noun, Short: pl.short}
+	var node, pinDir, output string
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List the " + pl.mapName + " pinned on this node's bpffs",
+		Long:    pl.long,
+		Example: pl.example,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := outputFormat(output, "text", "json", "yaml"); err != nil {
 				return err
@@ -81,33 +130,30 @@ it needs root to open the pinned map.`,
 				}
 				dir = defaultPinDir(node)
 			}
-			eps, err := g.deps.listEndpoints(dir)
+			items, err := pl.list(dir)
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
-				return fmt.Errorf("no endpoint map under %s: this node has not run eBPF host routing (hostRouting: bpf), or the node name is wrong (pass --node NAME as in kubectl get nodes, or --pin-dir DIR)", dir)
+				return fmt.Errorf("no %s under %s: this node has not run eBPF host routing (hostRouting: bpf), or the node name is wrong (pass --node NAME as in kubectl get nodes, or --pin-dir DIR)", pl.mapName, dir)
 			case errors.Is(err, fs.ErrPermission):
-				return fmt.Errorf("not allowed to open the endpoint map under %s: run as root on the node, or in the routemode agent's pod", dir)
+				return fmt.Errorf("not allowed to open the %s under %s: run as root on the node, or in the routemode agent's pod", pl.mapName, dir)
 			case err != nil:
 				return err
 			}
+			if items == nil {
+				items = []T{}
+			}
 			switch output {
 			case "json":
-				if eps == nil {
-					eps = []endpoint{}
-				}
-				return writeJSON(g.streams.Out, eps)
+				return writeJSON(g.streams.Out, items)
 			case "yaml":
-				if eps == nil {
-					eps = []endpoint{}
-				}
-				return writeYAML(g.streams.Out, eps)
+				return writeYAML(g.streams.Out, items)
 			}
-			if len(eps) == 0 {
-				fmt.Fprintf(g.streams.Out, "No endpoints in %s: no local pod is served by eBPF host routing yet\n", dir)
+			if len(items) == 0 {
+				fmt.Fprintf(g.streams.Out, pl.empty+"\n", dir)
 				return nil
 			}
-			for _, e := range eps {
-				fmt.Fprintln(g.streams.Out, e.Line)
+			for _, it := range items {
+				fmt.Fprintln(g.streams.Out, it.line())
 			}
 			return nil
 		},
@@ -115,7 +161,6 @@ it needs root to open the pinned map.`,
 	list.Flags().StringVar(&node, "node", "", "node whose pins to read (default: $NODE_NAME, else the host name)")
 	list.Flags().StringVar(&pinDir, "pin-dir", "", "bpffs directory holding the pins (default: /sys/fs/bpf/routemode/<node>)")
 	list.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
-	ep.AddCommand(list)
-	bpf.AddCommand(ep)
-	return bpf
+	group.AddCommand(list)
+	return group
 }

@@ -29,3 +29,21 @@ func listPinnedEndpoints(pinDir string) ([]endpoint, error) {
 	}
 	return out, nil
 }
+
+func listPinnedDirectRoutes(pinDir string) ([]directRoute, error) {
+	routes, err := hostrouting.ListDirectRoutes(pinDir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]directRoute, 0, len(routes))
+	for _, r := range routes {
+		out = append(out, directRoute{
+			Destination: r.Dst.String(),
+			Gateway:     r.Gateway.String(),
+			IfIndex:     r.IfIndex,
+			MTU:         r.MTU,
+			Line:        hostrouting.FormatDirectRoute(r),
+		})
+	}
+	return out, nil
+}

@@ -218,6 +218,54 @@ func TestBPFEndpointListReal(t *testing.T) {
 	mustContain(t, "stderr", r.err, "no endpoint map under")
 }
 
+func TestBPFRouteList(t *testing.T) {
+	routes := []directRoute{{Destination: "10.0.1.0/24", Gateway: "192.168.0.130", IfIndex: 2, MTU: 1500,
+		Line: "10.0.1.0/24 via 192.168.0.130 ifindex=2 mtu=1500"}}
+	var asked string
+	lister := func(list []directRoute, err error) deps {
+		d := noDeps()
+		d.listDirectRoutes = func(dir string) ([]directRoute, error) { asked = dir; return list, err }
+		return d
+	}
+	tests := map[string]struct {
+		d        deps
+		args     []string
+		wantDir  string
+		wantOut  []string
+		wantErr  []string
+		wantCode int
+	}{
+		"text":      {d: lister(routes, nil), wantDir: "/sys/fs/bpf/routemode/test-node", wantOut: []string{routes[0].Line}},
+		"--node":    {d: lister(routes, nil), args: []string{"--node", "worker-2"}, wantDir: "/sys/fs/bpf/routemode/worker-2"},
+		"yaml":      {d: lister(routes, nil), args: []string{"-o", "yaml"}, wantOut: []string{"destination: 10.0.1.0/24", "gateway: 192.168.0.130", "mtu: 1500"}},
+		"empty map": {d: lister(nil, nil), wantOut: []string{"No direct routes in /sys/fs/bpf/routemode/test-node", "look every destination up in the FIB"}},
+		"no map": {d: lister(nil, fmt.Errorf("open: %w", fs.ErrNotExist)), wantCode: 1,
+			wantErr: []string{"no direct-route map under /sys/fs/bpf/routemode/test-node", "pass --node NAME"}},
+		"bad output": {d: lister(routes, nil), args: []string{"-o", "wide"}, wantCode: 1, wantErr: []string{"wide"}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("NODE_NAME", "")
+			asked = ""
+			r := run(t, tc.d, "", append([]string{"bpf", "route", "list"}, tc.args...)...)
+			if r.code != tc.wantCode {
+				t.Fatalf("exit %d, want %d: %s", r.code, tc.wantCode, r.err)
+			}
+			if tc.wantDir != "" && asked != tc.wantDir {
+				t.Errorf("read %q, want %q", asked, tc.wantDir)
+			}
+			mustContain(t, "stdout", r.out, tc.wantOut...)
+			mustContain(t, "stderr", r.err, tc.wantErr...)
+		})
+	}
+	// The real lister (agent/hostrouting) on a directory without pins.
+	r := run(t, defaultDeps(), "", "bpf", "route", "list", "--pin-dir", t.TempDir())
+	if r.code == 0 {
+		t.Fatalf("want failure, got:\n%s", r.out)
+	}
+	mustContain(t, "stderr", r.err, "no direct-route map under")
+}
+
 func TestPluginName(t *testing.T) {
 	var out bytes.Buffer
 	code := Main(context.Background(), "/usr/local/bin/kubectl-routemode", []string{"--help"}, Streams{In: strings.NewReader(""), Out: &out, ErrOut: &out})

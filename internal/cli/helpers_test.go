@@ -37,8 +37,9 @@ func run(t *testing.T, d deps, stdin string, args ...string) result {
 
 func noDeps() deps {
 	return deps{
-		listEndpoints: func(string) ([]endpoint, error) { panic("unexpected bpf access") },
-		hostname:      func() (string, error) { return "test-node", nil },
+		listEndpoints:    func(string) ([]endpoint, error) { panic("unexpected bpf access") },
+		listDirectRoutes: func(string) ([]directRoute, error) { panic("unexpected bpf access") },
+		hostname:         func() (string, error) { return "test-node", nil },
 	}
 }
 

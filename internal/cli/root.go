@@ -41,12 +41,13 @@ func Main(ctx context.Context, name string, args []string, s Streams) int {
 // deps are what commands reach outside the process for, other than the
 // cluster: replaced in tests.
 type deps struct {
-	listEndpoints endpointLister
-	hostname      func() (string, error)
+	listEndpoints    endpointLister
+	listDirectRoutes directRouteLister
+	hostname         func() (string, error)
 }
 
 func defaultDeps() deps {
-	return deps{listEndpoints: listPinnedEndpoints, hostname: os.Hostname}
+	return deps{listEndpoints: listPinnedEndpoints, listDirectRoutes: listPinnedDirectRoutes, hostname: os.Hostname}
 }
 
 // globalOptions are the flags every command has.

@@ -45,6 +45,9 @@ type path struct {
 	tunnel bool
 	mode   v1alpha1.HostRouting
 	rules  *hrlab.KubeProxyOptions
+	// fibOnly leaves the direct-route map empty: every packet leaving a pod
+	// takes bpf_fib_lookup, as the prototype of datapath.md 7.1 did.
+	fibOnly bool
 }
 
 func paths() []path {
@@ -56,13 +59,14 @@ func paths() []path {
 		{name: "legacy+kp", desc: fmt.Sprintf("native, legacy, kube-proxy ruleset (%d services, nat + conntrack)", *services), mode: v1alpha1.HostRoutingLegacy, rules: kp},
 		{name: "legacy+kp-pp", desc: fmt.Sprintf("native, legacy, kube-proxy ruleset walked per packet (%d rules)", 2**services), mode: v1alpha1.HostRoutingLegacy, rules: kpPP},
 		{name: "bpf", desc: "native, eBPF host routing, no netfilter rules", mode: v1alpha1.HostRoutingBPF},
+		{name: "bpf-fib", desc: "native, eBPF host routing without the direct-route map (FIB lookup per packet)", mode: v1alpha1.HostRoutingBPF, fibOnly: true},
 		{name: "bpf+kp-pp", desc: "native, eBPF host routing, per-packet kube-proxy ruleset installed", mode: v1alpha1.HostRoutingBPF, rules: kpPP},
 		{name: "tunnel", desc: "VXLAN, legacy host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingLegacy},
 		{name: "tunnel+bpf", desc: "VXLAN, eBPF host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingBPF},
 	}
 }
 
-var kinds = []Kind{TCPRR, UDP64, TCPStream}
+var kinds = []Kind{TCPRR, TCPRRPoll, UDP64, UDP64Batch, TCPStream}
 
 // rig is one lab per path, set up once: measurements alternate between
 // paths every few hundred milliseconds instead of reconfiguring one lab,
@@ -118,6 +122,11 @@ func (r *rig) setup() error {
 	}
 	for i, n := range r.lab.Nodes {
 		eps := []hostrouting.Endpoint{{IP: n.Pods[0].IP, ID: uint32(i + 1), IfIndex: n.Pods[0].LXCIndex, MAC: n.Pods[0].MAC, NodeMAC: n.Pods[0].LXCMAC}}
+		if !p.tunnel && !p.fibOnly {
+			// What the agent mirrors from its auto-direct-node-routes.
+			peer := n.Peer()
+			r.cfgs[i].DirectRoutes = []hostrouting.DirectRoute{{Dst: peer.PodCIDR, Gateway: peer.UnderlayIP}}
+		}
 		if err := r.mgrs[i].Apply(p.mode, r.cfgs[i], eps); err != nil {
 			return err
 		}
@@ -297,12 +306,12 @@ func values(ss []sample, f func(sample) float64) []float64 {
 func rateOf(s sample) float64 { return s.rate }
 func cpuOf(s sample) float64  { return s.cpu }
 
-var units = map[Kind]string{TCPRR: "trans/s", TCPRRPoll: "trans/s", UDP64: "pkt/s", TCPStream: "Gbit/s"}
-var cpuUnits = map[Kind]string{TCPRR: "CPU ns/trans", TCPRRPoll: "CPU ns/trans", UDP64: "CPU ns/pkt", TCPStream: "CPU ns/KiB"}
+var units = map[Kind]string{TCPRR: "trans/s", TCPRRPoll: "trans/s", UDP64: "pkt/s", UDP64Batch: "pkt/s", TCPStream: "Gbit/s"}
+var cpuUnits = map[Kind]string{TCPRR: "ns/trans", TCPRRPoll: "ns/trans", UDP64: "ns/pkt", UDP64Batch: "ns/pkt", TCPStream: "ns/KiB"}
 
 var comparisons = [][2]string{
 	{"bpf", "node"}, {"legacy", "node"},
-	{"bpf", "legacy"}, {"bpf", "legacy+kp"}, {"bpf", "legacy+kp-pp"},
+	{"bpf", "legacy"}, {"bpf-fib", "legacy"}, {"bpf", "bpf-fib"}, {"bpf", "legacy+kp"}, {"bpf", "legacy+kp-pp"},
 	{"bpf+kp-pp", "legacy+kp-pp"}, {"tunnel", "legacy"}, {"tunnel+bpf", "tunnel"},
 }
 
@@ -312,27 +321,26 @@ func report(b *testing.B, ps []path, res map[string]map[Kind][]sample) {
 	fmt.Fprintf(&sb, "\nDatapath benchmark: %d interleaved rounds x %s per path and test (after %s warm-up), one lab per path, client CPU 0, server CPU %d, SCHED_FIFO %v, load average now %s",
 		*rounds, *duration, *warmup, map[bool]int{false: 1, true: 0}[*sameCPU], *realtime, strings.Join(strings.Fields(string(load))[:3], " "))
 	fmt.Fprintf(&sb, "\nMedians over rounds. CPU = CPU time of client+server threads (datapath runs in their softirq context) per transaction / packet / KiB.\n\n")
-	poll := slices.Contains(kinds, TCPRRPoll)
-	if poll {
-		fmt.Fprintf(&sb, "%-13s %10s %9s %10s %9s %11s %9s %8s %9s  %s\n", "path", "tcp_rr/s", "ns/trans", "rr_poll/s", "ns/trans", "udp64 pkt/s", "ns/pkt", "Gbit/s", "ns/KiB", "IP-forwarded packets (max per sample)")
-	} else {
-		fmt.Fprintf(&sb, "%-13s %10s %9s %11s %9s %8s %9s  %s\n", "path", "tcp_rr/s", "ns/trans", "udp64 pkt/s", "ns/pkt", "Gbit/s", "ns/KiB", "IP-forwarded packets (max per sample)")
+	fmt.Fprintf(&sb, "%-13s", "path")
+	for _, k := range kinds {
+		fmt.Fprintf(&sb, " %12s %12s", string(k), cpuUnits[k])
 	}
+	fmt.Fprintf(&sb, "  %s\n", "IP-forwarded packets (max per sample)")
 	for _, p := range ps {
 		m := res[p.name]
 		var fw uint64
+		fmt.Fprintf(&sb, "%-13s", p.name)
 		for _, k := range kinds {
 			for _, s := range m[k] {
 				fw = max(fw, s.forwarded)
 			}
+			format := " %12.0f %12.0f"
+			if k == TCPStream {
+				format = " %12.2f %12.0f"
+			}
+			fmt.Fprintf(&sb, format, median(values(m[k], rateOf)), median(values(m[k], cpuOf)))
 		}
-		fmt.Fprintf(&sb, "%-13s %10.0f %9.0f", p.name, median(values(m[TCPRR], rateOf)), median(values(m[TCPRR], cpuOf)))
-		if poll {
-			fmt.Fprintf(&sb, " %10.0f %9.0f", median(values(m[TCPRRPoll], rateOf)), median(values(m[TCPRRPoll], cpuOf)))
-		}
-		fmt.Fprintf(&sb, " %11.0f %9.0f %8.2f %9.0f  %d\n",
-			median(values(m[UDP64], rateOf)), median(values(m[UDP64], cpuOf)),
-			median(values(m[TCPStream], rateOf)), median(values(m[TCPStream], cpuOf)), fw)
+		fmt.Fprintf(&sb, "  %d\n", fw)
 	}
 	fmt.Fprintf(&sb, "\nPaths:\n")
 	for _, p := range ps {

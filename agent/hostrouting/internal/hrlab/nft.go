@@ -116,36 +116,57 @@ type KubeProxyOptions struct {
 	PerPacket bool
 }
 
-// KubeProxyRuleset installs, in the node's namespace, a ruleset shaped like
-// kube-proxy's for opts.Services services: a service chain of non-matching
-// ClusterIP:port rules reached from a nat prerouting chain (and, with
-// PerPacket, from a filter prerouting chain too), and a forward chain with
-// `ct state invalid drop` and `ct state established,related accept` (which
-// also turns connection tracking on for every packet).
+// KubeProxyRuleset installs, in the node's namespace, the ruleset kube-proxy
+// (iptables mode, as iptables-nft renders it) keeps for opts.Services
+// services, with the chains named as kube-proxy names them:
+//
+//	nat prerouting  -> KUBE-SERVICES: 2 ClusterIP:port rules per service
+//	                   (KUBE-SERVICES-NAT here: one nftables table holds both)
+//	nat postrouting -> KUBE-POSTROUTING: masquerade packets marked 0x4000
+//	filter forward: ct state new -> KUBE-PROXY-FIREWALL, -> KUBE-FORWARD,
+//	                ct state new -> KUBE-SERVICES, ct state new -> KUBE-EXTERNAL-SERVICES
+//	KUBE-FORWARD:   ct state invalid drop, mark 0x4000 accept,
+//	                ct state related,established accept
+//
+// Netfilter consults nat chains only for a connection's first packet; every
+// packet pays connection tracking and the filter chains. With
+// opts.PerPacket a filter prerouting chain also walks KUBE-SERVICES for
+// every packet.
 func (n *Node) KubeProxyRuleset(opts KubeProxyOptions) error {
 	err := n.withNFT(func(c *nftables.Conn) error {
 		t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: kubeTable})
 		accept := nftables.ChainPolicyAccept
-		svc := c.AddChain(&nftables.Chain{Name: "services", Table: t})
-		nat := c.AddChain(&nftables.Chain{
-			Name: "nat-prerouting", Table: t, Type: nftables.ChainTypeNAT,
-			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept,
-		})
-		fwd := c.AddChain(&nftables.Chain{
-			Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
-		})
-		jump := []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: svc.Name}}
-		c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: jump})
-		if opts.PerPacket {
-			pre := c.AddChain(&nftables.Chain{
-				Name: "filter-prerouting", Table: t, Type: nftables.ChainTypeFilter,
-				Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept,
-			})
-			c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: jump})
+		base := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+			return c.AddChain(&nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio, Policy: &accept})
 		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: ctState(expr.CtStateBitINVALID, expr.VerdictDrop)})
-		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, expr.VerdictAccept)})
+		regular := func(name string) *nftables.Chain { return c.AddChain(&nftables.Chain{Name: name, Table: t}) }
+		rule := func(ch *nftables.Chain, exprs ...expr.Any) {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
+		}
+		jump := func(to *nftables.Chain) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: to.Name} }
+
+		natSvc, postrouting := regular("KUBE-SERVICES-NAT"), regular("KUBE-POSTROUTING")
+		rule(base("nat-prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest), jump(natSvc))
+		rule(base("nat-postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource), jump(postrouting))
+		rule(postrouting, append(markMatch(0), &expr.Verdict{Kind: expr.VerdictReturn})...)
+		rule(postrouting, &expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(^uint32(masqMark)), Xor: binaryutil.NativeEndian.PutUint32(masqMark)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
+		rule(postrouting, &expr.Masq{})
+
+		firewall, forward, svc, ext := regular("KUBE-PROXY-FIREWALL"), regular("KUBE-FORWARD"), regular("KUBE-SERVICES"), regular("KUBE-EXTERNAL-SERVICES")
+		fwd := base("filter-forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
+		rule(fwd, ctState(expr.CtStateBitNEW, jump(firewall))...)
+		rule(fwd, jump(forward))
+		rule(fwd, ctState(expr.CtStateBitNEW, jump(svc))...)
+		rule(fwd, ctState(expr.CtStateBitNEW, jump(ext))...)
+		rule(forward, ctState(expr.CtStateBitINVALID, &expr.Verdict{Kind: expr.VerdictDrop})...)
+		rule(forward, append(markMatch(masqMark), &expr.Verdict{Kind: expr.VerdictAccept})...)
+		rule(forward, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, &expr.Verdict{Kind: expr.VerdictAccept})...)
+		if opts.PerPacket {
+			rule(base("filter-prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityMangle), jump(natSvc))
+		}
 		if err := c.Flush(); err != nil {
 			return err
 		}
@@ -154,7 +175,7 @@ func (n *Node) KubeProxyRuleset(opts KubeProxyOptions) error {
 		for i := range opts.Services {
 			ip := [4]byte{10, 96, byte(i >> 8), byte(i)}
 			for _, port := range []uint16{80, 443} {
-				c.AddRule(&nftables.Rule{Table: t, Chain: svc, Exprs: serviceRule(ip, port)})
+				rule(natSvc, serviceRule(ip, port)...)
 			}
 			if i%25 == 24 {
 				if err := c.Flush(); err != nil {
@@ -168,6 +189,19 @@ func (n *Node) KubeProxyRuleset(opts KubeProxyOptions) error {
 		return fmt.Errorf("%s: kube-proxy ruleset: %w", n.Name, err)
 	}
 	return nil
+}
+
+// masqMark is kube-proxy's KUBE-MARK-MASQ bit.
+const masqMark = 0x4000
+
+// markMatch is `meta mark & 0x4000 == want`.
+func markMatch(want uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(masqMark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(want)},
+	}
 }
 
 // RemoveKubeProxyRuleset deletes the ruleset; a missing one is fine.
@@ -186,13 +220,14 @@ func (n *Node) RemoveKubeProxyRuleset() error {
 	})
 }
 
-func ctState(bits uint32, v expr.VerdictKind) []expr.Any {
+// ctState is `ct state & bits != 0` followed by then.
+func ctState(bits uint32, then expr.Any) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Verdict{Kind: v},
+		then,
 	}
 }
 

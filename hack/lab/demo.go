@@ -133,12 +133,18 @@ func (d *Demo) Run(ctx context.Context) ([]SwitchResult, error) {
 }
 
 func (d *Demo) showEndpoints(node string) {
+	d.routemodectl(node, "(the seed's `cilium bpf endpoint list`)", "bpf", "endpoint", "list", "--node", node)
+	d.routemodectl(node, "(the direct routes the programs follow without a FIB lookup)", "bpf", "route", "list", "--node", node)
+}
+
+// routemodectl runs routemodectl in node's network namespace and shows it.
+func (d *Demo) routemodectl(node, note string, args ...string) {
 	ctl := filepath.Join(d.Lab.cfg.Bin, "routemodectl")
-	out, err := exec.Command("nsenter", "--net="+nsPath(node), "--", ctl, "bpf", "endpoint", "list", "--node", node).CombinedOutput()
+	out, err := exec.Command("nsenter", append([]string{"--net=" + nsPath(node), "--", ctl}, args...)...).CombinedOutput()
 	if err != nil {
 		out = append(out, []byte(err.Error())...)
 	}
-	d.sayCmd("routemodectl bpf endpoint list --node "+node+"   (the seed's `cilium bpf endpoint list`)", string(out))
+	d.sayCmd("routemodectl "+strings.Join(args, " ")+"   "+note, string(out))
 }
 
 // switchTo applies a sample while traffic flows and reports what the

@@ -170,15 +170,7 @@ func TestBPFEndpointList(t *testing.T) {
 		d.listEndpoints = func(dir string) ([]endpoint, error) { asked = dir; return list, err }
 		return d
 	}
-	tests := map[string]struct {
-		d        deps
-		args     []string
-		env      string
-		wantDir  string
-		wantOut  []string
-		wantErr  []string
-		wantCode int
-	}{
+	runBPFList(t, []string{"bpf", "endpoint", "list"}, &asked, map[string]bpfListCase{
 		"hostname picks the pin dir":       {d: lister(eps, nil), wantDir: "/sys/fs/bpf/routemode/test-node", wantOut: []string{eps[0].Line}},
 		"NODE_NAME wins over the hostname": {d: lister(eps, nil), env: "worker-7", wantDir: "/sys/fs/bpf/routemode/worker-7"},
 		"--node":                           {d: lister(eps, nil), args: []string{"--node", "w/1"}, wantDir: "/sys/fs/bpf/routemode/w_1"},
@@ -190,17 +182,33 @@ func TestBPFEndpointList(t *testing.T) {
 			wantErr: []string{"no endpoint map under /sys/fs/bpf/routemode/test-node", "pass --node NAME"}},
 		"no permission": {d: lister(nil, fmt.Errorf("open: %w", fs.ErrPermission)), wantCode: 1, wantErr: []string{"run as root"}},
 		"other error":   {d: lister(nil, errors.New("map has wrong key size")), wantCode: 1, wantErr: []string{"map has wrong key size"}},
-	}
+	})
+}
+
+type bpfListCase struct {
+	d        deps
+	args     []string
+	env      string
+	wantDir  string
+	wantOut  []string
+	wantErr  []string
+	wantCode int
+}
+
+// runBPFList runs command with each case's deps; their lister records the
+// pin dir it was asked for in *asked.
+func runBPFList(t *testing.T, command []string, asked *string, tests map[string]bpfListCase) {
+	t.Helper()
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			t.Setenv("NODE_NAME", tc.env)
-			asked = ""
-			r := run(t, tc.d, "", append([]string{"bpf", "endpoint", "list"}, tc.args...)...)
+			*asked = ""
+			r := run(t, tc.d, "", append(command, tc.args...)...)
 			if r.code != tc.wantCode {
 				t.Fatalf("exit %d, want %d: %s", r.code, tc.wantCode, r.err)
 			}
-			if tc.wantDir != "" && asked != tc.wantDir {
-				t.Errorf("read %q, want %q", asked, tc.wantDir)
+			if tc.wantDir != "" && *asked != tc.wantDir {
+				t.Errorf("read %q, want %q", *asked, tc.wantDir)
 			}
 			mustContain(t, "stdout", r.out, tc.wantOut...)
 			mustContain(t, "stderr", r.err, tc.wantErr...)
@@ -227,14 +235,7 @@ func TestBPFRouteList(t *testing.T) {
 		d.listDirectRoutes = func(dir string) ([]directRoute, error) { asked = dir; return list, err }
 		return d
 	}
-	tests := map[string]struct {
-		d        deps
-		args     []string
-		wantDir  string
-		wantOut  []string
-		wantErr  []string
-		wantCode int
-	}{
+	runBPFList(t, []string{"bpf", "route", "list"}, &asked, map[string]bpfListCase{
 		"text":      {d: lister(routes, nil), wantDir: "/sys/fs/bpf/routemode/test-node", wantOut: []string{routes[0].Line}},
 		"--node":    {d: lister(routes, nil), args: []string{"--node", "worker-2"}, wantDir: "/sys/fs/bpf/routemode/worker-2"},
 		"yaml":      {d: lister(routes, nil), args: []string{"-o", "yaml"}, wantOut: []string{"destination: 10.0.1.0/24", "gateway: 192.168.0.130", "mtu: 1500"}},
@@ -242,22 +243,7 @@ func TestBPFRouteList(t *testing.T) {
 		"no map": {d: lister(nil, fmt.Errorf("open: %w", fs.ErrNotExist)), wantCode: 1,
 			wantErr: []string{"no direct-route map under /sys/fs/bpf/routemode/test-node", "pass --node NAME"}},
 		"bad output": {d: lister(routes, nil), args: []string{"-o", "wide"}, wantCode: 1, wantErr: []string{"wide"}},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			t.Setenv("NODE_NAME", "")
-			asked = ""
-			r := run(t, tc.d, "", append([]string{"bpf", "route", "list"}, tc.args...)...)
-			if r.code != tc.wantCode {
-				t.Fatalf("exit %d, want %d: %s", r.code, tc.wantCode, r.err)
-			}
-			if tc.wantDir != "" && asked != tc.wantDir {
-				t.Errorf("read %q, want %q", asked, tc.wantDir)
-			}
-			mustContain(t, "stdout", r.out, tc.wantOut...)
-			mustContain(t, "stderr", r.err, tc.wantErr...)
-		})
-	}
+	})
 	// The real lister (agent/hostrouting) on a directory without pins.
 	r := run(t, defaultDeps(), "", "bpf", "route", "list", "--pin-dir", t.TempDir())
 	if r.code == 0 {

@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +32,7 @@ var (
 	services = flag.Int("datapath.services", 1000, "ClusterIP services in the kube-proxy-sized ruleset")
 	realtime = flag.Bool("datapath.realtime", true, "run tcp_rr's client and server threads SCHED_FIFO")
 	only     = flag.String("datapath.paths", "", "comma-separated subset of paths to measure (default all)")
-	kindsArg = flag.String("datapath.tests", "", "comma-separated tests: tcp_rr,udp64,tcp_stream (default) and tcp_rr_poll (only meaningful on an idle machine)")
+	kindsArg = flag.String("datapath.tests", "", "comma-separated subset of tests: tcp_rr,tcp_rr_poll,udp64,udp64_batch,tcp_stream (default all)")
 	sameCPU  = flag.Bool("datapath.samecpu", false, "pin client and server to the same CPU (no cross-CPU wake-ups)")
 )
 
@@ -162,7 +161,7 @@ func (r *rig) forwarded() (uint64, error) {
 	var total uint64
 	for _, n := range r.lab.Nodes {
 		err := n.Run(func() error {
-			v, err := snmp("Ip:", "ForwDatagrams")
+			v, err := hrlab.SNMP("Ip:", "ForwDatagrams")
 			total += v
 			return err
 		})
@@ -171,28 +170,6 @@ func (r *rig) forwarded() (uint64, error) {
 		}
 	}
 	return total, nil
-}
-
-func snmp(proto, field string) (uint64, error) {
-	b, err := os.ReadFile("/proc/thread-self/net/snmp")
-	if err != nil {
-		return 0, err
-	}
-	var head []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != proto {
-			continue
-		}
-		if head == nil {
-			head = f
-			continue
-		}
-		if i := slices.Index(head, field); i > 0 && i < len(f) {
-			return strconv.ParseUint(f[i], 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("%s %s not found", proto, field)
 }
 
 type sample struct {

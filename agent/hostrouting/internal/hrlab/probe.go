@@ -11,9 +11,11 @@ package hrlab
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -249,7 +251,11 @@ func (s *Stream) rcvbufErrors() uint64 {
 }
 
 // udpRcvbufErrors reads Udp RcvbufErrors of the calling thread's namespace.
-func udpRcvbufErrors() (uint64, error) {
+func udpRcvbufErrors() (uint64, error) { return SNMP("Udp:", "RcvbufErrors") }
+
+// SNMP reads one counter of /proc/net/snmp (proto "Ip:", "Udp:", ...) in
+// the calling thread's network namespace.
+func SNMP(proto, field string) (uint64, error) {
 	b, err := os.ReadFile("/proc/thread-self/net/snmp")
 	if err != nil {
 		return 0, err
@@ -257,18 +263,16 @@ func udpRcvbufErrors() (uint64, error) {
 	var head []string
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Udp:" {
+		if len(f) == 0 || f[0] != proto {
 			continue
 		}
 		if head == nil {
 			head = f
 			continue
 		}
-		for i := 1; i < len(f) && i < len(head); i++ {
-			if head[i] == "RcvbufErrors" {
-				return strconv.ParseUint(f[i], 10, 64)
-			}
+		if i := slices.Index(head, field); i > 0 && i < len(f) {
+			return strconv.ParseUint(f[i], 10, 64)
 		}
 	}
-	return 0, errors.New("no Udp RcvbufErrors in /proc/net/snmp")
+	return 0, fmt.Errorf("no %s %s in /proc/net/snmp", proto, field)
 }

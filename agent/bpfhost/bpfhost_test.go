@@ -2,6 +2,7 @@ package bpfhost_test
 
 import (
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -34,6 +35,7 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 					t.Errorf("removing %s's programs: %v", n.Name, err)
 				}
 				r.Close()
+				_ = os.Remove(filepath.Dir(pin)) // only once empty: other tests may use it
 			})
 		}
 		routers[n.Name] = r
@@ -101,6 +103,9 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	for _, n := range l.Nodes {
 		l.Step(ctx, []*nslab.Node{n}, nslab.Native, 20*time.Second)
 		time.Sleep(300 * time.Millisecond)
+	}
+	if routes, err := hostrouting.ListDirectRoutes(routers["node-1"].PinDir); err != nil || len(routes) != 0 {
+		t.Errorf("node-1's BPF direct routes back in legacy: %v %v, want none", routes, err)
 	}
 	stats := streams.Stop()
 	total := nslab.Total(stats)

@@ -9,7 +9,9 @@ Licensed under the Apache License, Version 2.0.
 package hostrouting
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"maps"
 	"net/netip"
 	"path/filepath"
@@ -33,6 +35,22 @@ func directRouteEntries(routes []DirectRoute, underlay device) map[netip.Prefix]
 		out[r.Dst] = bpf.NewDirectRoute(underlay.Index, r.Gateway, underlay.MTU)
 	}
 	return out
+}
+
+// clearDirectRoutes empties the pinned direct-route map, if there is one:
+// with the programs detached nothing follows those routes, and `bpf route
+// list` must not suggest otherwise. (The endpoint map stays: it describes
+// the pods, not a forwarding decision.)
+func clearDirectRoutes(pinDir string) error {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, bpf.MapDirectRoutes), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open direct-route map in %s: %w", pinDir, err)
+	}
+	defer m.Close()
+	return syncMap(m, map[netip.Prefix]bpf.DirectRoute{}, directRouteKey)
 }
 
 // ListDirectRoutes reads a node's direct-route map from its pin, sorted by

@@ -81,8 +81,9 @@ func (m *Manager) dropCollection() {
 
 // Apply makes the node's host routing match mode: for bpf, attach (or
 // update in place) the programs on the underlay, the tunnel device and every
-// endpoint's lxc device and sync the endpoint map to eps; for legacy, detach
-// every program under cfg.PinDir. Endpoints whose device is missing or whose
+// endpoint's lxc device and sync the endpoint and direct-route maps to eps
+// and cfg.DirectRoutes; for legacy, detach every program under cfg.PinDir
+// and empty the direct-route map. Endpoints whose device is missing or whose
 // record is unusable are skipped and reported in the returned error after
 // everything else was applied (errors.Is(err, ErrEndpointSkipped)).
 func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) error {
@@ -101,6 +102,9 @@ func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) e
 		return m.applyBPF(cfg, eps, !m.classicTC())
 	case v1alpha1.HostRoutingLegacy, "":
 		if err := m.detach(cfg.PinDir, false); err != nil {
+			return err
+		}
+		if err := clearDirectRoutes(cfg.PinDir); err != nil {
 			return err
 		}
 		// Legacy routing is the stack's own: preparing for a later switch

@@ -248,7 +248,20 @@ func TestE2ESwitchTunnelNativeTunnel(t *testing.T) {
 	if want := "10.0.1.0/24 via 192.168.0.130 dev eth0"; !strings.Contains(out, want) {
 		t.Errorf("node-1's routes lack the seed's %q:\n%s", want, out)
 	}
+	// Each agent mirrored its two direct routes for the programs.
+	for _, n := range h.l.Nodes {
+		routes, err := hostrouting.ListDirectRoutes(hostrouting.DefaultPinDir(n.NS))
+		if err != nil || len(routes) != len(h.l.Nodes)-1 {
+			t.Errorf("%s's BPF direct routes: %v %v; want one per other node", n.NS, routes, err)
+		}
+	}
 	h.rollout("native+bpf→tunnel", tunnelSpec, encapsulated)
+	// Without host routing no program follows a direct route.
+	for _, n := range h.l.Nodes {
+		if routes, err := hostrouting.ListDirectRoutes(hostrouting.DefaultPinDir(n.NS)); err != nil || len(routes) != 0 {
+			t.Errorf("%s's BPF direct routes after the switch to tunnel and legacy: %v %v; want none", n.NS, routes, err)
+		}
+	}
 }
 
 func TestE2EHostRoutingToggle(t *testing.T) {

@@ -177,6 +177,8 @@ func Down(dir string) error {
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		}
+		// The shared parent goes too once no node of any lab uses it.
+		_ = os.Remove(filepath.Dir(d))
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)

@@ -23,8 +23,13 @@ Licensed under the Apache License, Version 2.0.
 // t.Cleanup by New) deletes them all, which removes every link and route
 // with them. Traffic only ever goes between these namespaces.
 //
-// This is a stand-in for the agent's internal/nslab harness, to be
-// consolidated with it.
+// It differs from internal/nslab on purpose: nslab runs the real agent on
+// nodes behind a bridge, to test the rollout; hrlab has no agent and sets
+// routes and maps by hand, so that the host-routing tests and the benchmark
+// can hold every other variable fixed and put paths (legacy, bpf with and
+// without direct routes, tunnel) side by side on the same topology as the
+// prototype of datapath.md section 7.1. They share the namespace helpers of
+// agent/nsutil.
 package hrlab
 
 import (
@@ -36,7 +41,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/routemode/routemode/agent/nsutil"
@@ -165,29 +169,15 @@ func Build(opts Options) (*Lab, error) {
 	return l, nil
 }
 
-func nsPath(name string) string { return filepath.Join("/var/run/netns", name) }
+func nsPath(name string) string { return nsutil.NamedPath(name) }
 
-// newNS creates a named namespace without moving the caller.
+// newNS creates a named namespace (loopback up) without moving the caller.
 func (l *Lab) newNS(name string) error {
-	err := func() error {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		ns, err := netns.NewNamed(name)
-		if err != nil {
-			_ = netns.Set(orig)
-			return err
-		}
-		ns.Close()
-		return netns.Set(orig)
-	}()
+	n, err := nsutil.Create(name)
 	if err != nil {
 		return fmt.Errorf("create netns %s: %w", name, err)
 	}
+	n.Close()
 	l.names = append(l.names, name)
 	return Run(nsPath(name), func() error {
 		// The lab never needs IPv6; keep DAD and router solicitations
@@ -197,11 +187,7 @@ func (l *Lab) newNS(name string) error {
 				return err
 			}
 		}
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
+		return nil
 	})
 }
 
@@ -210,9 +196,7 @@ func (l *Lab) newNS(name string) error {
 func (l *Lab) Close() error {
 	var errs []error
 	for i := len(l.names) - 1; i >= 0; i-- {
-		if err := netns.DeleteNamed(l.names[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("delete netns %s: %w", l.names[i], err))
-		}
+		errs = append(errs, nsutil.Delete(l.names[i]))
 	}
 	l.names = nil
 	return errors.Join(errs...)

@@ -379,12 +379,28 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 		}
 	}
 
-	// Tunnel -> native -> tunnel, one node at a time, under a stream.
+	// Tunnel -> native -> tunnel, one node at a time, under a stream; as
+	// in the agent, each route change is followed by an Apply with the
+	// node's direct routes.
+	switchTo := func(i int, native bool) func() error {
+		return func() error {
+			n := e.lab.Nodes[i]
+			route, direct := n.Tunnel, []hostrouting.DirectRoute(nil)
+			if native {
+				route, direct = n.Native, n.DirectRoutes()
+			}
+			if err := route(); err != nil {
+				return err
+			}
+			e.cfgs[i].DirectRoutes = direct
+			return e.mgrs[i].Apply(bpfMode, e.cfgs[i], endpoints(n))
+		}
+	}
 	s, err := hrlab.StartStream(p1, p2, probeRate)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []func() error{e.lab.Nodes[0].Native, e.lab.Nodes[1].Native, e.lab.Nodes[0].Tunnel, e.lab.Nodes[1].Tunnel} {
+	for _, f := range []func() error{switchTo(0, true), switchTo(1, true), switchTo(0, false), switchTo(1, false)} {
 		time.Sleep(200 * time.Millisecond)
 		if err := f(); err != nil {
 			t.Fatal(err)
@@ -394,7 +410,24 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 	if st := s.Stop(drain); st.Lost != 0 || st.SendErrors != 0 {
 		t.Errorf("route switch under bpf: %+v", st)
 	}
+	for i := range 2 {
+		if n := count(e.counters(t, i), bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute); n == 0 {
+			t.Errorf("node %d: no packet followed the direct route while the node sent natively", i+1)
+		}
+	}
+
+	// A direct route left over from native mode (between the agent's route
+	// change and its next Apply) sends the native way, which the peer
+	// still accepts: nothing is lost.
+	e.cfgs[0].DirectRoutes = e.lab.Nodes[0].DirectRoutes()
+	e.apply(t, 0, bpfMode)
+	before := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute)
+	st = burst(t, p1, p2, 200*time.Millisecond)
+	if sent := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute) - before; sent < uint64(st.Echoed) {
+		t.Errorf("stale direct route: %d packets followed it, want >= %d", sent, st.Echoed)
+	}
 }
+
 
 // Kernels before 6.6 get classic tc filters; the same Apply attaches,
 // updates and removes them.

@@ -122,9 +122,7 @@ func (r *rig) setup() error {
 	for i, n := range r.lab.Nodes {
 		eps := []hostrouting.Endpoint{{IP: n.Pods[0].IP, ID: uint32(i + 1), IfIndex: n.Pods[0].LXCIndex, MAC: n.Pods[0].MAC, NodeMAC: n.Pods[0].LXCMAC}}
 		if !p.tunnel && !p.fibOnly {
-			// What the agent mirrors from its auto-direct-node-routes.
-			peer := n.Peer()
-			r.cfgs[i].DirectRoutes = []hostrouting.DirectRoute{{Dst: peer.PodCIDR, Gateway: peer.UnderlayIP}}
+			r.cfgs[i].DirectRoutes = n.DirectRoutes()
 		}
 		if err := r.mgrs[i].Apply(p.mode, r.cfgs[i], eps); err != nil {
 			return err

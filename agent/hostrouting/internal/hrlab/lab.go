@@ -43,6 +43,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/nsutil"
 
 	"github.com/vishvananda/netlink"
@@ -395,6 +396,13 @@ func (n *Node) Native() error {
 			Dst: prefixNet(peer.PodCIDR), Gw: peer.UnderlayIP.AsSlice(), LinkIndex: ul.Attrs().Index,
 		})
 	})
+}
+
+// DirectRoutes is what the agent mirrors into the programs' map from the
+// route Native installs.
+func (n *Node) DirectRoutes() []hostrouting.DirectRoute {
+	peer := n.Peer()
+	return []hostrouting.DirectRoute{{Dst: peer.PodCIDR, Gateway: peer.UnderlayIP}}
 }
 
 // Tunnel routes each node's peer pod CIDR over VXLAN, creating the VXLAN

@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/hostrouting/bench"
 	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
@@ -273,6 +274,43 @@ func TestLiveSwitchLosesNothing(t *testing.T) {
 	}
 	if n := count(e.counters(t, 1), bpf.ProgramNetdev, bpf.ReasonRedirectPeer); n == 0 {
 		t.Error("node 2 never delivered with bpf during the switch")
+	}
+}
+
+// Bulk TCP leaves a pod as GSO packets far bigger than the MTU: they must
+// take the FIB path (bpf_redirect_neigh does not check sizes) while the
+// small packets take the direct route, and nothing may be dropped.
+func TestBulkTCPWithDirectRoutes(t *testing.T) {
+	e := newEnv(t, 1, hostrouting.Options{})
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range e.lab.Nodes {
+		e.cfgs[i].DirectRoutes = n.DirectRoutes()
+	}
+	e.apply(t, 0, bpfMode)
+	e.apply(t, 1, bpfMode)
+	fcs := forwardCounters(t, e.lab)
+	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
+	r, err := bench.Measure(bench.TCPStream, bench.Peer{NSPath: p1.NSPath, IP: p1.IP, CPU: -1},
+		bench.Peer{NSPath: p2.NSPath, IP: p2.IP, CPU: -1}, 7300, 50*time.Millisecond, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, receiver := e.counters(t, 0), e.counters(t, 1)
+	gso := count(sender, bpf.ProgramLXC, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh)
+	acks := count(receiver, bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute)
+	t.Logf("bulk TCP under bpf: %.2f Gbit/s; sender's FIB redirects %d, receiver's direct-route redirects %d", r.Rate, gso, acks)
+	if r.Rate <= 0 || gso == 0 || acks == 0 {
+		t.Errorf("rate %.2f Gbit/s, FIB redirects %d, direct-route redirects %d: want all above 0", r.Rate, gso, acks)
+	}
+	for i, cs := range [][]hostrouting.Counter{sender, receiver} {
+		if d := count(cs, bpf.ProgramLXC, bpf.ReasonDropRedirect) + count(cs, bpf.ProgramNetdev, bpf.ReasonDropRedirect); d != 0 {
+			t.Errorf("node %d: %d redirect failures", i+1, d)
+		}
+		if got := packets(t, fcs[i]); got != 0 {
+			t.Errorf("node %d: forward hook saw %d pod packets", i+1, got)
+		}
 	}
 }
 

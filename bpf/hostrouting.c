@@ -122,8 +122,8 @@ struct {
  * (auto-direct-node-routes), updated right after it changes them. A hit
  * spares the packet bpf_fib_lookup, the largest part of rm_from_lxc's cost.
  * Only routes through the underlay, which the agent never deletes, are
- * here, so a stale entry can only send a packet the other way the
- * make-before-break rollout keeps working.
+ * here: a stale entry can only send a packet natively, which the
+ * make-before-break rollout keeps working until every node has switched.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -71,8 +71,8 @@ var directRoutes = []struct {
 const (
 	directRouteIfindex = 41
 	lockedRouteMTU     = 1400
-	localPodIfindex  = 34
-	localPod2Ifindex = 26
+	localPodIfindex    = 34
+	localPod2Ifindex   = 26
 )
 
 func mustMAC(s string) net.HardwareAddr {

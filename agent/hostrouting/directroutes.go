@@ -11,9 +11,9 @@ package hostrouting
 import (
 	"errors"
 	"fmt"
-	"os"
 	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 

@@ -474,7 +474,6 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 	}
 }
 
-
 // Kernels before 6.6 get classic tc filters; the same Apply attaches,
 // updates and removes them.
 func TestClassicTCFallback(t *testing.T) {

@@ -324,11 +324,7 @@ func tcpRR(client, srv Peer, port int, warmup, d time.Duration, poll bool) (Resu
 		c0 := threadCPU()
 		defer func() { ccpu = threadCPU() - c0 }()
 		buf := []byte{'x'}
-		start := time.Now()
-		measureFrom, end := start.Add(warmup), start.Add(warmup+d)
-		var n int
-		var t0 time.Time
-		for {
+		rate, err = window(warmup, d, func() error {
 			if _, err := rawWrite(fd, buf); err != nil {
 				return err
 			}
@@ -336,23 +332,39 @@ func tcpRR(client, srv Peer, port int, warmup, d time.Duration, poll bool) (Resu
 				return fmt.Errorf("read response: %d, %w", r, err)
 			}
 			total++
-			now := time.Now()
-			if now.Before(measureFrom) {
-				continue
-			}
-			if t0.IsZero() {
-				t0 = now
-				continue
-			}
-			n++
-			if !now.Before(end) {
-				rate = float64(n) / now.Sub(t0).Seconds()
-				return nil
-			}
-		}
+			return nil
+		}, func() float64 { return float64(total) })
+		return err
 	})
 	err = errors.Join(cerr, <-done)
 	return Result{Rate: rate, CPU: perOp(ccpu+scpu, uint64(total))}, err
+}
+
+// window repeats op for warmup, then for d, and returns how fast count grew
+// per second over the second part.
+func window(warmup, d time.Duration, op func() error, count func() float64) (float64, error) {
+	start := time.Now()
+	measureFrom, end := start.Add(warmup), start.Add(warmup+d)
+	var (
+		t0 time.Time
+		c0 float64
+	)
+	for {
+		if err := op(); err != nil {
+			return 0, err
+		}
+		now := time.Now()
+		if now.Before(measureFrom) {
+			continue
+		}
+		if t0.IsZero() {
+			t0, c0 = now, count()
+			continue
+		}
+		if !now.Before(end) {
+			return (count() - c0) / now.Sub(t0).Seconds(), nil
+		}
+	}
 }
 
 func perOp(cpu time.Duration, n uint64) time.Duration {
@@ -388,29 +400,11 @@ func tcpStream(client, srv Peer, port int, warmup, d time.Duration) (Result, err
 		c0 := threadCPU()
 		defer func() { ccpu = threadCPU() - c0 }()
 		buf := make([]byte, 128<<10)
-		start := time.Now()
-		measureFrom, end := start.Add(warmup), start.Add(warmup+d)
-		var (
-			t0 time.Time
-			b0 uint64
-		)
-		for {
-			if _, err := unix.Write(fd, buf); err != nil {
-				return err
-			}
-			now := time.Now()
-			if now.Before(measureFrom) {
-				continue
-			}
-			if t0.IsZero() {
-				t0, b0 = now, received.Load()
-				continue
-			}
-			if !now.Before(end) {
-				rate = float64(received.Load()-b0) * 8 / now.Sub(t0).Seconds() / 1e9
-				return nil
-			}
-		}
+		rate, err = window(warmup, d, func() error {
+			_, err := unix.Write(fd, buf)
+			return err
+		}, func() float64 { return float64(received.Load()) * 8 / 1e9 })
+		return err
 	})
 	err = errors.Join(cerr, <-done)
 	return Result{Rate: rate, CPU: perOp(ccpu+scpu, received.Load()/1024)}, err
@@ -468,28 +462,12 @@ func udp64(client, srv Peer, port int, warmup, d time.Duration, batch int) (Resu
 		c0 := threadCPU()
 		defer func() { ccpu = threadCPU() - c0 }()
 		send := newMmsgs(batch, 64)
-		start := time.Now()
-		measureFrom, end := start.Add(warmup), start.Add(warmup+d)
-		var (
-			t0 time.Time
-			r0 uint64
-		)
-		for {
+		rate, err = window(warmup, d, func() error {
 			// ECONNREFUSED from an ICMP error or ENOBUFS is not fatal.
 			send.send(fd)
-			now := time.Now()
-			if now.Before(measureFrom) {
-				continue
-			}
-			if t0.IsZero() {
-				t0, r0 = now, received.Load()
-				continue
-			}
-			if !now.Before(end) {
-				rate = float64(received.Load()-r0) / now.Sub(t0).Seconds()
-				return nil
-			}
-		}
+			return nil
+		}, func() float64 { return float64(received.Load()) })
+		return err
 	})
 	stop.Store(true)
 	err := errors.Join(cerr, <-done)

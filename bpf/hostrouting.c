@@ -368,7 +368,8 @@ int rm_from_lxc(struct __sk_buff *skb)
 
 	/*
 	 * bpf_redirect_neigh does not check the MTU: packets the route would
-	 * not forward whole, and GSO packets, take the FIB path, which does.
+	 * not forward whole take the FIB path, which does. So do GSO packets,
+	 * whatever their IP total length says (0 for IPv4 BIG TCP).
 	 */
 	rkey.addr = ip->daddr;
 	rt = bpf_map_lookup_elem(&rm_direct_routes, &rkey);

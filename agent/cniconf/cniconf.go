@@ -8,6 +8,7 @@
 //
 //	{
 //	  "cniVersion": "1.0.0",
+//	  "cniVersions": ["1.0.0", "1.1.0"],
 //	  "name": "routemode",
 //	  "plugins": [{
 //	    "type": "routemode-cni",
@@ -31,6 +32,7 @@ import (
 	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 const (
@@ -41,11 +43,16 @@ const (
 	// FileName is the configuration list the agent writes; the 05 prefix
 	// sorts it before most other CNI configurations.
 	FileName = "05-routemode.conflist"
-	// CNIVersion is the spec version the agent writes.
+	// CNIVersion is the spec version the agent writes for runtimes that
+	// read only cniVersion (libcni before 1.2).
 	CNIVersion = "1.0.0"
 	// MinMTU is IPv4's minimum link MTU.
 	MinMTU = 576
 )
+
+// CNIVersions are the spec versions the configuration list offers: a
+// runtime picks the highest it speaks, and 1.1.0 gives it GC and STATUS.
+var CNIVersions = []string{"1.0.0", "1.1.0"}
 
 // Config is a validated plugin configuration.
 type Config struct {
@@ -170,12 +177,14 @@ func Render(c Config) ([]byte, error) {
 		return nil, err
 	}
 	list := struct {
-		CNIVersion string        `json:"cniVersion"`
-		Name       string        `json:"name"`
-		Plugins    []pluginEntry `json:"plugins"`
+		CNIVersion  string        `json:"cniVersion"`
+		CNIVersions []string      `json:"cniVersions"`
+		Name        string        `json:"name"`
+		Plugins     []pluginEntry `json:"plugins"`
 	}{
-		CNIVersion: CNIVersion,
-		Name:       NetworkName,
+		CNIVersion:  CNIVersion,
+		CNIVersions: CNIVersions,
+		Name:        NetworkName,
 		Plugins: []pluginEntry{{
 			Type: PluginType, PodCIDR: c.PodCIDR.String(), RouterIP: c.RouterIP.String(),
 			DeviceMTU: c.DeviceMTU, RouteMTU: c.RouteMTU, EndpointDir: c.EndpointDir, IPAMDir: c.IPAMDir,
@@ -188,17 +197,30 @@ func Render(c Config) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// PluginStdin is what a runtime passes the plugin for configuration list
-// b: the plugin's entry with the list's cniVersion and name (prevResult,
-// for CHECK and DEL, is added by the caller).
+// PluginStdin is what a current runtime (libcni 1.2 or later) passes the
+// plugin for configuration list b: the plugin's entry with the list's name
+// and the highest of its cniVersion and cniVersions (prevResult, for CHECK
+// and DEL, is added by the caller).
 func PluginStdin(list []byte) ([]byte, error) {
 	var l struct {
-		CNIVersion string            `json:"cniVersion"`
-		Name       string            `json:"name"`
-		Plugins    []json.RawMessage `json:"plugins"`
+		CNIVersion  string            `json:"cniVersion"`
+		CNIVersions []string          `json:"cniVersions"`
+		Name        string            `json:"name"`
+		Plugins     []json.RawMessage `json:"plugins"`
 	}
 	if err := json.Unmarshal(list, &l); err != nil {
 		return nil, err
+	}
+	for _, v := range l.CNIVersions {
+		if l.CNIVersion == "" {
+			l.CNIVersion = v
+			continue
+		}
+		if newer, err := version.GreaterThan(v, l.CNIVersion); err != nil {
+			return nil, fmt.Errorf("cniVersions: %w", err)
+		} else if newer {
+			l.CNIVersion = v
+		}
 	}
 	if len(l.Plugins) != 1 {
 		return nil, fmt.Errorf("configuration list has %d plugins, want 1", len(l.Plugins))

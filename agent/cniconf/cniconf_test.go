@@ -1,13 +1,16 @@
 package cniconf
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 )
 
@@ -29,8 +32,49 @@ func TestRenderParseRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c != good || n.CNIVersion != CNIVersion || n.Name != NetworkName || n.Type != PluginType {
+	if c != good || n.CNIVersion != "1.1.0" || n.Name != NetworkName || n.Type != PluginType {
 		t.Errorf("round trip: %+v %+v", c, n.PluginConf)
+	}
+}
+
+// The tests wire pods with PluginStdin, so it must hand the plugin what
+// libcni, the runtimes' library, does: the highest offered spec version
+// (GC and STATUS need 1.1.0) and the list's name.
+func TestPluginStdinMatchesLibcni(t *testing.T) {
+	list, err := Render(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := libcni.ConfListFromBytes(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.CNIVersion != "1.1.0" {
+		t.Errorf("libcni negotiated %s, want 1.1.0", cl.CNIVersion)
+	}
+	want, err := libcni.InjectConf(cl.Plugins[0], map[string]any{"name": cl.Name, "cniVersion": cl.CNIVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := PluginStdin(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g, w map[string]any
+	if err := errors.Join(json.Unmarshal(got, &g), json.Unmarshal(want.Bytes, &w)); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(g, w) {
+		t.Errorf("PluginStdin:\n%s\nlibcni:\n%s", got, want.Bytes)
+	}
+
+	// A runtime that reads only cniVersion gets 1.0.0, which it can decode.
+	var old map[string]any
+	if err := json.Unmarshal(list, &old); err != nil {
+		t.Fatal(err)
+	}
+	if old["cniVersion"] != "1.0.0" {
+		t.Errorf("cniVersion = %v, want 1.0.0 for runtimes before libcni 1.2", old["cniVersion"])
 	}
 }
 

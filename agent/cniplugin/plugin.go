@@ -1,17 +1,22 @@
-// Package cniplugin implements the routemode CNI plugin (CNI spec 1.0:
-// ADD, DEL, CHECK, VERSION). ADD allocates a /32 from the node's podCIDR
-// (agent/ipam), wires the pod (agent/podnet) and records the endpoint
-// (agent/endpoint) for the agent; DEL undoes all three and succeeds when
-// there is nothing to undo; CHECK verifies the wiring. Every failure is a
-// CNI error result with a code and a message naming the problem.
+// Package cniplugin implements the routemode CNI plugin (CNI spec 1.1:
+// ADD, DEL, CHECK, GC, STATUS, VERSION; configurations of spec 0.3.0 to
+// 1.0.0 get ADD, DEL and CHECK). ADD allocates a /32 from the node's
+// podCIDR (agent/ipam), wires the pod (agent/podnet) and records the
+// endpoint (agent/endpoint) for the agent; DEL undoes all three and
+// succeeds when there is nothing to undo; CHECK verifies the wiring; GC
+// does what DEL would for every pod the runtime no longer lists; STATUS
+// says whether an ADD can succeed. Every failure is a CNI error result
+// with a code and a message naming the problem.
 package cniplugin
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -22,20 +27,21 @@ import (
 
 	"github.com/routemode/routemode/agent/cniconf"
 	"github.com/routemode/routemode/agent/endpoint"
+	"github.com/routemode/routemode/agent/health"
 	"github.com/routemode/routemode/agent/ipam"
 	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/agent/podnet"
 )
 
 // Versions are the CNI spec versions the plugin speaks.
-var Versions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+var Versions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 // About is printed when the plugin runs without CNI_COMMAND.
 const About = "routemode CNI plugin: veth + /32 pod wiring for the routemode datapath"
 
 // Main runs the plugin.
 func Main() {
-	skel.PluginMainFuncs(skel.CNIFuncs{Add: Add, Del: Del, Check: Check}, Versions, About)
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: Add, Del: Del, Check: Check, GC: GC, Status: Status}, Versions, About)
 }
 
 func nodeHandle() (podnet.Node, func(), error) {
@@ -118,38 +124,144 @@ func result(cfg cniconf.Config, ep endpoint.Endpoint, netnsPath string) *current
 // Del unwires a pod; anything already gone is fine, so DEL can be repeated
 // and may name a pod that never existed.
 func Del(args *skel.CmdArgs) error {
-	_, cfg, err := netConf(args)
+	return withNode(args, func(_ *cniconf.NetConf, cfg cniconf.Config, node podnet.Node) error {
+		if err := remove(node, cfg, attachment{args.ContainerID, args.IfName}); err != nil {
+			return types.NewError(types.ErrIOFailure, "removing the pod's network", err.Error())
+		}
+		return nil
+	})
+}
+
+// withNode runs fn with the parsed configuration and the node's netlink
+// handle.
+func withNode(args *skel.CmdArgs, fn func(conf *cniconf.NetConf, cfg cniconf.Config, node podnet.Node) error) error {
+	conf, cfg, err := netConf(args)
 	if err != nil {
 		return err
-	}
-	store := endpoint.Store{Dir: cfg.EndpointDir}
-	lxc := endpoint.LXCName(args.ContainerID, args.IfName)
-	if ep, ok, err := store.Get(args.ContainerID, args.IfName); err == nil && ok && ep.LXCName != "" {
-		lxc = ep.LXCName
 	}
 	node, closeNode, err := nodeHandle()
 	if err != nil {
 		return err
 	}
 	defer closeNode()
+	return fn(conf, cfg, node)
+}
+
+// attachment is a pod interface as the runtime names it.
+type attachment struct{ containerID, ifName string }
+
+// remove undoes ADD for one attachment: the device (and with it the pair
+// and the node's route), the address, the record. What is already gone is
+// fine; every step is tried even when one fails.
+func remove(node podnet.Node, cfg cniconf.Config, a attachment) error {
+	store := endpoint.Store{Dir: cfg.EndpointDir}
+	lxc := endpoint.LXCName(a.containerID, a.ifName)
+	if ep, ok, err := store.Get(a.containerID, a.ifName); err == nil && ok && ep.LXCName != "" {
+		lxc = ep.LXCName
+	}
 	var errs []error
 	if err := podnet.Teardown(node, lxc); err != nil {
 		errs = append(errs, err)
 	}
 	alloc, err := ipam.New(cfg.IPAMDir, cfg.PodCIDR)
 	if err == nil {
-		err = alloc.Release(args.ContainerID, args.IfName)
+		err = alloc.Release(a.containerID, a.ifName)
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	if err := store.Delete(args.ContainerID, args.IfName); err != nil {
+	if err := store.Delete(a.containerID, a.ifName); err != nil {
 		errs = append(errs, err)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return types.NewError(types.ErrIOFailure, "removing the pod's network", err.Error())
+	return errors.Join(errs...)
+}
+
+// GC removes, as DEL would, every pod the plugin wired (an endpoint
+// record or an address) that is not in the runtime's
+// cni.dev/valid-attachments: pods whose DEL never came, because the
+// runtime crashed or lost its state, would otherwise hold their addresses
+// for good. The runtime runs no ADD or DEL meanwhile (CNI 1.1).
+func GC(args *skel.CmdArgs) error {
+	return withNode(args, func(conf *cniconf.NetConf, cfg cniconf.Config, node podnet.Node) error {
+		if conf.ValidAttachments == nil {
+			return types.NewError(types.ErrInvalidNetworkConfig,
+				"GC without cni.dev/valid-attachments: the plugin cannot tell which pods are stale, so it removed nothing", "")
+		}
+		valid := make(map[attachment]bool, len(conf.ValidAttachments))
+		for _, v := range conf.ValidAttachments {
+			valid[attachment{v.ContainerID, v.IfName}] = true
+		}
+		known, err := wired(cfg)
+		errs := []error{err}
+		for _, a := range known {
+			if valid[a] {
+				continue
+			}
+			if err := remove(node, cfg, a); err != nil {
+				errs = append(errs, fmt.Errorf("container %s interface %s: %w", a.containerID, a.ifName, err))
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			return types.NewError(types.ErrIOFailure, "removing stale pods", err.Error())
+		}
+		return nil
+	})
+}
+
+// wired lists the attachments the plugin holds anything for, sorted: an
+// ADD that failed half-way may have left an address without a record. The
+// agent's health endpoint, recorded like a pod but not the runtime's, is
+// left out. What it could read is returned along with any error.
+func wired(cfg cniconf.Config) ([]attachment, error) {
+	var all []attachment
+	eps, epErr := endpoint.Store{Dir: cfg.EndpointDir}.List()
+	for _, ep := range eps {
+		if ep.ContainerID != health.ContainerID {
+			all = append(all, attachment{ep.ContainerID, ep.IfName})
+		}
 	}
-	return nil
+	alloc, err := ipam.New(cfg.IPAMDir, cfg.PodCIDR)
+	var allocs []ipam.Allocation
+	if err == nil {
+		allocs, err = alloc.Allocations()
+	}
+	for _, al := range allocs {
+		all = append(all, attachment{al.ContainerID, al.IfName})
+	}
+	slices.SortFunc(all, func(a, b attachment) int {
+		return cmp.Or(cmp.Compare(a.containerID, b.containerID), cmp.Compare(a.ifName, b.ifName))
+	})
+	return slices.Compact(all), errors.Join(epErr, err)
+}
+
+// Status says whether an ADD can succeed (CNI 1.1): the agent has set the
+// node up (rm_host holds the pods' gateway address) and the podCIDR has a
+// free address.
+func Status(args *skel.CmdArgs) error {
+	return withNode(args, func(_ *cniconf.NetConf, cfg cniconf.Config, node podnet.Node) error {
+		if err := podnet.CheckRouter(node, cfg.RouterIP); err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, "the routemode agent has not set this node up", err.Error())
+		}
+		alloc, err := ipam.New(cfg.IPAMDir, cfg.PodCIDR)
+		if err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, "opening the address store", err.Error())
+		}
+		allocs, err := alloc.Allocations()
+		if err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, "reading the address store", err.Error())
+		}
+		used := 0
+		for _, al := range allocs {
+			if cfg.PodCIDR.Contains(al.IP) {
+				used++
+			}
+		}
+		if used >= alloc.Capacity() {
+			return types.NewError(types.ErrPluginNotAvailable,
+				fmt.Sprintf("no free pod address: all %d of %s are in use; delete pods to start new ones", alloc.Capacity(), cfg.PodCIDR), "")
+		}
+		return nil
+	})
 }
 
 // Check verifies that a pod is wired as ADD left it.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/routemode/routemode/agent/cniplugin"
 	"github.com/routemode/routemode/agent/endpoint"
 	"github.com/routemode/routemode/agent/ipam"
 	"github.com/routemode/routemode/agent/nlsafe"
@@ -116,11 +118,19 @@ func TestMalformedInput(t *testing.T) {
 	}
 }
 
+// TestVersion runs the binary the lab built (which also makes go test's
+// cache see changes to the plugin package, imported here).
 func TestVersion(t *testing.T) {
 	_, n := oneNode(t)
 	res := n.CNI(nslab.Context(t, time.Minute), "VERSION", "", "", "", []byte(`{"cniVersion":"1.0.0"}`))
-	if res.ExitCode != 0 || !strings.Contains(string(res.Stdout), `"1.0.0"`) {
-		t.Fatalf("VERSION: exit %d: %s %s", res.ExitCode, res.Stdout, res.Stderr)
+	var got struct {
+		Supported []string `json:"supportedVersions"`
+	}
+	if err := json.Unmarshal(res.Stdout, &got); res.ExitCode != 0 || err != nil {
+		t.Fatalf("VERSION: exit %d: %v %s %s", res.ExitCode, err, res.Stdout, res.Stderr)
+	}
+	if want := cniplugin.Versions.SupportedVersions(); !slices.Equal(got.Supported, want) || !slices.Contains(want, "1.1.0") {
+		t.Errorf("VERSION lists %v, want %v with 1.1.0", got.Supported, want)
 	}
 }
 
@@ -272,7 +282,7 @@ func TestConcurrentAdds(t *testing.T) {
 		}
 	}
 	alloc, _ := ipam.New(filepath.Join(n.StateDir, "ipam"), n.PodCIDR)
-	if used, _ := alloc.Used(); len(used) != 0 {
+	if used, _ := alloc.Allocations(); len(used) != 0 {
 		t.Errorf("addresses still allocated after DEL: %v", used)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(n.StateDir, "endpoints")); len(entries) != 1 {

@@ -162,23 +162,60 @@ func (a *Allocator) lookupLocked(containerID, ifName string) (netip.Addr, bool) 
 }
 
 func (a *Allocator) findLocked(containerID, ifName string) ([]netip.Addr, error) {
+	all, err := a.allocationsLocked()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, al := range all {
+		if al.ContainerID == strings.TrimSpace(containerID) && al.IfName == ifName {
+			out = append(out, al.IP)
+		}
+	}
+	return out, nil
+}
+
+// Allocation is an address handed out and the attachment holding it.
+type Allocation struct {
+	IP          netip.Addr
+	ContainerID string
+	IfName      string
+}
+
+// Allocations lists the addresses handed out and their attachments.
+func (a *Allocator) Allocations() ([]Allocation, error) {
+	unlock, err := a.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return a.allocationsLocked()
+}
+
+func (a *Allocator) allocationsLocked() ([]Allocation, error) {
 	entries, err := os.ReadDir(a.dir)
 	if err != nil {
 		return nil, err
 	}
-	want := owner(containerID, ifName)
-	var out []netip.Addr
+	var out []Allocation
 	for _, e := range entries {
 		ip, err := netip.ParseAddr(e.Name())
 		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(a.dir, e.Name()))
-		if err == nil && strings.TrimSpace(string(b)) == want {
-			out = append(out, ip)
+		if err != nil {
+			continue
 		}
+		containerID, ifName, _ := strings.Cut(strings.TrimSpace(string(b)), "\r\n")
+		out = append(out, Allocation{IP: ip, ContainerID: containerID, IfName: ifName})
 	}
 	return out, nil
+}
+
+// Capacity is how many pod addresses the podCIDR holds.
+func (a *Allocator) Capacity() int {
+	return 1<<(32-a.podCIDR.Bits()) - 4 // network, router, health, broadcast
 }
 
 // Release frees the attachment's addresses; none is fine.
@@ -198,19 +235,4 @@ func (a *Allocator) Release(containerID, ifName string) error {
 		}
 	}
 	return nil
-}
-
-// Used lists the allocated addresses.
-func (a *Allocator) Used() ([]netip.Addr, error) {
-	entries, err := os.ReadDir(a.dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []netip.Addr
-	for _, e := range entries {
-		if ip, err := netip.ParseAddr(e.Name()); err == nil {
-			out = append(out, ip)
-		}
-	}
-	return out, nil
 }

@@ -39,6 +39,10 @@ func TestAllocateReleaseExhaust(t *testing.T) {
 	if _, err := a.Allocate("c9", "eth0"); err == nil {
 		t.Error("allocated from an exhausted range")
 	}
+	if all, err := a.Allocations(); err != nil || len(all) != a.Capacity() || a.Capacity() != 4 ||
+		all[2] != (Allocation{IP: got[2], ContainerID: "c2", IfName: "eth0"}) {
+		t.Errorf("allocations of a full /29: %+v %v, capacity %d", all, err, a.Capacity())
+	}
 	if err := a.Release("c1", "eth0"); err != nil {
 		t.Fatal(err)
 	}

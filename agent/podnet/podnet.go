@@ -187,6 +187,22 @@ func Teardown(node Node, lxcName string) error {
 	return nil
 }
 
+// CheckRouter verifies that the node holds the pods' gateway address,
+// which the agent puts on its rm_host device: without it ADD still wires
+// pods, but they reach nothing.
+func CheckRouter(node Node, router netip.Addr) error {
+	addrs, err := node.Handle.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing the node's addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && ip == router {
+			return nil
+		}
+	}
+	return fmt.Errorf("no device of the node holds the pods' router address %s (the agent puts it on rm_host)", router)
+}
+
 // Check verifies the wiring of ep: the lxc device is up, the node routes the
 // pod's address through it, and the pod has its address and default route.
 func Check(node Node, ep endpoint.Endpoint) error {

@@ -152,6 +152,11 @@ func run(o options) error {
 			log.Error(err, "Failed to watch links; relying on the periodic resync")
 		}
 	}()
+	go func() {
+		if err := agentcontroller.WatchEndpoints(ctx, agent.Endpoints().Dir, kernel, log); err != nil {
+			log.Error(err, "Failed to watch endpoint records; new pods wait for the periodic resync")
+		}
+	}()
 	log.Info("Started agent", "stateDir", o.stateDir, "cniConfDir", o.cniConfDir, "resync", o.resync)
 	return mgr.Start(ctx)
 }

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/testenv"
@@ -280,7 +281,46 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 			t.Errorf("%s's eBPF programs redirected no packet under traffic (%d before, %d after)", node, before[node], n)
 		}
 	}
+	h.newPodEntersEndpointMap(h.l.Nodes[0])
 	h.rollout("tunnel bpf→legacy", tunnelSpec, encapsulated)
+}
+
+// newPodEntersEndpointMap wires a pod on n while eBPF host routing is on and
+// waits for it in n's endpoint map: the agent reconciles when the plugin
+// writes the record, not only on link events and its 10 s resync. The pod
+// is removed again with CNI DEL.
+func (h *harness) newPodEntersEndpointMap(n Node) {
+	h.t.Helper()
+	ctx := context.Background()
+	pod := h.l.cfg.Prefix + "late-pod"
+	start := time.Now()
+	ip, err := h.l.wirePod(ctx, n, pod)
+	defer func() {
+		if _, err := h.l.CNI(ctx, n, "DEL", pod); err != nil {
+			h.t.Error(err)
+		}
+		if err := nsutil.Delete(pod); err != nil {
+			h.t.Error(err)
+		}
+	}()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for {
+		eps, err := hostrouting.ListEndpoints(hostrouting.DefaultPinDir(n.NS))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if slices.ContainsFunc(eps, func(ep hostrouting.Endpoint) bool { return ep.IP == ip }) {
+			h.t.Logf("a pod wired on %s while bpf was on entered the endpoint map %v after its CNI ADD began", n.NS, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > 3*time.Second {
+			h.t.Errorf("pod %s (%s) is not in %s's endpoint map 3s after its CNI ADD", pod, ip, n.NS)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // redirected sums every node's eBPF redirect counters.

@@ -210,12 +210,23 @@ func (l *Lab) startAgent(ctx context.Context, cs kubernetes.Interface, n Node) e
 // then the CNI plugin called with CNI_COMMAND=ADD and the configuration the
 // agent wrote, inside the node's network namespace.
 func (l *Lab) addPod(ctx context.Context, n Node, pod string) error {
-	if err := l.addNamespace(pod); err != nil {
+	ip, err := l.wirePod(ctx, n, pod)
+	if err != nil {
 		return err
+	}
+	l.state.Pods = append(l.state.Pods, PodState{Name: pod, Node: n.NS, IP: ip})
+	return l.saveState()
+}
+
+// wirePod creates pod's namespace (recorded, so Down removes it) and wires
+// it with CNI ADD; it returns the pod's address.
+func (l *Lab) wirePod(ctx context.Context, n Node, pod string) (netip.Addr, error) {
+	if err := l.addNamespace(pod); err != nil {
+		return netip.Addr{}, err
 	}
 	out, err := l.CNI(ctx, n, "ADD", pod)
 	if err != nil {
-		return err
+		return netip.Addr{}, err
 	}
 	var res struct {
 		IPs []struct {
@@ -223,14 +234,10 @@ func (l *Lab) addPod(ctx context.Context, n Node, pod string) error {
 		} `json:"ips"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) == 0 {
-		return fmt.Errorf("CNI ADD of %s gave no address: %q", pod, out)
+		return netip.Addr{}, fmt.Errorf("CNI ADD of %s gave no address: %q", pod, out)
 	}
 	pfx, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
-		return err
-	}
-	l.state.Pods = append(l.state.Pods, PodState{Name: pod, Node: n.NS, IP: pfx.Addr()})
-	return l.saveState()
+	return pfx.Addr(), err
 }
 
 // CNI calls the routemode-cni plugin on node n for pod, as a kubelet would.

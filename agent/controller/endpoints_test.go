@@ -1,0 +1,77 @@
+package controller
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	"github.com/routemode/routemode/agent/endpoint"
+)
+
+// The plugin's records, written and removed as the plugin does, wake the
+// reconciler; other files in the directory do not.
+func TestWatchEndpoints(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "endpoints") // created by the watch
+	out := make(chan event.GenericEvent, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- WatchEndpoints(ctx, dir, out, logr.Discard()) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	store := endpoint.Store{Dir: dir}
+	ep := endpoint.Endpoint{ContainerID: "c1", IfName: "eth0", IP: netip.MustParseAddr("10.0.0.9")}
+	// The watch starts asynchronously: rewrite the record until it is seen.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if err := store.Put(ep); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		select {
+		case <-out:
+		case <-time.After(50 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no event for a new record within 5s")
+			}
+			continue
+		}
+		break
+	}
+	if err := store.Delete("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	expect := func(what string, want bool) {
+		t.Helper()
+		select {
+		case <-out:
+			if !want {
+				t.Errorf("%s woke the reconciler", what)
+			}
+		case <-time.After(500 * time.Millisecond):
+			if want {
+				t.Errorf("%s did not wake the reconciler", what)
+			}
+		}
+	}
+	expect("a removed record", true)
+	if err := store.Put(ep); err != nil {
+		t.Fatal(err)
+	}
+	expect("a new record", true)
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	expect("a file that is not a record", false)
+	if err := store.Delete("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	expect("a removed record", true)
+}

@@ -19,9 +19,12 @@
  *                   get bpf_fib_lookup + bpf_redirect (bpf_redirect_neigh
  *                   while the next hop is unresolved).
  *
- * Anything the programs do not handle goes to the stack untouched
- * (TC_ACT_OK), so attaching them can never break what legacy routing
- * already delivers: it can only shortcut it.
+ * Anything the programs do not handle goes on untouched (TC_ACT_UNSPEC:
+ * to the next tc program or filter on the device, then the stack), so
+ * attaching them can never break what legacy routing already delivers: it
+ * can only shortcut it. That includes every flow conntrack has translated
+ * (kube-proxy's Service NAT, masquerading): only the stack translates it
+ * back.
  */
 
 #include "rm_uapi.h"
@@ -54,8 +57,16 @@ enum rm_reason {
 	RM_PASS_TTL = 8,
 	RM_PASS_FIB = 9,
 	RM_PASS_TUNNEL = 10,
-	RM_DROP_REDIRECT = 11,
+	/*
+	 * 11 counted failed redirect helpers, which with these arguments
+	 * cannot fail (a bad ifindex drops the packet later, in the core):
+	 * it was never non-zero, so it is safe to reuse.
+	 */
+	RM_PASS_NAT = 11,
 	RM_REDIRECT_DIRECT_ROUTE = 12,
+	RM_PASS_NOT_TCP_UDP = 13,
+	RM_PASS_FRAGMENT = 14,
+	RM_PASS_IP_OPTIONS = 15,
 };
 
 /*
@@ -159,6 +170,29 @@ volatile const __u8 cfg_record = 0;
 
 struct last_redirect rm_last = {};
 
+/*
+ * Conntrack kfuncs (net/netfilter/nf_conntrack_bpf.c, Linux 6.0 and later).
+ * The 12-byte options are the layout every such kernel accepts.
+ */
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u8 reserved[2];
+};
+
+struct nf_conn {
+	unsigned long status;
+} __attribute__((preserve_access_index));
+
+#define IPS_SRC_NAT (1 << 4)
+#define IPS_DST_NAT (1 << 5)
+
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym;
+
 static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reason)
 {
 	__u32 key = prog * RM_REASON_SLOTS + reason;
@@ -184,7 +218,7 @@ static __always_inline int pass(struct __sk_buff *skb, __u32 prog, __u32 reason)
 {
 	count(skb, prog, reason);
 	record(0, reason, 0, 0);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 /*
@@ -240,29 +274,83 @@ static __always_inline int parse(struct __sk_buff *skb, struct ethhdr **eth, str
 		return RM_PASS_MALFORMED;
 	if ((*ip)->version != 4 || (*ip)->ihl < 5)
 		return RM_PASS_MALFORMED;
+	/* Options (router alert, source routes) are the forwarding code's job. */
+	if ((*ip)->ihl != 5)
+		return RM_PASS_IP_OPTIONS;
 	/* Let the stack send ICMP time exceeded. */
 	if ((*ip)->ttl <= 1)
 		return RM_PASS_TTL;
 	return -1;
 }
 
+/*
+ * Returns the reason to leave a packet to the stack because of its flow, or
+ * -1. A flow whose addresses conntrack translated (a Service's DNAT, a
+ * masquerade) must be translated back by the stack: delivered around it, a
+ * reply reaches the pod from an address it never talked to. Conntrack looks
+ * up TCP and UDP only, so other protocols take the stack too (ICMP errors
+ * may belong to a translated flow), and so do fragments, whose ports only
+ * the stack's reassembly sees.
+ */
+static __always_inline int translated_flow(struct __sk_buff *skb, struct iphdr *ip)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_ct_opts opts = { .netns_id = BPF_F_CURRENT_NETNS };
+	struct nf_conn *ct;
+	unsigned long status;
+
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return RM_PASS_NOT_TCP_UDP;
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return RM_PASS_FRAGMENT;
+	opts.l4proto = ip->protocol;
+	tuple.ipv4.saddr = ip->saddr;
+	tuple.ipv4.daddr = ip->daddr;
+	/* The ports: the first four bytes of the TCP or UDP header. */
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct iphdr), &tuple.ipv4.sport, 4))
+		return RM_PASS_MALFORMED;
+	ct = bpf_skb_ct_lookup(skb, &tuple, sizeof(tuple.ipv4), &opts, sizeof(opts));
+	if (!ct)
+		return -1;
+	status = ct->status;
+	bpf_ct_release(ct);
+	return status & (IPS_SRC_NAT | IPS_DST_NAT) ? RM_PASS_NAT : -1;
+}
+
+/*
+ * The largest IP packet the skb puts on the wire: the packet itself, or for
+ * a GSO skb each segment, headers included, as ip_forward checks it. Zero
+ * when it cannot tell (a GSO skb of another protocol).
+ */
+static __always_inline __u32 wire_len(struct __sk_buff *skb, struct iphdr *ip)
+{
+	__u8 doff;
+
+	if (!skb->gso_size)
+		return skb->len - ETH_HLEN;
+	if (ip->protocol == IPPROTO_UDP)
+		return sizeof(struct iphdr) + 8 + skb->gso_size;
+	if (ip->protocol != IPPROTO_TCP ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct iphdr) + 12, &doff, 1))
+		return 0;
+	return sizeof(struct iphdr) + (doff >> 4) * 4 + skb->gso_size;
+}
+
 static __always_inline int deliver_local(struct __sk_buff *skb, __u32 prog, struct ethhdr *eth,
 					 struct iphdr *ip, const struct endpoint_info *ep)
 {
 	__u32 ifindex = ep->ifindex;
-	long ret;
 
 	__builtin_memcpy(eth->h_dest, ep->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, ep->node_mac, ETH_ALEN);
 	ip_decrease_ttl(ip);
 	record(ifindex, RM_REDIRECT_PEER, 0, 0);
-	ret = bpf_redirect_peer(ifindex, 0);
-	if (ret != TC_ACT_REDIRECT) {
-		count(skb, prog, RM_DROP_REDIRECT);
-		return TC_ACT_SHOT;
-	}
 	count(skb, prog, RM_REDIRECT_PEER);
-	return TC_ACT_REDIRECT;
+	/*
+	 * With flags 0 the helper only records the target; an ifindex that is
+	 * gone by then makes the core drop the packet.
+	 */
+	return bpf_redirect_peer(ifindex, 0);
 }
 
 /* Underlay and tunnel ingress: shortcut packets for local pods, nothing else. */
@@ -282,21 +370,15 @@ static __always_inline int from_network(struct __sk_buff *skb, __u32 prog)
 	ep = bpf_map_lookup_elem(&rm_endpoints, &key);
 	if (!ep)
 		return pass(skb, prog, RM_PASS_NO_ENDPOINT);
-
-	if (skb->pkt_type != PACKET_HOST) {
-		/*
-		 * The stack would drop a unicast frame for another MAC on the
-		 * underlay. Decapsulated frames carry whatever inner MAC the
-		 * peer chose, so the tunnel device accepts them as ours.
-		 */
-		if (prog != RM_PROG_OVERLAY)
-			return pass(skb, prog, RM_PASS_NOT_FOR_HOST);
-		bpf_skb_change_type(skb, PACKET_HOST);
-		/* A helper call invalidates packet pointers; parse again. */
-		reason = parse(skb, &eth, &ip);
-		if (reason >= 0)
-			return pass(skb, prog, reason);
-	}
+	/*
+	 * A frame for another MAC, decapsulated ones included, is one the stack
+	 * would drop; broadcasts and multicasts are its business.
+	 */
+	if (skb->pkt_type != PACKET_HOST)
+		return pass(skb, prog, RM_PASS_NOT_FOR_HOST);
+	reason = translated_flow(skb, ip);
+	if (reason >= 0)
+		return pass(skb, prog, reason);
 	return deliver_local(skb, prog, eth, ip, ep);
 }
 
@@ -320,17 +402,11 @@ static __always_inline int redirect_direct_route(struct __sk_buff *skb, struct i
 		.nh_family = AF_INET,
 		.ipv4_nh = rt->gateway,
 	};
-	long ret;
 
 	ip_decrease_ttl(ip);
 	record(rt->ifindex, RM_REDIRECT_DIRECT_ROUTE, rt->gateway, 0);
-	ret = bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
-	if (ret != TC_ACT_REDIRECT) {
-		count(skb, RM_PROG_LXC, RM_DROP_REDIRECT);
-		return TC_ACT_SHOT;
-	}
 	count(skb, RM_PROG_LXC, RM_REDIRECT_DIRECT_ROUTE);
-	return TC_ACT_REDIRECT;
+	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
 }
 
 SEC("tc")
@@ -343,7 +419,7 @@ int rm_from_lxc(struct __sk_buff *skb)
 	struct endpoint_info *ep;
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	long ret;
+	__u32 len;
 	int reason, rc;
 
 	/* Broadcasts and frames not for the gateway MAC belong to the stack. */
@@ -356,36 +432,38 @@ int rm_from_lxc(struct __sk_buff *skb)
 
 	key.ip = ip->daddr;
 	ep = bpf_map_lookup_elem(&rm_endpoints, &key);
-	if (ep)
-		return deliver_local(skb, RM_PROG_LXC, eth, ip, ep);
-
 	/*
 	 * Outside the native routing CIDR the packet needs masquerading,
 	 * which only the stack's netfilter does.
 	 */
-	if (!cfg_fib_enabled || (ip->daddr & cfg_cidr_mask) != cfg_cidr_addr)
+	if (!ep && (!cfg_fib_enabled || (ip->daddr & cfg_cidr_mask) != cfg_cidr_addr))
 		return pass(skb, RM_PROG_LXC, RM_PASS_OUTSIDE_CIDR);
+	reason = translated_flow(skb, ip);
+	if (reason >= 0)
+		return pass(skb, RM_PROG_LXC, reason);
+	if (ep)
+		return deliver_local(skb, RM_PROG_LXC, eth, ip, ep);
 
 	/*
-	 * bpf_redirect_neigh does not check the MTU: packets the route would
-	 * not forward whole take the FIB path, which does. So do GSO packets,
-	 * whatever their IP total length says (0 for IPv4 BIG TCP).
+	 * bpf_redirect_neigh does not check the MTU, and the core lets any GSO
+	 * skb through: packets the route would not forward whole, or whose
+	 * size the program cannot tell, take the FIB path, which checks.
 	 */
+	len = wire_len(skb, ip);
 	rkey.addr = ip->daddr;
 	rt = bpf_map_lookup_elem(&rm_direct_routes, &rkey);
-	if (rt && !skb->gso_size && bpf_ntohs(ip->tot_len) <= rt->mtu)
+	if (rt && len && len <= rt->mtu)
 		return redirect_direct_route(skb, ip, rt);
 
 	fib.family = AF_INET;
 	fib.tos = ip->tos;
 	fib.l4_protocol = ip->protocol;
 	/*
-	 * Given the IP total length, the lookup checks it against the
-	 * forwarding MTU as ip_forward does: the device's, or the route's when
-	 * locked. A GSO skb's total length would always look too big: tot_len
-	 * 0 makes the kernel check the skb itself against the egress device.
+	 * Given a length, the lookup checks it against the forwarding MTU: the
+	 * device's, or the route's when locked. 0 (a GSO skb whose TCP
+	 * header the program could not read) skips it.
 	 */
-	fib.tot_len = skb->gso_size ? 0 : bpf_ntohs(ip->tot_len);
+	fib.tot_len = len;
 	fib.ifindex = skb->ingress_ifindex;
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
@@ -395,7 +473,7 @@ int rm_from_lxc(struct __sk_buff *skb)
 		/* Unreachable, local, too big: the stack answers with ICMP. */
 		count(skb, RM_PROG_LXC, RM_PASS_FIB);
 		record(0, RM_PASS_FIB, 0, rc);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (cfg_flowbased_tunnel_ifindex && fib.ifindex == cfg_flowbased_tunnel_ifindex)
 		return pass(skb, RM_PROG_LXC, RM_PASS_TUNNEL);
@@ -409,24 +487,14 @@ int rm_from_lxc(struct __sk_buff *skb)
 
 		ip_decrease_ttl(ip);
 		record(fib.ifindex, RM_REDIRECT_NEIGH, fib.ipv4_dst, rc);
-		ret = bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-		if (ret != TC_ACT_REDIRECT) {
-			count(skb, RM_PROG_LXC, RM_DROP_REDIRECT);
-			return TC_ACT_SHOT;
-		}
 		count(skb, RM_PROG_LXC, RM_REDIRECT_NEIGH);
-		return TC_ACT_REDIRECT;
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 	}
 
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	ip_decrease_ttl(ip);
 	record(fib.ifindex, RM_REDIRECT_FIB, fib.ipv4_dst, rc);
-	ret = bpf_redirect(fib.ifindex, 0);
-	if (ret != TC_ACT_REDIRECT) {
-		count(skb, RM_PROG_LXC, RM_DROP_REDIRECT);
-		return TC_ACT_SHOT;
-	}
 	count(skb, RM_PROG_LXC, RM_REDIRECT_FIB);
-	return TC_ACT_REDIRECT;
+	return bpf_redirect(fib.ifindex, 0);
 }

@@ -11,6 +11,7 @@ package bpf
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -210,7 +211,7 @@ func loadObjects(t *testing.T, cfg Config) *objects {
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EPERM) {
-		t.Skipf("BPF unavailable: %v", err)
+		privileged.Unavailable(t, fmt.Sprintf("loading BPF programs: %v", err))
 	}
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -288,7 +289,7 @@ func (o *objects) run(t *testing.T, tn *testNet, prog string, ifindex int, frame
 		return err
 	})
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		t.Skipf("BPF_PROG_TEST_RUN unsupported: %v", err)
+		privileged.Unavailable(t, fmt.Sprintf("BPF_PROG_TEST_RUN: %v", err))
 	}
 	if err != nil {
 		t.Fatalf("run %s: %v", prog, err)
@@ -299,8 +300,11 @@ func (o *objects) run(t *testing.T, tn *testNet, prog string, ifindex int, frame
 type ipv4 struct {
 	src, dst   netip.Addr
 	ttl        uint8
-	versionIHL uint8 // 0 means 0x45
-	totLen     int   // 0 means a short probe
+	versionIHL uint8  // 0 means 0x45
+	totLen     int    // 0 means a short probe
+	proto      uint8  // 0 means UDP
+	fragOff    uint16 // flags and fragment offset
+	claimLen   int    // nonzero: the IP total length to write instead of the real one
 }
 
 // udpFrame returns an Ethernet+IPv4+UDP frame with a valid IP checksum.
@@ -319,9 +323,16 @@ func udpFrame(dstMAC, srcMAC net.HardwareAddr, h ipv4) []byte {
 		ip[0] = h.versionIHL
 	}
 	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
+	if h.claimLen != 0 {
+		binary.BigEndian.PutUint16(ip[2:], uint16(h.claimLen))
+	}
 	binary.BigEndian.PutUint16(ip[4:], 0x1234)
+	binary.BigEndian.PutUint16(ip[6:], h.fragOff)
 	ip[8] = h.ttl
 	ip[9] = unix.IPPROTO_UDP
+	if h.proto != 0 {
+		ip[9] = h.proto
+	}
 	s, d := h.src.As4(), h.dst.As4()
 	copy(ip[12:16], s[:])
 	copy(ip[16:20], d[:])
@@ -411,19 +422,19 @@ func TestFromNetwork(t *testing.T) {
 			},
 			"remote pod passes": {
 				frame: udpFrame(tn.ulMAC, gwMAC, ipv4{src: localPod, dst: remotePod, ttl: 64}),
-				want:  want{ret: TCActOK, reason: ReasonNoEndpoint},
+				want:  want{ret: TCActUnspec, reason: ReasonNoEndpoint},
 			},
 			"node address passes": {
 				frame: udpFrame(tn.ulMAC, gwMAC, ipv4{src: netip.MustParseAddr("192.168.0.130"), dst: netip.MustParseAddr("192.168.0.120"), ttl: 64}),
-				want:  want{ret: TCActOK, reason: ReasonNoEndpoint},
+				want:  want{ret: TCActUnspec, reason: ReasonNoEndpoint},
 			},
 			"expiring TTL passes for ICMP time exceeded": {
 				frame: udpFrame(tn.ulMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 1}),
-				want:  want{ret: TCActOK, reason: ReasonTTL},
+				want:  want{ret: TCActUnspec, reason: ReasonTTL},
 			},
 			"ARP passes": {
 				frame: arpFrame(gwMAC),
-				want:  want{ret: TCActOK, reason: ReasonNotIPv4},
+				want:  want{ret: TCActUnspec, reason: ReasonNotIPv4},
 			},
 			"IPv6 ethertype passes": {
 				frame: func() []byte {
@@ -431,34 +442,24 @@ func TestFromNetwork(t *testing.T) {
 					binary.BigEndian.PutUint16(f[12:], 0x86dd)
 					return f
 				}(),
-				want: want{ret: TCActOK, reason: ReasonNotIPv4},
+				want: want{ret: TCActUnspec, reason: ReasonNotIPv4},
 			},
 			"IP version 6 in an IPv4 frame is malformed": {
 				frame: udpFrame(tn.ulMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64, versionIHL: 0x65}),
-				want:  want{ret: TCActOK, reason: ReasonMalformed},
+				want:  want{ret: TCActUnspec, reason: ReasonMalformed},
 			},
 			"IHL below 5 is malformed": {
 				frame: udpFrame(tn.ulMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64, versionIHL: 0x44}),
-				want:  want{ret: TCActOK, reason: ReasonMalformed},
+				want:  want{ret: TCActUnspec, reason: ReasonMalformed},
 			},
 		}
-		if prog.id == ProgramNetdev {
-			cases["unicast for another MAC passes"] = struct {
-				frame []byte
-				want  want
-			}{
-				frame: udpFrame(otherMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64}),
-				want:  want{ret: TCActOK, reason: ReasonNotForHost},
-			}
-		} else {
-			// The inner MAC of a decapsulated frame is the sender's choice.
-			cases["inner frame for another MAC is still delivered"] = struct {
-				frame []byte
-				want  want
-			}{
-				frame: udpFrame(otherMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64}),
-				want:  want{ret: TCActRedirect, reason: ReasonRedirectPeer, ifindex: localPodIfindex, dstMAC: podMAC, srcMAC: nodeMAC},
-			}
+		// The stack drops a frame for another MAC, decapsulated or not.
+		cases["unicast for another MAC passes"] = struct {
+			frame []byte
+			want  want
+		}{
+			frame: udpFrame(otherMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64}),
+			want:  want{ret: TCActUnspec, reason: ReasonNotForHost},
 		}
 		for name, tc := range cases {
 			t.Run(prog.name+"/"+name, func(t *testing.T) {
@@ -537,11 +538,11 @@ func TestFromLXC(t *testing.T) {
 		// finds no route at all).
 		"packet over a direct route's MTU takes the FIB path": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.6.9"), ttl: 64, totLen: 1401}),
-			want:  want{ret: TCActOK, reason: ReasonFIB},
+			want:  want{ret: TCActUnspec, reason: ReasonFIB},
 		},
 		"packet over the device MTU passes for ICMP fragmentation needed": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64, totLen: 1501}),
-			want:  want{ret: TCActOK, reason: ReasonFIB, fibRC: fibRetFragNeeded},
+			want:  want{ret: TCActUnspec, reason: ReasonFIB, fibRC: fibRetFragNeeded},
 		},
 		"remote pod with resolved next hop uses redirect and the FIB's MACs": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64}),
@@ -555,15 +556,16 @@ func TestFromLXC(t *testing.T) {
 		},
 		"unreachable destination in the CIDR passes for ICMP": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: unreach, ttl: 64}),
-			want:  want{ret: TCActOK, reason: ReasonFIB},
+			want:  want{ret: TCActUnspec, reason: ReasonFIB},
 		},
 		"router IP passes to the node": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: routerIP, ttl: 64}),
-			want:  want{ret: TCActOK, reason: ReasonFIB},
+			want:  want{ret: TCActUnspec, reason: ReasonFIB},
 		},
-		// Forwarding honours a route's MTU only when it is locked (or with
-		// ip_forward_use_pmtu); otherwise the device's MTU applies, in the
-		// stack and in the program alike.
+		// bpf_fib_lookup applies a route's MTU only when it is locked;
+		// otherwise the device's. (ip_forward applies an unlocked one too:
+		// the agent's own routes, the only ones it lowers, are sized by
+		// the direct-route map, which carries their MTU.)
 		"packet within a locked route MTU is forwarded": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: smallMTU, ttl: 64, totLen: lockedRouteMTU}),
 			want: want{ret: TCActRedirect, reason: ReasonRedirectFIB, ifindex: uint32(tn.ul),
@@ -571,41 +573,60 @@ func TestFromLXC(t *testing.T) {
 		},
 		"packet over a locked route MTU passes for ICMP fragmentation needed": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: smallMTU, ttl: 64, totLen: lockedRouteMTU + 1}),
-			want:  want{ret: TCActOK, reason: ReasonFIB, fibRC: fibRetFragNeeded},
+			want:  want{ret: TCActUnspec, reason: ReasonFIB, fibRC: fibRetFragNeeded},
 		},
 		"destination outside the CIDR passes for masquerade": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: outside, ttl: 64}),
-			want:  want{ret: TCActOK, reason: ReasonOutsideCIDR},
+			want:  want{ret: TCActUnspec, reason: ReasonOutsideCIDR},
 		},
 		"without a native routing CIDR remote pods pass": {
 			cfg:   &Config{},
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64}),
-			want:  want{ret: TCActOK, reason: ReasonOutsideCIDR},
+			want:  want{ret: TCActUnspec, reason: ReasonOutsideCIDR},
 		},
 		"route into a flow-based tunnel passes": {
 			cfg:   &Config{NativeRoutingCIDR: cidr, FlowBasedTunnelIfindex: uint32(tn.ul)},
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64}),
-			want:  want{ret: TCActOK, reason: ReasonTunnel},
+			want:  want{ret: TCActUnspec, reason: ReasonTunnel},
 		},
 		"expiring TTL passes": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 1}),
-			want:  want{ret: TCActOK, reason: ReasonTTL},
+			want:  want{ret: TCActUnspec, reason: ReasonTTL},
 		},
 		"broadcast passes": {
 			frame: udpFrame(broadcast, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("255.255.255.255"), ttl: 64}),
-			want:  want{ret: TCActOK, reason: ReasonNotForHost},
+			want:  want{ret: TCActUnspec, reason: ReasonNotForHost},
 		},
 		"ARP passes": {
 			frame: arpFrame(podMAC),
-			want:  want{ret: TCActOK, reason: ReasonNotForHost},
+			want:  want{ret: TCActUnspec, reason: ReasonNotForHost},
 		},
 		"ARP reply to the gateway MAC passes": {
 			frame: func() []byte { f := arpFrame(podMAC); copy(f, tn.lxcMAC); return f }(),
-			want:  want{ret: TCActOK, reason: ReasonNotIPv4},
+			want:  want{ret: TCActUnspec, reason: ReasonNotIPv4},
 		},
 		"IHL below 5 is malformed": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64, versionIHL: 0x43}),
-			want:  want{ret: TCActOK, reason: ReasonMalformed},
+			want:  want{ret: TCActUnspec, reason: ReasonMalformed},
+		},
+		"IP options are left to the forwarding code": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64, versionIHL: 0x46}),
+			want:  want{ret: TCActUnspec, reason: ReasonIPOptions},
+		},
+		// Conntrack, which says whether a flow was translated, looks up TCP
+		// and UDP only; ICMP errors may belong to a translated flow.
+		"ICMP takes the stack": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: localPod2, ttl: 64, proto: unix.IPPROTO_ICMP}),
+			want:  want{ret: TCActUnspec, reason: ReasonNotTCPUDP},
+		},
+		"a fragment takes the stack": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.5.9"), ttl: 64, fragOff: 0x2000}),
+			want:  want{ret: TCActUnspec, reason: ReasonFragment},
+		},
+		// The size on the wire is the frame's, whatever the header claims.
+		"a frame over a direct route's MTU that claims a small total length takes the FIB path": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.6.9"), ttl: 64, totLen: 1401, claimLen: 100}),
+			want:  want{ret: TCActUnspec, reason: ReasonFIB},
 		},
 	}
 	for name, tc := range cases {
@@ -689,7 +710,7 @@ func TestTruncatedFramesOnDevice(t *testing.T) {
 				return err
 			})
 			if errors.Is(err, ebpf.ErrNotSupported) {
-				t.Skip("TCX unsupported")
+				privileged.Unavailable(t, "TCX")
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -704,7 +725,7 @@ func TestTruncatedFramesOnDevice(t *testing.T) {
 			if got := objs.counter(t, tc.id, ReasonMalformed); got != uint64(len(frames)) {
 				t.Errorf("malformed counter = %d, want %d", got, len(frames))
 			}
-			for _, r := range []Reason{ReasonRedirectPeer, ReasonRedirectFIB, ReasonRedirectNeigh, ReasonDropRedirect} {
+			for _, r := range []Reason{ReasonRedirectPeer, ReasonRedirectFIB, ReasonRedirectNeigh, ReasonRedirectDirectRoute} {
 				if got := objs.counter(t, tc.id, r); got != 0 {
 					t.Errorf("counter %s = %d, want 0", r, got)
 				}

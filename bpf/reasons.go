@@ -72,10 +72,13 @@ const (
 	ReasonTTL           Reason = 8  // TTL would expire: the stack sends ICMP time exceeded
 	ReasonFIB           Reason = 9  // bpf_fib_lookup found no forwarding route (local, unreachable, MTU)
 	ReasonTunnel        Reason = 10 // route leads into a flow-based tunnel device that needs the stack
-	ReasonDropRedirect  Reason = 11 // the redirect helper failed
+	ReasonNAT           Reason = 11 // conntrack translated the flow (Service NAT, masquerade): the stack translates it back
 	// ReasonRedirectDirectRoute: sent with bpf_redirect_neigh to the gateway
 	// of the agent's direct route to the destination's node, no FIB lookup.
 	ReasonRedirectDirectRoute Reason = 12
+	ReasonNotTCPUDP           Reason = 13 // ICMP and other protocols conntrack cannot look up for the programs
+	ReasonFragment            Reason = 14 // an IP fragment: only the stack's reassembly sees its ports
+	ReasonIPOptions           Reason = 15 // IP options, which the forwarding code processes
 )
 
 // Slot counts of the counter map, fixed in the C source so that the pinned
@@ -89,8 +92,8 @@ const (
 var Reasons = []Reason{
 	ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB,
 	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
-	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonDropRedirect,
-	ReasonRedirectDirectRoute,
+	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonNAT,
+	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions,
 }
 
 var reasonNames = map[Reason]string{
@@ -105,9 +108,12 @@ var reasonNames = map[Reason]string{
 	ReasonTTL:           "ttl",
 	ReasonFIB:           "fib",
 	ReasonTunnel:        "tunnel",
-	ReasonDropRedirect:  "redirect_failed",
+	ReasonNAT:           "nat",
 
 	ReasonRedirectDirectRoute: "redirect_direct_route",
+	ReasonNotTCPUDP:           "not_tcp_udp",
+	ReasonFragment:            "fragment",
+	ReasonIPOptions:           "ip_options",
 }
 
 func (r Reason) String() string {
@@ -123,7 +129,6 @@ type Verdict string
 const (
 	VerdictRedirect Verdict = "redirect"
 	VerdictPass     Verdict = "pass"
-	VerdictDrop     Verdict = "drop"
 )
 
 // Verdict is the tc verdict that goes with the reason.
@@ -131,8 +136,6 @@ func (r Reason) Verdict() Verdict {
 	switch r {
 	case ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB, ReasonRedirectDirectRoute:
 		return VerdictRedirect
-	case ReasonDropRedirect:
-		return VerdictDrop
 	}
 	return VerdictPass
 }
@@ -142,9 +145,10 @@ func CounterIndex(p Program, r Reason) uint32 {
 	return uint32(p)*ReasonSlots + uint32(r)
 }
 
-// tc verdicts returned by the programs.
+// tc verdicts returned by the programs, as BPF_PROG_TEST_RUN reports
+// them. A packet the programs leave alone gets TC_ACT_UNSPEC (TCX_NEXT):
+// the device's next tc program or filter sees it, then the stack.
 const (
-	TCActOK       = 0
-	TCActShot     = 2
+	TCActUnspec   = ^uint32(0)
 	TCActRedirect = 7
 )

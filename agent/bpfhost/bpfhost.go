@@ -68,7 +68,7 @@ func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1
 		err = nil
 	}
 	if err != nil {
-		return v1alpha1.HostRoutingLegacy, err
+		return hostrouting.InForce(r.PinDir), err
 	}
 	mode := req.Mode
 	if mode == "" {
@@ -91,7 +91,7 @@ func DirectRoutes(routes []datapath.Route, underlay string, nativeCIDR netip.Pre
 			r.Dst.Bits() < nativeCIDR.Bits() || !nativeCIDR.Contains(r.Dst.Addr()) {
 			continue
 		}
-		out = append(out, hostrouting.DirectRoute{Dst: r.Dst.Masked(), Gateway: r.Gw})
+		out = append(out, hostrouting.DirectRoute{Dst: r.Dst.Masked(), Gateway: r.Gw, MTU: r.MTU})
 	}
 	slices.SortFunc(out, func(a, b hostrouting.DirectRoute) int { return a.Dst.Compare(b.Dst) })
 	return out
@@ -104,7 +104,7 @@ func Endpoints(eps []endpoint.Endpoint) []hostrouting.Endpoint {
 		podMAC, _ := net.ParseMAC(e.PodMAC)
 		lxcMAC, _ := net.ParseMAC(e.LXCMAC)
 		out = append(out, hostrouting.Endpoint{
-			IP: e.IP, ID: uint32(e.ID), IfIndex: e.LXCIndex, MAC: podMAC, NodeMAC: lxcMAC,
+			IP: e.IP, ID: uint32(e.ID), IfIndex: e.LXCIndex, IfName: e.LXCName, MAC: podMAC, NodeMAC: lxcMAC,
 		})
 	}
 	return out

@@ -15,6 +15,7 @@ import (
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/privileged"
 )
 
 // TestAgentTogglesBPFHostRouting drives eBPF host routing through the agent:
@@ -23,7 +24,7 @@ import (
 // a restarted agent changes nothing.
 func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	if c := hostrouting.Probe(); !c.BPFHostRouting {
-		t.Skipf("kernel lacks eBPF host routing: %s", c.Reason)
+		privileged.Unavailable(t, "eBPF host routing: "+c.Reason)
 	}
 	routers := map[string]*bpfhost.Router{}
 	l := nslab.New(t, nslab.Options{Nodes: 2, HostRouter: func(n *nslab.Node) node.HostRouter {
@@ -100,6 +101,11 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	if res := n1.Reconcile(ctx); len(res.Changes) != 0 || res.Status.Datapath.HostRouting != v1alpha1.HostRoutingBPF {
 		t.Errorf("restart in bpf mode: changes %v, host routing %q", res.Changes, res.Status.Datapath.HostRouting)
 	}
+	// An Apply that fails reports the mode the programs left in force.
+	mode, err := routers["node-1"].Apply(ctx, node.HostRoutingRequest{Mode: v1alpha1.HostRoutingBPF, Underlay: "rmnosuchdev"})
+	if err == nil || mode != v1alpha1.HostRoutingBPF {
+		t.Errorf("failed Apply with the programs attached: mode %q, error %v; want bpf and an error", mode, err)
+	}
 	for _, n := range l.Nodes {
 		l.Step(ctx, []*nslab.Node{n}, nslab.Native, 20*time.Second)
 		time.Sleep(300 * time.Millisecond)
@@ -118,7 +124,7 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 func TestDirectRoutesAreTheUnderlayRoutesInTheCIDR(t *testing.T) {
 	p, a := netip.MustParsePrefix, netip.MustParseAddr
 	routes := []datapath.Route{
-		{Dst: p("10.0.2.0/24"), Gw: a("192.168.0.140"), Dev: "eth0"},
+		{Dst: p("10.0.2.0/24"), Gw: a("192.168.0.140"), Dev: "eth0", MTU: 1450}, // lowered for a rollout
 		{Dst: p("10.0.1.0/24"), Gw: a("192.168.0.130"), Dev: "eth0"},
 		{Dst: p("10.0.3.0/24"), Gw: a("10.0.3.0"), Dev: "rm_vxlan", OnLink: true, MTU: 1450}, // tunnel
 		{Dst: p("10.9.0.0/24"), Gw: a("192.168.0.150"), Dev: "eth0"},                         // outside the CIDR
@@ -128,7 +134,7 @@ func TestDirectRoutesAreTheUnderlayRoutesInTheCIDR(t *testing.T) {
 	got := bpfhost.DirectRoutes(routes, "eth0", p("10.0.0.0/16"))
 	want := []hostrouting.DirectRoute{
 		{Dst: p("10.0.1.0/24"), Gateway: a("192.168.0.130")},
-		{Dst: p("10.0.2.0/24"), Gateway: a("192.168.0.140")},
+		{Dst: p("10.0.2.0/24"), Gateway: a("192.168.0.140"), MTU: 1450},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("got %v, want %v", got, want)

@@ -27,12 +27,16 @@ var directRouteKey = mapKey[netip.Prefix, bpf.DirectRouteKey]{
 }
 
 // directRouteEntries turns validated direct routes into map values. The MTU
-// is the underlay's: forwarding applies a route's own MTU only when it is
-// locked, and the agent's direct routes carry none.
+// is the route's, else the underlay's, as ip_forward applies them (the
+// agent lowers its routes' MTU while a rollout needs it).
 func directRouteEntries(routes []DirectRoute, underlay device) map[netip.Prefix]bpf.DirectRoute {
 	out := make(map[netip.Prefix]bpf.DirectRoute, len(routes))
 	for _, r := range routes {
-		out[r.Dst] = bpf.NewDirectRoute(underlay.Index, r.Gateway, underlay.MTU)
+		mtu := underlay.MTU
+		if r.MTU > 0 {
+			mtu = r.MTU
+		}
+		out[r.Dst] = bpf.NewDirectRoute(underlay.Index, r.Gateway, mtu)
 	}
 	return out
 }

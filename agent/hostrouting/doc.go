@@ -20,6 +20,15 @@ Licensed under the Apache License, Version 2.0.
 //     bpf_redirect_neigh when Config.DirectRoutes has one for the
 //     destination, else with bpf_fib_lookup + bpf_redirect(_neigh).
 //
+// Only TCP and UDP between pods take the shortcut, and only while
+// conntrack has not translated the flow: the programs look each packet up
+// with the bpf_skb_ct_lookup kfunc and leave translated ones (kube-proxy's
+// Service DNAT, masquerading) to the stack, which alone translates their
+// replies back. ICMP (whose errors may belong to a translated flow), other
+// protocols, fragments and packets with IP options take the stack too.
+// Whatever the programs leave alone goes on with TC_ACT_UNSPEC, so other
+// tc programs and filters on the device still see it.
+//
 // The direct-route map exists because the FIB lookup was the largest part
 // of rm_from_lxc's cost: measured with kernel.bpf_stats_enabled on the
 // development VM, the program took 430-510 ns per packet with the lookup
@@ -27,8 +36,9 @@ Licensed under the Apache License, Version 2.0.
 // which the agent never deletes: a stale entry (between a route change and
 // the next Apply, milliseconds in the agent) sends a packet the native way,
 // which every node accepts for as long as any node may still send that way.
-// Packets it would not forward whole (bigger than the underlay's MTU, or
-// GSO) take the FIB path, which checks sizes.
+// Each entry carries the route's MTU (the underlay's when the route has
+// none), which ip_forward honours: a packet, or a GSO packet's segments,
+// bigger than that takes the FIB path, which checks sizes.
 //
 // With "legacy" the programs are detached and the host stack forwards.
 //
@@ -41,7 +51,7 @@ Licensed under the Apache License, Version 2.0.
 //		NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/16"),
 //		PinDir: hostrouting.DefaultPinDir("node-1"),
 //		DirectRoutes: []hostrouting.DirectRoute{{
-//			Dst: netip.MustParsePrefix("10.0.1.0/24"), Gateway: netip.MustParseAddr("192.168.0.130"),
+//			Dst: netip.MustParsePrefix("10.0.1.0/24"), Gateway: netip.MustParseAddr("192.168.0.130"), MTU: 0,
 //		}},
 //	}, endpoints)
 //
@@ -49,16 +59,20 @@ Licensed under the Apache License, Version 2.0.
 // (mode, devices, every local endpoint) on every change and periodically.
 // It syncs the endpoint and direct-route maps, attaches or atomically
 // updates the programs,
-// and detaches programs from devices no longer wanted. Apply(legacy)
-// detaches everything; a pin that is already gone counts as success.
-// Probe reports whether the kernel can do eBPF host routing at all; Apply
+// and detaches programs from devices no longer wanted. A pod device that
+// vanishes while Apply runs is skipped, and one that fails does not keep
+// the others from their programs. Apply(legacy) detaches everything; a pin
+// that is already gone counts as success. InForce reads from the pins
+// which mode a node is in, also after a failed Apply.
+// Probe reports whether the kernel can do eBPF host routing at all (the
+// programs load only where the conntrack kfuncs exist, Linux 6.0+); Apply
 // refuses "bpf" with ErrUnsupported before touching anything when it cannot.
 //
 // ListEndpoints, FormatEndpoint, ListDirectRoutes, FormatDirectRoute and
 // ReadCounters work on the pins alone, for `routemodectl bpf endpoint list`,
 // `bpf route list` and friends; Manager.Counters reads the node's counters
 // (per program and reason: redirect_peer, redirect_direct_route,
-// redirect_fib, redirect_neigh, the pass reasons, redirect_failed drops) and
+// redirect_fib, redirect_neigh and the pass reasons, nat among them) and
 // NewCollector exports them as Prometheus metrics
 // (routemode_hostrouting_packets_total{program,verdict,reason} and
 // _bytes_total, routemode_hostrouting_endpoints).

@@ -41,6 +41,10 @@ func endpointEntries(eps []Endpoint, links map[int]device) (map[netip.Addr]bpf.E
 			problems = append(problems, fmt.Errorf("endpoint %s: no device with ifindex %d", ep.IP, ep.IfIndex))
 			continue
 		}
+		if ep.IfName != "" && dev.Name != ep.IfName {
+			problems = append(problems, fmt.Errorf("endpoint %s: ifindex %d is %s, not its device %s", ep.IP, ep.IfIndex, dev.Name, ep.IfName))
+			continue
+		}
 		nodeMAC := ep.NodeMAC
 		if len(nodeMAC) == 0 {
 			nodeMAC = dev.MAC

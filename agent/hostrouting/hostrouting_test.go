@@ -10,6 +10,7 @@ package hostrouting
 
 import (
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -73,6 +74,8 @@ func TestEndpointEntries(t *testing.T) {
 		{IP: netip.MustParseAddr("fd00::1"), ID: 4, IfIndex: 34, MAC: mac("c6:6d:95:cd:34:a5")},   // IPv6
 		{IP: netip.MustParseAddr("10.0.0.88"), ID: 5, IfIndex: 35},                                // no pod MAC
 		{IP: netip.MustParseAddr("10.0.0.85"), ID: 6, IfIndex: 35, MAC: mac("c6:6d:95:cd:34:a6")}, // IP claimed twice
+		// A record that outlived its pod, its ifindex now another device's.
+		{IP: netip.MustParseAddr("10.0.0.89"), ID: 7, IfIndex: 34, IfName: "lxcgone", MAC: mac("c6:6d:95:cd:34:a7")},
 	}
 	entries, lxcs, problems := endpointEntries(eps, links)
 	if len(entries) != 2 {
@@ -88,13 +91,28 @@ func TestEndpointEntries(t *testing.T) {
 	if len(lxcs) != 2 {
 		t.Errorf("lxcs = %v", lxcs)
 	}
-	if len(problems) != 4 {
+	if len(problems) != 5 {
 		t.Errorf("problems = %v", problems)
 	}
-	for _, want := range []string{"10.0.0.87", "fd00::1", "10.0.0.88", "claimed"} {
+	for _, want := range []string{"10.0.0.87", "fd00::1", "10.0.0.88", "claimed", "ifindex 34 is lxc1, not its device lxcgone"} {
 		if !strings.Contains(errors.Join(problems...).Error(), want) {
 			t.Errorf("no problem mentions %q: %v", want, problems)
 		}
+	}
+}
+
+func TestDirectRouteEntriesTakeTheRouteMTU(t *testing.T) {
+	p, a := netip.MustParsePrefix, netip.MustParseAddr
+	got := directRouteEntries([]DirectRoute{
+		{Dst: p("10.0.1.0/24"), Gateway: a("192.168.0.130")},
+		{Dst: p("10.0.2.0/24"), Gateway: a("192.168.0.140"), MTU: 1450},
+	}, device{Name: "eth0", Index: 2, MTU: 1500})
+	want := map[netip.Prefix]bpf.DirectRoute{
+		p("10.0.1.0/24"): bpf.NewDirectRoute(2, a("192.168.0.130"), 1500),
+		p("10.0.2.0/24"): bpf.NewDirectRoute(2, a("192.168.0.140"), 1450),
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
 	}
 }
 

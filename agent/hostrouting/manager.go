@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/go-logr/logr"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
@@ -162,6 +163,18 @@ func (m *Manager) Remove(pinDir string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.detach(pinDir, true)
+}
+
+// InForce is the host routing a node's pin directory shows: bpf while any
+// of routemode's programs is attached there, legacy otherwise. After a
+// failed Apply it is the mode the node is really in.
+func InForce(pinDir string) v1alpha1.HostRouting {
+	for _, d := range []string{linksDir(pinDir), tcDir(pinDir)} {
+		if pins, err := pinned(d); err != nil || len(pins) > 0 {
+			return v1alpha1.HostRoutingBPF // unreadable: assume the worse
+		}
+	}
+	return v1alpha1.HostRoutingLegacy
 }
 
 func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
@@ -336,6 +349,7 @@ func progFor(coll *ebpf.Collection, r role) (*ebpf.Program, string) {
 // no longer wanted (and those of the other attach flavour).
 func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) error {
 	want := make(map[string]bool, len(atts))
+	var errs []error
 	for _, a := range atts {
 		prog, name := progFor(coll, a.Role)
 		pin := a.pinName()
@@ -349,8 +363,21 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 		} else {
 			c, err = upsertTC(h, filepath.Join(tcDir(pinDir), pin), a.Ifindex, prog, name)
 		}
-		if err != nil {
-			return err
+		switch {
+		case err == nil:
+		case a.Role != roleLXC:
+			// Pods' devices are attached only once the network side is.
+			return fmt.Errorf("%s: %w", a.Dev, err)
+		case errors.Is(err, unix.ENODEV):
+			// A pod deleted since the devices were listed took its device
+			// with it; the link event of that reconciles again.
+			delete(want, pin)
+			m.log.V(1).Info("Pod device gone before its program was attached", "device", a.Dev)
+			continue
+		default:
+			// One pod's device must not keep the others from the shortcut.
+			errs = append(errs, fmt.Errorf("%s: %w", a.Dev, err))
+			continue
 		}
 		if c != unchanged {
 			m.log.Info("Attached host-routing program", "device", a.Dev, "program", name, "change", string(c), "tcx", useTCX)
@@ -359,7 +386,6 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 
 	// TCX runs before classic tc, so a leftover filter of ours would see
 	// nothing anyway; remove it all the same (kernel upgrade, flag change).
-	var errs []error
 	tcs, err := pinned(tcDir(pinDir))
 	if err != nil {
 		return err

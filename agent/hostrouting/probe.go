@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -19,12 +21,18 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/routemode/routemode/bpf"
 )
 
 // Capabilities is what the kernel offers for host routing.
 type Capabilities struct {
-	// BPFHostRouting: tc BPF programs with bpf_redirect_peer,
-	// bpf_redirect_neigh and bpf_fib_lookup (Linux >= 5.10).
+	// BPFHostRouting: routemode's programs load: tc BPF programs with
+	// bpf_redirect_peer, bpf_redirect_neigh, bpf_fib_lookup and the
+	// conntrack kfuncs (Linux >= 6.0 with nf_conntrack).
 	BPFHostRouting bool
 	// TCX: tc BPF links (Linux >= 6.6); without them programs are attached
 	// as classic tc filters on a clsact qdisc.
@@ -57,6 +65,11 @@ func probe() Capabilities {
 			}
 		}
 	}
+	if len(missing) == 0 {
+		if err := programsLoad(); err != nil {
+			missing = append(missing, err.Error())
+		}
+	}
 	c.BPFHostRouting = len(missing) == 0
 	c.Reason = strings.Join(missing, "; ")
 	if c.BPFHostRouting {
@@ -70,6 +83,55 @@ func describe(what string, err error) string {
 		return what + " not supported by the kernel"
 	}
 	return fmt.Sprintf("%s: probe failed: %v", what, err)
+}
+
+// programsLoad loads routemode's programs, unpinned, and closes them: the
+// verifier, the kfuncs and the CO-RE relocations all have their say before
+// anything is attached. The conntrack kfuncs live in nf_conntrack, which
+// may be a module nothing has loaded yet: a conntrack dump loads it.
+func programsLoad() error {
+	loadConntrack()
+	spec, err := bpf.LoadSpec(bpf.Config{NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/8")})
+	if err != nil {
+		return err
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("the programs need what this kernel lacks (the conntrack kfuncs need Linux 6.0 and nf_conntrack): %w", err)
+		}
+		return fmt.Errorf("loading the programs: %w", err)
+	}
+	coll.Close()
+	return nil
+}
+
+// loadConntrack asks for the conntrack table of a scratch namespace, which
+// makes the kernel load nf_conntrack if it is a module. Errors are left to
+// the program load that follows.
+func loadConntrack() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Never unlocked: the thread, and with it the scratch namespace,
+		// is discarded when this goroutine ends.
+		runtime.LockOSThread()
+		scratch, err := netns.New()
+		if err != nil {
+			return
+		}
+		defer scratch.Close()
+		h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
+		if err != nil {
+			return
+		}
+		defer h.Close()
+		_, _ = h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	}()
+	<-done
 }
 
 // haveTCX attaches a trivial program to an interface index that cannot

@@ -40,6 +40,11 @@ type Endpoint struct {
 	Flags uint16
 	// IfIndex is the host-side (lxc) veth's ifindex in the node namespace.
 	IfIndex int
+	// IfName is that device's name. When set, a device at IfIndex with
+	// another name is not the endpoint's (a record that outlived its pod,
+	// the index reused): the endpoint is left out rather than have traffic
+	// redirected to an unrelated device.
+	IfName string
 	// MAC is the pod's eth0 MAC, the destination MAC of delivered packets.
 	MAC net.HardwareAddr
 	// NodeMAC is the lxc veth's MAC, the pod's gateway. Empty means "read it
@@ -85,13 +90,21 @@ type Config struct {
 	DirectRoutes []DirectRoute
 }
 
-// DirectRoute is `Dst via Gateway dev <underlay>`.
+// DirectRoute is `Dst via Gateway dev <underlay> [mtu MTU]`.
 type DirectRoute struct {
 	Dst     netip.Prefix
 	Gateway netip.Addr
+	// MTU is the route's MTU; 0 means the underlay's. Forwarding honours
+	// it, locked or not, so the programs do too.
+	MTU int
 }
 
-func (r DirectRoute) String() string { return fmt.Sprintf("%s via %s", r.Dst, r.Gateway) }
+func (r DirectRoute) String() string {
+	if r.MTU > 0 {
+		return fmt.Sprintf("%s via %s mtu %d", r.Dst, r.Gateway, r.MTU)
+	}
+	return fmt.Sprintf("%s via %s", r.Dst, r.Gateway)
+}
 
 // validate checks c for a switch to bpf (full) or to legacy (which only
 // needs the pin dir).
@@ -112,6 +125,8 @@ func (c Config) validate(full bool) error {
 			errs = append(errs, fmt.Errorf("direct route %s: the destination must be an IPv4 network address", r))
 		case !r.Gateway.Is4():
 			errs = append(errs, fmt.Errorf("direct route %s: the gateway must be an IPv4 address", r))
+		case r.MTU != 0 && r.MTU < 68:
+			errs = append(errs, fmt.Errorf("direct route %s: an IPv4 route MTU is at least 68", r))
 		case !c.NativeRoutingCIDR.IsValid() || !c.NativeRoutingCIDR.Contains(r.Dst.Addr()) || r.Dst.Bits() < c.NativeRoutingCIDR.Bits():
 			errs = append(errs, fmt.Errorf("direct route %s: the destination is not inside the native routing CIDR %s", r, c.NativeRoutingCIDR))
 		}

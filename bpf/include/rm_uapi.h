@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
 /*
  * The few kernel UAPI definitions routemode's programs use, copied from
- * linux/bpf.h, linux/if_ether.h, linux/ip.h and linux/pkt_cls.h (Linux 6.1
+ * linux/bpf.h, linux/if_ether.h, linux/in.h, linux/ip.h and linux/pkt_cls.h (Linux 6.1
  * UAPI, a stable ABI). Declaring them here instead of including the system
  * headers means generating the programs needs clang and nothing else: no
  * linux-libc-dev, no -I/usr/include/<multiarch>, and no clash between
@@ -141,6 +141,7 @@ struct bpf_redir_neigh {
 	};
 };
 
+#define TC_ACT_UNSPEC (-1)
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 #define TC_ACT_REDIRECT 7
@@ -152,6 +153,33 @@ struct bpf_redir_neigh {
 #define PACKET_HOST 0
 
 #define AF_INET 2
+
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+
+/* frag_off: more fragments, and the fragment offset. */
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+
+/* The netns_id that means the skb's own namespace. */
+#define BPF_F_CURRENT_NETNS (-1)
+
+struct bpf_sock_tuple {
+	union {
+		struct {
+			__be32 saddr;
+			__be32 daddr;
+			__be16 sport;
+			__be16 dport;
+		} ipv4;
+		struct {
+			__be32 saddr[4];
+			__be32 daddr[4];
+			__be16 sport;
+			__be16 dport;
+		} ipv6;
+	};
+};
 
 struct ethhdr {
 	__u8 h_dest[ETH_ALEN];

@@ -21,3 +21,15 @@ func Require(t testing.TB, why string) {
 	}
 	t.Fatalf("needs root: %s; run as root (CI does), or set ROUTEMODE_ALLOW_SKIP=1 to skip", why)
 }
+
+// Unavailable fails t because this machine cannot run it (a kernel
+// without a feature the test needs), or skips it when the developer opted
+// out: a run that could not exercise the datapath must not pass for one
+// that did.
+func Unavailable(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("ROUTEMODE_ALLOW_SKIP") == "1" {
+		t.Skipf("unavailable here: %s (ROUTEMODE_ALLOW_SKIP=1)", why)
+	}
+	t.Fatalf("unavailable here: %s; set ROUTEMODE_ALLOW_SKIP=1 to skip", why)
+}

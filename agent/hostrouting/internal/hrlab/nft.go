@@ -11,6 +11,7 @@ package hrlab
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -20,8 +21,9 @@ import (
 )
 
 const (
-	countTable = "rm_test_count"
-	kubeTable  = "rm_test_kubeproxy"
+	countTable   = "rm_test_count"
+	kubeTable    = "rm_test_kubeproxy"
+	serviceTable = "rm_test_service"
 )
 
 // withNFT runs fn with an nftables connection inside the node's namespace.
@@ -234,15 +236,41 @@ func ctState(bits uint32, then expr.Any) []expr.Any {
 // serviceRule is `ip daddr <ip> tcp dport <port> accept`, the shape of a
 // KUBE-SERVICES entry; it never matches pod-to-pod traffic.
 func serviceRule(ip [4]byte, port uint16) []expr.Any {
-	p := make([]byte, 2)
-	binary.BigEndian.PutUint16(p, port)
+	return append(serviceMatch(ip, unix.IPPROTO_TCP, port), &expr.Verdict{Kind: expr.VerdictAccept})
+}
+
+// serviceMatch is `ip daddr <ip> <proto> dport <port>`.
+func serviceMatch(ip [4]byte, proto byte, port uint16) []expr.Any {
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ip[:]},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
-		&expr.Verdict{Kind: expr.VerdictAccept},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 	}
+}
+
+// ServiceDNAT makes vip a UDP Service for backend the way kube-proxy does,
+// with a DNAT at prerouting (`ip daddr <vip> udp dport <port> dnat to
+// <backend>`, in a table of its own): conntrack then translates the
+// backend's replies back, on this node, to come from vip.
+func (n *Node) ServiceDNAT(vip, backend netip.AddrPort) error {
+	err := n.withNFT(func(c *nftables.Conn) error {
+		t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: serviceTable})
+		accept := nftables.ChainPolicyAccept
+		ch := c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept})
+		ip := backend.Addr().As4()
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(serviceMatch(vip.Addr().As4(), unix.IPPROTO_UDP, vip.Port()),
+			&expr.Immediate{Register: 1, Data: ip[:]},
+			&expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, backend.Port())},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2},
+		)})
+		return c.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("%s: service %s -> %s: %w", n.Name, vip, backend, err)
+	}
+	return nil
 }

@@ -67,6 +67,13 @@ type Stream struct {
 // StartStream starts a probe stream from client to server at rate probes
 // per second (both directions through the datapath).
 func StartStream(client, server *Pod, rate int) (*Stream, error) {
+	return StartStreamVia(client, server, netip.AddrPortFrom(server.IP, ProbePort), rate)
+}
+
+// StartStreamVia is StartStream with the client sending to dst, an address
+// that leads to server's echo port (a Service's): only echoes that come
+// back from dst count, since the client's socket is connected to it.
+func StartStreamVia(client, server *Pod, dst netip.AddrPort, rate int) (*Stream, error) {
 	s := &Stream{stop: make(chan struct{}), echoed: make(map[uint64]bool), pods: [2]*Pod{client, server}}
 	// Sockets belong to the namespace they are created in; after that any
 	// goroutine may use them.
@@ -83,7 +90,7 @@ func StartStream(client, server *Pod, rate int) (*Stream, error) {
 	}
 	err = client.Run(func() error {
 		var err error
-		s.client, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(server.IP, ProbePort)))
+		s.client, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
 		if err != nil {
 			return err
 		}

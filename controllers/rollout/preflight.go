@@ -137,7 +137,7 @@ func checkHostRoutingSupported(target v1alpha1.NodeDatapath, nodes []Node) Prefl
 	}
 	for _, n := range nodes {
 		if caps := n.Status.Capabilities; !caps.BPFHostRouting {
-			return fail(ReasonHostRoutingUnsup, "node %s's kernel (%s) lacks what eBPF host routing needs (bpf_redirect_peer, bpf_redirect_neigh and tc BPF attachment, kernel 5.10 or later): use hostRouting: legacy", n.Name, caps.Kernel)
+			return fail(ReasonHostRoutingUnsup, "node %s's kernel (%s) lacks what eBPF host routing needs (bpf_redirect_peer, bpf_redirect_neigh, tc BPF attachment and the conntrack kfuncs: kernel 6.0 or later with nf_conntrack): use hostRouting: legacy", n.Name, caps.Kernel)
 		}
 	}
 	return PreflightResult{}

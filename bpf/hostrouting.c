@@ -67,14 +67,16 @@ enum rm_reason {
 	RM_PASS_NOT_TCP_UDP = 13,
 	RM_PASS_FRAGMENT = 14,
 	RM_PASS_IP_OPTIONS = 15,
+	RM_PASS_MTU = 16,
 };
 
 /*
  * Fixed slot counts rather than the current enum sizes, so a newer build
- * that adds a reason can still reuse the pinned counter map of an older one.
+ * that adds a reason can still reuse the pinned counter map of an older one
+ * (one with fewer slots is replaced, and its counts start over).
  */
 #define RM_PROG_SLOTS 4
-#define RM_REASON_SLOTS 16
+#define RM_REASON_SLOTS 32
 
 struct endpoint_key {
 	__be32 ip;
@@ -319,21 +321,22 @@ static __always_inline int translated_flow(struct __sk_buff *skb, struct iphdr *
 
 /*
  * The largest IP packet the skb puts on the wire: the packet itself, or for
- * a GSO skb each segment, headers included, as ip_forward checks it. Zero
- * when it cannot tell (a GSO skb of another protocol).
+ * a TCP GSO skb each segment, headers included, as ip_forward checks it.
+ * Zero when it cannot tell: a UDP GSO skb may carry a tunnel whose inner
+ * headers the program does not see (__sk_buff has no gso_type).
  */
 static __always_inline __u32 wire_len(struct __sk_buff *skb, struct iphdr *ip)
 {
+	/* One load: the verifier refuses a context pointer clang offset. */
+	__u32 gso_size = skb->gso_size;
 	__u8 doff;
 
-	if (!skb->gso_size)
+	if (!gso_size)
 		return skb->len - ETH_HLEN;
-	if (ip->protocol == IPPROTO_UDP)
-		return sizeof(struct iphdr) + 8 + skb->gso_size;
 	if (ip->protocol != IPPROTO_TCP ||
 	    bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct iphdr) + 12, &doff, 1))
 		return 0;
-	return sizeof(struct iphdr) + (doff >> 4) * 4 + skb->gso_size;
+	return sizeof(struct iphdr) + (doff >> 4) * 4 + gso_size;
 }
 
 static __always_inline int deliver_local(struct __sk_buff *skb, __u32 prog, struct ethhdr *eth,
@@ -445,24 +448,27 @@ int rm_from_lxc(struct __sk_buff *skb)
 		return deliver_local(skb, RM_PROG_LXC, eth, ip, ep);
 
 	/*
-	 * bpf_redirect_neigh does not check the MTU, and the core lets any GSO
-	 * skb through: packets the route would not forward whole, or whose
-	 * size the program cannot tell, take the FIB path, which checks.
+	 * The stack takes what the route would not forward whole, and what
+	 * the program cannot size: bpf_redirect_neigh checks no size, the
+	 * core lets any GSO skb through, and bpf_fib_lookup ignores a route's
+	 * MTU unless it is locked, while ip_forward applies it (the agent
+	 * lowers its routes' MTU while a rollout needs it).
 	 */
 	len = wire_len(skb, ip);
+	if (!len)
+		return pass(skb, RM_PROG_LXC, RM_PASS_MTU);
 	rkey.addr = ip->daddr;
 	rt = bpf_map_lookup_elem(&rm_direct_routes, &rkey);
-	if (rt && len && len <= rt->mtu)
+	if (rt) {
+		if (len > rt->mtu)
+			return pass(skb, RM_PROG_LXC, RM_PASS_MTU);
 		return redirect_direct_route(skb, ip, rt);
+	}
 
 	fib.family = AF_INET;
 	fib.tos = ip->tos;
 	fib.l4_protocol = ip->protocol;
-	/*
-	 * Given a length, the lookup checks it against the forwarding MTU: the
-	 * device's, or the route's when locked. 0 (a GSO skb whose TCP
-	 * header the program could not read) skips it.
-	 */
+	/* Given a length, the lookup checks it against the device's MTU, or the route's when locked. */
 	fib.tot_len = len;
 	fib.ifindex = skb->ingress_ifindex;
 	fib.ipv4_src = ip->saddr;

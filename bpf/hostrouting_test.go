@@ -268,8 +268,9 @@ func (o *objects) last(t *testing.T) LastRedirect {
 	return l
 }
 
-// run executes prog on frame as if it arrived on ifindex.
-func (o *objects) run(t *testing.T, tn *testNet, prog string, ifindex int, frame []byte) (uint32, []byte) {
+// run executes prog on frame as if it arrived on ifindex; a nonzero
+// gsoSize makes the frame a GSO skb of that segment payload size.
+func (o *objects) run(t *testing.T, tn *testNet, prog string, ifindex int, frame []byte, gsoSize uint32) (uint32, []byte) {
 	t.Helper()
 	// A zero __sk_buff except the device the packet arrives on: the
 	// kernel sets pkt_type from that device's MAC, and bpf_fib_lookup
@@ -277,6 +278,7 @@ func (o *objects) run(t *testing.T, tn *testNet, prog string, ifindex int, frame
 	ctx := make([]byte, 256)
 	binary.NativeEndian.PutUint32(ctx[36:], uint32(ifindex)) // ingress_ifindex
 	binary.NativeEndian.PutUint32(ctx[40:], uint32(ifindex)) // ifindex
+	binary.NativeEndian.PutUint32(ctx[176:], gsoSize)        // gso_size
 	opts := &ebpf.RunOptions{
 		Data:    frame,
 		DataOut: make([]byte, len(frame)+256+2),
@@ -333,6 +335,7 @@ func udpFrame(dstMAC, srcMAC net.HardwareAddr, h ipv4) []byte {
 	if h.proto != 0 {
 		ip[9] = h.proto
 	}
+
 	s, d := h.src.As4(), h.dst.As4()
 	copy(ip[12:16], s[:])
 	copy(ip[16:20], d[:])
@@ -342,6 +345,9 @@ func udpFrame(dstMAC, srcMAC net.HardwareAddr, h ipv4) []byte {
 	binary.BigEndian.PutUint16(udp[2:], 7946)
 	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
 	copy(b[42:], payload)
+	if h.proto == unix.IPPROTO_TCP {
+		b[34+12] = 8 << 4 // data offset: a 32-byte TCP header, timestamps included
+	}
 	return b
 }
 
@@ -464,7 +470,7 @@ func TestFromNetwork(t *testing.T) {
 		for name, tc := range cases {
 			t.Run(prog.name+"/"+name, func(t *testing.T) {
 				objs := loadObjects(t, Config{NativeRoutingCIDR: cidr})
-				ret, out := objs.run(t, tn, prog.name, tn.ul, tc.frame)
+				ret, out := objs.run(t, tn, prog.name, tn.ul, tc.frame, 0)
 				checkVerdict(t, objs, prog.id, tc.frame, ret, out, tc.want)
 			})
 		}
@@ -513,8 +519,28 @@ func TestFromLXC(t *testing.T) {
 	cases := map[string]struct {
 		cfg   *Config // nil: the native routing CIDR only
 		frame []byte
+		gso   uint32 // nonzero: a GSO skb of segments of this payload size
 		want  want
 	}{
+		// A GSO skb's segments, headers included, are what must fit:
+		// 20 + 32 + 1448 = 1500.
+		"TCP GSO whose segments fit the direct route takes it": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.5.9"), ttl: 64, proto: unix.IPPROTO_TCP}),
+			gso:   1448,
+			want: want{ret: TCActRedirect, reason: ReasonRedirectDirectRoute, ifindex: directRouteIfindex,
+				nexthop: netip.MustParseAddr("192.168.0.150"), ttlOnly: true},
+		},
+		"TCP GSO whose segments exceed the direct route is left to the stack": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.5.9"), ttl: 64, proto: unix.IPPROTO_TCP}),
+			gso:   1449,
+			want:  want{ret: TCActUnspec, reason: ReasonMTU},
+		},
+		// It may carry a tunnel whose inner headers the program cannot see.
+		"UDP GSO is left to the stack": {
+			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.5.9"), ttl: 64}),
+			gso:   1000,
+			want:  want{ret: TCActUnspec, reason: ReasonMTU},
+		},
 		"local pod is delivered with redirect_peer": {
 			frame: udpFrame(tn.lxcMAC, pod2MAC, ipv4{src: localPod2, dst: localPod, ttl: 64}),
 			want:  want{ret: TCActRedirect, reason: ReasonRedirectPeer, ifindex: localPodIfindex, dstMAC: podMAC, srcMAC: nodeMAC},
@@ -534,11 +560,11 @@ func TestFromLXC(t *testing.T) {
 			want: want{ret: TCActRedirect, reason: ReasonRedirectDirectRoute, ifindex: directRouteIfindex,
 				nexthop: netip.MustParseAddr("192.168.0.170"), ttlOnly: true},
 		},
-		// bpf_redirect_neigh does not check sizes; the FIB path does (here it
-		// finds no route at all).
-		"packet over a direct route's MTU takes the FIB path": {
+		// bpf_redirect_neigh checks no size and bpf_fib_lookup ignores an
+		// unlocked route MTU: the stack, which applies it, takes the packet.
+		"packet over a direct route's MTU is left to the stack": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.6.9"), ttl: 64, totLen: 1401}),
-			want:  want{ret: TCActUnspec, reason: ReasonFIB},
+			want:  want{ret: TCActUnspec, reason: ReasonMTU},
 		},
 		"packet over the device MTU passes for ICMP fragmentation needed": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64, totLen: 1501}),
@@ -624,9 +650,9 @@ func TestFromLXC(t *testing.T) {
 			want:  want{ret: TCActUnspec, reason: ReasonFragment},
 		},
 		// The size on the wire is the frame's, whatever the header claims.
-		"a frame over a direct route's MTU that claims a small total length takes the FIB path": {
+		"a frame over a direct route's MTU that claims a small total length is left to the stack": {
 			frame: udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: netip.MustParseAddr("10.0.6.9"), ttl: 64, totLen: 1401, claimLen: 100}),
-			want:  want{ret: TCActUnspec, reason: ReasonFIB},
+			want:  want{ret: TCActUnspec, reason: ReasonMTU},
 		},
 	}
 	for name, tc := range cases {
@@ -636,7 +662,7 @@ func TestFromLXC(t *testing.T) {
 				cfg = *tc.cfg
 			}
 			objs := loadObjects(t, cfg)
-			ret, out := objs.run(t, tn, ProgFromLXC, tn.lxc, tc.frame)
+			ret, out := objs.run(t, tn, ProgFromLXC, tn.lxc, tc.frame, tc.gso)
 			checkVerdict(t, objs, ProgramLXC, tc.frame, ret, out, tc.want)
 		})
 	}
@@ -648,7 +674,7 @@ func TestCountersAccumulate(t *testing.T) {
 	objs := loadObjects(t, Config{NativeRoutingCIDR: cidr})
 	f := udpFrame(tn.ulMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64})
 	for range 5 {
-		if ret, _ := objs.run(t, tn, ProgFromNetdev, tn.ul, f); ret != TCActRedirect {
+		if ret, _ := objs.run(t, tn, ProgFromNetdev, tn.ul, f, 0); ret != TCActRedirect {
 			t.Fatalf("verdict = %d", ret)
 		}
 	}

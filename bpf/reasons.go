@@ -79,13 +79,16 @@ const (
 	ReasonNotTCPUDP           Reason = 13 // ICMP and other protocols conntrack cannot look up for the programs
 	ReasonFragment            Reason = 14 // an IP fragment: only the stack's reassembly sees its ports
 	ReasonIPOptions           Reason = 15 // IP options, which the forwarding code processes
+	// ReasonMTU: bigger than the agent's direct route allows, or a GSO
+	// packet the program cannot size: the stack applies the route's MTU.
+	ReasonMTU Reason = 16
 )
 
 // Slot counts of the counter map, fixed in the C source so that the pinned
 // map survives upgrades that add reasons.
 const (
 	ProgramSlots = 4
-	ReasonSlots  = 16
+	ReasonSlots  = 32
 )
 
 // Reasons lists every reason the programs can report.
@@ -93,7 +96,7 @@ var Reasons = []Reason{
 	ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB,
 	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
 	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonNAT,
-	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions,
+	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions, ReasonMTU,
 }
 
 var reasonNames = map[Reason]string{
@@ -114,6 +117,7 @@ var reasonNames = map[Reason]string{
 	ReasonNotTCPUDP:           "not_tcp_udp",
 	ReasonFragment:            "fragment",
 	ReasonIPOptions:           "ip_options",
+	ReasonMTU:                 "mtu",
 }
 
 func (r Reason) String() string {

@@ -164,6 +164,31 @@ func TestGCRemovesPodsTheRuntimeNoLongerLists(t *testing.T) {
 	if w := wiredState(t, n, keep.ContainerID); err != nil || w != (wiring{true, true, true}) {
 		t.Errorf("second GC: %v, listed pod %+v", err, w)
 	}
+
+	gcWith := func(edit func(conf map[string]any)) nslab.CNIResult {
+		var conf map[string]any
+		if err := json.Unmarshal(n.PluginStdin(), &conf); err != nil {
+			t.Fatal(err)
+		}
+		edit(conf)
+		stdin, _ := json.Marshal(conf)
+		return n.CNI(ctx, "GC", "", "", "", stdin)
+	}
+	// Another network's GC does not own routemode's pods.
+	res = gcWith(func(c map[string]any) { c["name"] = "other"; c["cni.dev/valid-attachments"] = []any{} })
+	if e := cniError(t, res); e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, `"other"`) {
+		t.Errorf("GC of another network: %+v", e)
+	}
+	if w := wiredState(t, n, keep.ContainerID); w != (wiring{true, true, true}) {
+		t.Errorf("another network's GC touched the pod: %+v", w)
+	}
+	// A runtime with no pod left on the network sends null: none is valid.
+	if res := gcWith(func(c map[string]any) { c["cni.dev/valid-attachments"] = nil }); res.ExitCode != 0 {
+		t.Fatalf("GC with a null list: %s %s", res.Stdout, res.Stderr)
+	}
+	if w := wiredState(t, n, keep.ContainerID); w != (wiring{}) {
+		t.Errorf("GC with a null list left the pod: %+v", w)
+	}
 }
 
 // TestStatus: STATUS, through libcni, passes on a node the agent set up,

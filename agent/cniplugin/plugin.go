@@ -11,6 +11,7 @@ package cniplugin
 
 import (
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -180,10 +181,23 @@ func remove(node podnet.Node, cfg cniconf.Config, a attachment) error {
 // record or an address) that is not in the runtime's
 // cni.dev/valid-attachments: pods whose DEL never came, because the
 // runtime crashed or lost its state, would otherwise hold their addresses
-// for good. The runtime runs no ADD or DEL meanwhile (CNI 1.1).
+// for good. The runtime runs no ADD or DEL while GC runs (CNI 1.1,
+// "Lifecycle & Ordering").
 func GC(args *skel.CmdArgs) error {
 	return withNode(args, func(conf *cniconf.NetConf, cfg cniconf.Config, node podnet.Node) error {
-		if conf.ValidAttachments == nil {
+		// The records and addresses are not tagged with a network: GC of
+		// another network pointed at this plugin must not take them.
+		if conf.Name != cniconf.NetworkName {
+			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(
+				"GC of network %q: routemode's pods belong to network %q, so nothing was removed", conf.Name, cniconf.NetworkName), "")
+		}
+		// Absent means the runtime did not say; null (a runtime with no
+		// pod on this network) means none is valid.
+		var keys map[string]json.RawMessage
+		if err := json.Unmarshal(args.StdinData, &keys); err != nil {
+			return types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON: "+err.Error(), "")
+		}
+		if _, ok := keys["cni.dev/valid-attachments"]; !ok {
 			return types.NewError(types.ErrInvalidNetworkConfig,
 				"GC without cni.dev/valid-attachments: the plugin cannot tell which pods are stale, so it removed nothing", "")
 		}

@@ -18,6 +18,7 @@ import (
 // record exists; without this watch the pod would wait for the periodic
 // resync to enter the eBPF endpoint map. It returns when ctx ends.
 func WatchEndpoints(ctx context.Context, dir string, out chan<- event.GenericEvent, log logr.Logger) error {
+	dir = filepath.Clean(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -29,6 +30,12 @@ func WatchEndpoints(ctx context.Context, dir string, out chan<- event.GenericEve
 	if err := w.Add(dir); err != nil {
 		return fmt.Errorf("watching %s: %w", dir, err)
 	}
+	wake := func() {
+		select {
+		case out <- event.GenericEvent{}:
+		default: // a reconcile is already queued
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -37,10 +44,16 @@ func WatchEndpoints(ctx context.Context, dir string, out chan<- event.GenericEve
 			if !ok {
 				return nil
 			}
+			// Events may have been lost (a queue overflow): look again.
 			log.Error(err, "Failed to read endpoint record events", "dir", dir)
+			wake()
 		case e, ok := <-w.Events:
 			if !ok {
 				return nil
+			}
+			if e.Name == dir && (e.Has(fsnotify.Remove) || e.Has(fsnotify.Rename)) {
+				wake()
+				return fmt.Errorf("endpoint directory %s was removed", dir)
 			}
 			// Records are written to a dot-file and renamed into place.
 			name := filepath.Base(e.Name)
@@ -48,10 +61,7 @@ func WatchEndpoints(ctx context.Context, dir string, out chan<- event.GenericEve
 				!e.Has(fsnotify.Create) && !e.Has(fsnotify.Remove) && !e.Has(fsnotify.Rename) {
 				continue
 			}
-			select {
-			case out <- event.GenericEvent{}:
-			default: // a reconcile is already queued
-			}
+			wake()
 		}
 	}
 }

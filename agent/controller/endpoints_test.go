@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,12 +23,7 @@ func TestWatchEndpoints(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- WatchEndpoints(ctx, dir, out, logr.Discard()) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer cancel()
 	store := endpoint.Store{Dir: dir}
 	ep := endpoint.Endpoint{ContainerID: "c1", IfName: "eth0", IP: netip.MustParseAddr("10.0.0.9")}
 	// The watch starts asynchronously: rewrite the record until it is seen.
@@ -74,4 +70,17 @@ func TestWatchEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("a removed record", true)
+
+	// Without its directory the watch is over, and says so.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "removed") {
+			t.Errorf("watch ended with %v, want an error saying the directory was removed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the watch did not end when its directory was removed")
+	}
 }

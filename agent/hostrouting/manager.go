@@ -229,9 +229,14 @@ func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
 		}
 
 		atts := plan(underlay, tunnel, lxcs)
-		if err := m.attachAll(h, cfg.PinDir, coll, atts, useTCX); err != nil {
+		podErrs, err := m.attachAll(h, cfg.PinDir, coll, atts, useTCX)
+		if err != nil {
 			return err
 		}
+		// A pod whose device refused its program keeps the stack's path,
+		// like a skipped endpoint; the others have theirs, and the new
+		// programs are in force.
+		skipped = append(skipped, podErrs...)
 		if fresh {
 			m.dropCollection()
 			m.coll, m.loaded, m.pinDir = coll, bcfg, cfg.PinDir
@@ -347,9 +352,11 @@ func progFor(coll *ebpf.Collection, r role) (*ebpf.Program, string) {
 
 // attachAll attaches atts in order, then removes our attachments that are
 // no longer wanted (and those of the other attach flavour).
-func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) error {
+// attachAll attaches or updates every attachment and detaches those no
+// longer wanted. Pods' devices that fail are returned apart (podErrs):
+// they must not keep the others from their programs.
+func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) (podErrs []error, err error) {
 	want := make(map[string]bool, len(atts))
-	var errs []error
 	for _, a := range atts {
 		prog, name := progFor(coll, a.Role)
 		pin := a.pinName()
@@ -367,7 +374,7 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 		case err == nil:
 		case a.Role != roleLXC:
 			// Pods' devices are attached only once the network side is.
-			return fmt.Errorf("%s: %w", a.Dev, err)
+			return nil, fmt.Errorf("%s: %w", a.Dev, err)
 		case errors.Is(err, unix.ENODEV):
 			// A pod deleted since the devices were listed took its device
 			// with it; the link event of that reconciles again.
@@ -375,8 +382,7 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 			m.log.V(1).Info("Pod device gone before its program was attached", "device", a.Dev)
 			continue
 		default:
-			// One pod's device must not keep the others from the shortcut.
-			errs = append(errs, fmt.Errorf("%s: %w", a.Dev, err))
+			podErrs = append(podErrs, fmt.Errorf("%s: attaching its program: %w", a.Dev, err))
 			continue
 		}
 		if c != unchanged {
@@ -386,9 +392,10 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 
 	// TCX runs before classic tc, so a leftover filter of ours would see
 	// nothing anyway; remove it all the same (kernel upgrade, flag change).
+	var errs []error
 	tcs, err := pinned(tcDir(pinDir))
 	if err != nil {
-		return err
+		return podErrs, err
 	}
 	for _, r := range tcs {
 		if useTCX || !want[r] {
@@ -398,7 +405,7 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 	}
 	lks, err := pinned(linksDir(pinDir))
 	if err != nil {
-		return err
+		return podErrs, err
 	}
 	for _, l := range lks {
 		if !useTCX || !want[l] {
@@ -406,7 +413,7 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 			m.logDetach(l, "tcx")
 		}
 	}
-	return errors.Join(errs...)
+	return podErrs, errors.Join(errs...)
 }
 
 func (m *Manager) logDetach(pin, kind string) {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -352,7 +353,9 @@ func TestPassedPacketsReachOtherTCFilters(t *testing.T) {
 			return err
 		}
 		return netlink.FilterAdd(&netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: ul.Attrs().Index,
-			Parent: netlink.HANDLE_MIN_INGRESS, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 100},
+			// Behind routemode's own classic filter (priority 0x7201), should
+			// the programs run as classic filters.
+			Parent: netlink.HANDLE_MIN_INGRESS, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 0x7300},
 			Fd: counter.FD(), Name: "other_agent", DirectAction: true})
 	})
 	if err != nil {
@@ -422,10 +425,12 @@ func TestLiveSwitchLosesNothing(t *testing.T) {
 }
 
 // Bulk TCP leaves a pod as GSO packets far bigger than the MTU. Their
-// segments fit the underlay, so they take the direct route like the ACKs;
-// once the route's MTU is below the segments' size they must take the FIB
-// path instead (bpf_redirect_neigh checks no size). The stream must run
-// throughout, and the nodes' forward hooks see none of it.
+// segments fit the underlay, so they take the direct route like the ACKs.
+// Once the route's MTU (as the agent lowers it during a rollout, in the
+// kernel and in the map) is below the segments' size they go to the stack,
+// which answers with ICMP fragmentation needed; the sender's smaller
+// segments then take the direct route again. The stream runs throughout,
+// and the nodes' forward hooks see only what the programs left to them.
 func TestBulkTCPWithDirectRoutes(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{})
 	if err := e.lab.Native(); err != nil {
@@ -438,39 +443,42 @@ func TestBulkTCPWithDirectRoutes(t *testing.T) {
 	e.apply(t, 1, bpfMode)
 	fcs := forwardCounters(t, e.lab)
 	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
-	stream := func(port int) (rate float64, direct, fib uint64) {
+	delta := func(before, after []hostrouting.Counter, reasons ...bpf.Reason) uint64 {
+		return count(after, bpf.ProgramLXC, reasons...) - count(before, bpf.ProgramLXC, reasons...)
+	}
+	stream := func(port int) (rate float64, before, after []hostrouting.Counter) {
 		t.Helper()
-		before := e.counters(t, 0)
+		before = e.counters(t, 0)
 		r, err := bench.Measure(bench.TCPStream, bench.Peer{NSPath: p1.NSPath, IP: p1.IP, CPU: -1},
 			bench.Peer{NSPath: p2.NSPath, IP: p2.IP, CPU: -1}, port, 50*time.Millisecond, 300*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
-		after := e.counters(t, 0)
-		fibReasons := []bpf.Reason{bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh}
-		return r.Rate, count(after, bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute) - count(before, bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute),
-			count(after, bpf.ProgramLXC, fibReasons...) - count(before, bpf.ProgramLXC, fibReasons...)
+		return r.Rate, before, e.counters(t, 0)
 	}
 
-	rate, direct, fib := stream(7300)
+	rate, before, after := stream(7300)
+	direct, fib := delta(before, after, bpf.ReasonRedirectDirectRoute), delta(before, after, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh)
 	t.Logf("bulk TCP, direct route at the underlay MTU: %.2f Gbit/s; sender's direct-route redirects %d, FIB redirects %d", rate, direct, fib)
 	if rate <= 0 || direct == 0 || fib != 0 {
 		t.Errorf("rate %.2f Gbit/s, direct-route redirects %d, FIB redirects %d: want the data on the direct route", rate, direct, fib)
 	}
+	if got := packets(t, fcs[0]); got != 0 {
+		t.Errorf("node 1's forward hook saw %d pod packets", got)
+	}
 
-	// A route MTU of 1400, as the agent sets while a rollout needs it:
-	// 1500-byte segments may no longer take the route.
+	n2 := e.lab.Nodes[1]
+	if out, err := exec.Command("ip", "-n", filepath.Base(e.lab.Nodes[0].NSPath), "route", "replace", n2.PodCIDR.String(),
+		"via", n2.UnderlayIP.String(), "dev", hrlab.UnderlayDev, "mtu", "1400").CombinedOutput(); err != nil {
+		t.Fatalf("lowering the route MTU: %v: %s", err, out)
+	}
 	e.cfgs[0].DirectRoutes[0].MTU = 1400
 	e.apply(t, 0, bpfMode)
-	rate, direct, fib = stream(7301)
-	t.Logf("bulk TCP, direct route MTU 1400: %.2f Gbit/s; sender's direct-route redirects %d, FIB redirects %d", rate, direct, fib)
-	if rate <= 0 || fib == 0 {
-		t.Errorf("rate %.2f Gbit/s, FIB redirects %d: want the GSO packets on the FIB path", rate, fib)
-	}
-	for i := range fcs {
-		if got := packets(t, fcs[i]); got != 0 {
-			t.Errorf("node %d: forward hook saw %d pod packets", i+1, got)
-		}
+	rate, before, after = stream(7301)
+	direct, tooBig := delta(before, after, bpf.ReasonRedirectDirectRoute), delta(before, after, bpf.ReasonMTU)
+	t.Logf("bulk TCP, route MTU 1400: %.2f Gbit/s; sender's direct-route redirects %d, left to the stack for the MTU %d", rate, direct, tooBig)
+	if rate <= 0 || tooBig == 0 || direct == 0 {
+		t.Errorf("rate %.2f Gbit/s, left to the stack %d, direct-route redirects %d: want oversized segments to the stack and the rest on the route", rate, tooBig, direct)
 	}
 }
 

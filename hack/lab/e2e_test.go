@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/routemode/routemode/agent/endpoint"
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
@@ -286,9 +287,10 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 }
 
 // newPodEntersEndpointMap wires a pod on n while eBPF host routing is on and
-// waits for it in n's endpoint map: the agent reconciles when the plugin
-// writes the record, not only on link events and its 10 s resync. The pod
-// is removed again with CNI DEL.
+// waits for it in n's endpoint map. Then it removes the pod's endpoint
+// record and puts it back, which no link event accompanies: the entry must
+// leave and return within 3 s, not at the agent's 10 s resync, because the
+// agent watches the records. The pod is removed again with CNI DEL.
 func (h *harness) newPodEntersEndpointMap(n Node) {
 	h.t.Helper()
 	ctx := context.Background()
@@ -306,20 +308,42 @@ func (h *harness) newPodEntersEndpointMap(n Node) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	for {
-		eps, err := hostrouting.ListEndpoints(hostrouting.DefaultPinDir(n.NS))
-		if err != nil {
+	inMap := func(want bool, what string) bool {
+		h.t.Helper()
+		from := time.Now()
+		for {
+			eps, err := hostrouting.ListEndpoints(hostrouting.DefaultPinDir(n.NS))
+			if err != nil {
+				h.t.Fatal(err)
+			}
+			if slices.ContainsFunc(eps, func(ep hostrouting.Endpoint) bool { return ep.IP == ip }) == want {
+				h.t.Logf("%s: %v", what, time.Since(from).Round(time.Millisecond))
+				return true
+			}
+			if time.Since(from) > 3*time.Second {
+				h.t.Errorf("%s: not within 3s (pod %s, %s, node %s)", what, pod, ip, n.NS)
+				return false
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	from := time.Since(start)
+	if !inMap(true, fmt.Sprintf("a pod wired while bpf was on entered the endpoint map (its CNI ADD took %v)", from.Round(time.Millisecond))) {
+		return
+	}
+	store := endpoint.Store{Dir: h.l.nodeDir(n, "state", "endpoints")}
+	rec, ok, err := store.Get(pod, "eth0")
+	if err != nil || !ok {
+		h.t.Fatalf("the pod's endpoint record: %v %v", ok, err)
+	}
+	if err := store.Delete(pod, "eth0"); err != nil {
+		h.t.Fatal(err)
+	}
+	if inMap(false, "its record removed, the entry left the map") {
+		if err := store.Put(rec); err != nil {
 			h.t.Fatal(err)
 		}
-		if slices.ContainsFunc(eps, func(ep hostrouting.Endpoint) bool { return ep.IP == ip }) {
-			h.t.Logf("a pod wired on %s while bpf was on entered the endpoint map %v after its CNI ADD began", n.NS, time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Since(start) > 3*time.Second {
-			h.t.Errorf("pod %s (%s) is not in %s's endpoint map 3s after its CNI ADD", pod, ip, n.NS)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		inMap(true, "its record back, the entry returned")
 	}
 }
 

@@ -37,8 +37,10 @@ Licensed under the Apache License, Version 2.0.
 // the next Apply, milliseconds in the agent) sends a packet the native way,
 // which every node accepts for as long as any node may still send that way.
 // Each entry carries the route's MTU (the underlay's when the route has
-// none), which ip_forward honours: a packet, or a GSO packet's segments,
-// bigger than that takes the FIB path, which checks sizes.
+// none), which ip_forward honours and bpf_fib_lookup does not when it is
+// unlocked: a packet, or a TCP GSO packet's segments, bigger than that
+// goes to the stack, which answers with ICMP fragmentation needed; so does
+// UDP GSO, whose segments may carry a tunnel the program cannot size.
 //
 // With "legacy" the programs are detached and the host stack forwards.
 //

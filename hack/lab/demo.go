@@ -135,6 +135,7 @@ func (d *Demo) Run(ctx context.Context) ([]SwitchResult, error) {
 func (d *Demo) showEndpoints(node string) {
 	d.routemodectl(node, "(the seed's `cilium bpf endpoint list`)", "bpf", "endpoint", "list", "--node", node)
 	d.routemodectl(node, "(the direct routes the programs follow without a FIB lookup)", "bpf", "route", "list", "--node", node)
+	d.routemodectl(node, "(what the programs did with the packets so far)", "bpf", "metrics", "list", "--node", node)
 }
 
 // routemodectl runs routemodectl in node's network namespace and shows it.

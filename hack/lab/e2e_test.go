@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -282,8 +283,35 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 			t.Errorf("%s's eBPF programs redirected no packet under traffic (%d before, %d after)", node, before[node], n)
 		}
 	}
+	h.metricsListShowsRedirects(h.l.Nodes[0])
 	h.newPodEntersEndpointMap(h.l.Nodes[0])
 	h.rollout("tunnel bpf→legacy", tunnelSpec, encapsulated)
+}
+
+// metricsListShowsRedirects runs the real `routemodectl bpf metrics list`
+// on n's pins: after traffic, it must report packets delivered with
+// redirect_peer.
+func (h *harness) metricsListShowsRedirects(n Node) {
+	h.t.Helper()
+	out, err := exec.Command(filepath.Join(h.l.cfg.Bin, "routemodectl"), "bpf", "metrics", "list",
+		"--pin-dir", hostrouting.DefaultPinDir(n.NS), "-o", "json").Output()
+	if err != nil {
+		h.t.Fatalf("routemodectl bpf metrics list: %v: %s", err, out)
+	}
+	var rows []struct {
+		Program, Verdict, Reason string
+		Packets                  uint64
+	}
+	if err := json.Unmarshal(out, &rows); err != nil {
+		h.t.Fatalf("routemodectl bpf metrics list -o json: %v: %s", err, out)
+	}
+	for _, r := range rows {
+		if r.Reason == "redirect_peer" && r.Verdict == "redirect" && r.Packets > 0 {
+			h.t.Logf("routemodectl bpf metrics list on %s: %s/%s %d packets (%d rows)", n.NS, r.Program, r.Reason, r.Packets, len(rows))
+			return
+		}
+	}
+	h.t.Errorf("routemodectl bpf metrics list on %s shows no redirect_peer packets: %s", n.NS, out)
 }
 
 // newPodEntersEndpointMap wires a pod on n while eBPF host routing is on and

@@ -41,7 +41,8 @@ type Config struct {
 	// Prefix is prepended to every namespace name; empty for the demo's
 	// plain node-1, node-2, ... names.
 	Prefix string
-	// Bin holds routemode-agent, routemode-operator, routemode-cni and routemode-lab.
+	// Bin holds routemode-agent, routemode-operator, routemode-cni,
+	// routemode-lab and routemodectl.
 	Bin string
 	// K8sBin holds kube-apiserver, etcd and kubectl.
 	K8sBin string

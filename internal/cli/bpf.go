@@ -57,8 +57,25 @@ type directRoute struct {
 // one (bpf_linux.go) wraps agent/hostrouting.ListDirectRoutes.
 type directRouteLister func(pinDir string) ([]directRoute, error)
 
+// metric is one nonzero counter of a node's host-routing programs, as
+// printed by `bpf metrics list -o json|yaml`.
+type metric struct {
+	Program string `json:"program"`
+	Verdict string `json:"verdict"`
+	Reason  string `json:"reason"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// metricLister reads the counters pinned under pinDir. The real one
+// (bpf_linux.go) wraps agent/hostrouting.ReadCounters.
+type metricLister func(pinDir string) ([]metric, error)
+
 func (e endpoint) line() string    { return e.Line }
 func (r directRoute) line() string { return r.Line }
+func (m metric) line() string {
+	return fmt.Sprintf("%-13s %-9s %-22s %12d packets %15d bytes", m.Program, m.Verdict, m.Reason, m.Packets, m.Bytes)
+}
 
 // pinnedList describes a `bpf <noun> list` command over one pinned map.
 type pinnedList[T interface{ line() string }] struct {
@@ -99,6 +116,23 @@ native routing CIDR are looked up in the kernel's FIB. Run it on the node
   routemodectl bpf route list --node worker-1 -o yaml`,
 		empty: "No direct routes in %s: the programs look every destination up in the FIB (tunnel mode, or no other node yet)",
 		list:  func(dir string) ([]directRoute, error) { return g.deps.listDirectRoutes(dir) },
+	}))
+	bpf.AddCommand(newPinnedListCommand(g, pinnedList[metric]{
+		noun:    "metrics",
+		mapName: "counter map",
+		short:   "What the host-routing programs did with packets, by program and reason",
+		long: `Lists the nonzero counters of the eBPF host-routing programs on this node,
+summed over CPUs since the programs were first loaded: per program
+(from_netdev, from_overlay, from_lxc), the verdict (redirect, or pass to
+the next tc program and the stack) and the reason, e.g. redirect_peer,
+redirect_direct_route, or nat for a flow conntrack translated (a Service).
+The agent exports the same counters as routemode_hostrouting_packets_total
+and _bytes_total. Run it on the node (or in the agent's pod); it needs root
+to open the pinned map.`,
+		example: `  routemodectl bpf metrics list
+  routemodectl bpf metrics list --node worker-1 -o json`,
+		empty: "No packets counted in %s yet",
+		list:  func(dir string) ([]metric, error) { return g.deps.listMetrics(dir) },
 	}))
 	return bpf
 }

@@ -30,6 +30,21 @@ func listPinnedEndpoints(pinDir string) ([]endpoint, error) {
 	return out, nil
 }
 
+// listPinnedMetrics returns the counters that counted anything.
+func listPinnedMetrics(pinDir string) ([]metric, error) {
+	cs, err := hostrouting.ReadCounters(pinDir)
+	if err != nil {
+		return nil, err
+	}
+	var out []metric
+	for _, c := range cs {
+		if c.Packets > 0 {
+			out = append(out, metric{Program: c.Program.String(), Verdict: string(c.Verdict), Reason: c.Reason.String(), Packets: c.Packets, Bytes: c.Bytes})
+		}
+	}
+	return out, nil
+}
+
 func listPinnedDirectRoutes(pinDir string) ([]directRoute, error) {
 	routes, err := hostrouting.ListDirectRoutes(pinDir)
 	if err != nil {

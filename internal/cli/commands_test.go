@@ -252,6 +252,30 @@ func TestBPFRouteList(t *testing.T) {
 	mustContain(t, "stderr", r.err, "no direct-route map under")
 }
 
+func TestBPFMetricsList(t *testing.T) {
+	ms := []metric{{Program: "from_lxc", Verdict: "redirect", Reason: "redirect_direct_route", Packets: 1197, Bytes: 86184}}
+	var asked string
+	lister := func(list []metric, err error) deps {
+		d := noDeps()
+		d.listMetrics = func(dir string) ([]metric, error) { asked = dir; return list, err }
+		return d
+	}
+	runBPFList(t, []string{"bpf", "metrics", "list"}, &asked, map[string]bpfListCase{
+		"text": {d: lister(ms, nil), wantDir: "/sys/fs/bpf/routemode/test-node",
+			wantOut: []string{"from_lxc      redirect  redirect_direct_route          1197 packets           86184 bytes"}},
+		"json":      {d: lister(ms, nil), args: []string{"-o", "json"}, wantOut: []string{`"reason": "redirect_direct_route"`, `"packets": 1197`}},
+		"nothing":   {d: lister(nil, nil), wantOut: []string{"No packets counted in /sys/fs/bpf/routemode/test-node yet"}},
+		"no map":    {d: lister(nil, fmt.Errorf("open: %w", fs.ErrNotExist)), wantCode: 1, wantErr: []string{"no counter map under", "pass --node NAME"}},
+		"bad flags": {d: lister(ms, nil), args: []string{"extra"}, wantCode: 1, wantErr: []string{"unknown command"}},
+	})
+	// The real lister (agent/hostrouting) on a directory without pins.
+	r := run(t, defaultDeps(), "", "bpf", "metrics", "list", "--pin-dir", t.TempDir())
+	if r.code == 0 {
+		t.Fatalf("want failure, got:\n%s", r.out)
+	}
+	mustContain(t, "stderr", r.err, "no counter map under")
+}
+
 func TestPluginName(t *testing.T) {
 	var out bytes.Buffer
 	code := Main(context.Background(), "/usr/local/bin/kubectl-routemode", []string{"--help"}, Streams{In: strings.NewReader(""), Out: &out, ErrOut: &out})

@@ -39,6 +39,7 @@ func noDeps() deps {
 	return deps{
 		listEndpoints:    func(string) ([]endpoint, error) { panic("unexpected bpf access") },
 		listDirectRoutes: func(string) ([]directRoute, error) { panic("unexpected bpf access") },
+		listMetrics:      func(string) ([]metric, error) { panic("unexpected bpf access") },
 		hostname:         func() (string, error) { return "test-node", nil },
 	}
 }

@@ -43,11 +43,12 @@ func Main(ctx context.Context, name string, args []string, s Streams) int {
 type deps struct {
 	listEndpoints    endpointLister
 	listDirectRoutes directRouteLister
+	listMetrics      metricLister
 	hostname         func() (string, error)
 }
 
 func defaultDeps() deps {
-	return deps{listEndpoints: listPinnedEndpoints, listDirectRoutes: listPinnedDirectRoutes, hostname: os.Hostname}
+	return deps{listEndpoints: listPinnedEndpoints, listDirectRoutes: listPinnedDirectRoutes, listMetrics: listPinnedMetrics, hostname: os.Hostname}
 }
 
 // globalOptions are the flags every command has.

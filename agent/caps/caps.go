@@ -9,12 +9,10 @@ import (
 	"errors"
 	"fmt"
 
-	"runtime"
-
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
@@ -45,28 +43,19 @@ func Probe(ctx context.Context, hostRouting HostRouting) Result {
 
 // probeTunnels creates a VXLAN and a Geneve device in a fresh namespace.
 func probeTunnels() (vxlanErr, geneveErr error) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// Never unlocked: the thread, and with it the scratch namespace,
-		// is discarded when this goroutine ends.
-		runtime.LockOSThread()
-		scratch, err := netns.New()
-		if err != nil {
-			vxlanErr, geneveErr = err, err
-			return
-		}
-		defer scratch.Close()
+	err := nsutil.InScratch(func() error {
 		h, err := netlink.NewHandle()
 		if err != nil {
-			vxlanErr, geneveErr = err, err
-			return
+			return err
 		}
 		defer h.Close()
 		vxlanErr = tryLink(h, &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "rmprobe_vxlan"}, VxlanId: 1, Port: 8472})
 		geneveErr = tryLink(h, &netlink.Geneve{LinkAttrs: netlink.LinkAttrs{Name: "rmprobe_geneve"}, FlowBased: true, Dport: 6081})
-	}()
-	<-done
+		return nil
+	})
+	if err != nil {
+		return err, err
+	}
 	return vxlanErr, geneveErr
 }
 

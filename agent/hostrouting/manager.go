@@ -350,11 +350,10 @@ func progFor(coll *ebpf.Collection, r role) (*ebpf.Program, string) {
 	return coll.Programs[name], name
 }
 
-// attachAll attaches atts in order, then removes our attachments that are
-// no longer wanted (and those of the other attach flavour).
-// attachAll attaches or updates every attachment and detaches those no
-// longer wanted. Pods' devices that fail are returned apart (podErrs):
-// they must not keep the others from their programs.
+// attachAll attaches or updates atts in order, then removes our
+// attachments that are no longer wanted (and those of the other attach
+// flavour). Pods' devices that fail are returned apart (podErrs): they must
+// not keep the others from their programs.
 func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) (podErrs []error, err error) {
 	want := make(map[string]bool, len(atts))
 	for _, a := range atts {

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 
@@ -22,9 +21,9 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/bpf"
 )
 
@@ -113,25 +112,15 @@ func programsLoad() error {
 // makes the kernel load nf_conntrack if it is a module. Errors are left to
 // the program load that follows.
 func loadConntrack() {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// Never unlocked: the thread, and with it the scratch namespace,
-		// is discarded when this goroutine ends.
-		runtime.LockOSThread()
-		scratch, err := netns.New()
-		if err != nil {
-			return
-		}
-		defer scratch.Close()
+	_ = nsutil.InScratch(func() error {
 		h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
 		if err != nil {
-			return
+			return err
 		}
 		defer h.Close()
-		_, _ = h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
-	}()
-	<-done
+		_, err = h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		return err
+	})
 }
 
 // haveTCX attaches a trivial program to an interface index that cannot

@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -148,4 +149,23 @@ func setLoopbackUp() error {
 		return fmt.Errorf("setting lo up: %w", err)
 	}
 	return nil
+}
+
+// InScratch runs fn in a new, empty network namespace that disappears
+// afterwards: for probing what the kernel can do (create a device, load a
+// module) without touching the caller's namespace. fn's thread is never
+// unlocked, so Go discards it, and the namespace with it.
+func InScratch(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		scratch, err := netns.New()
+		if err != nil {
+			errc <- fmt.Errorf("creating a scratch network namespace: %w", err)
+			return
+		}
+		defer scratch.Close()
+		errc <- fn()
+	}()
+	return <-errc
 }

@@ -7,7 +7,8 @@
 #
 # The agent image also carries the CNI plugin, routemode-cni, which the agent
 # DaemonSet's init container copies into the host's /opt/cni/bin with
-# cni-install. Every binary is static (CGO_ENABLED=0); the eBPF objects are
+# cni-install, and routemodectl, for `kubectl exec ds/routemode-agent --
+# routemodectl bpf ...` (it reads the node's pinned eBPF maps). Every binary is static (CGO_ENABLED=0); the eBPF objects are
 # committed bpf2go output embedded in the agent, so no clang is needed here.
 # Multi-platform: docker buildx build --platform linux/amd64,linux/arm64 ...
 
@@ -23,6 +24,7 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
         ./cmd/routemode-operator \
         ./cmd/routemode-agent \
         ./cmd/routemode-cni \
+        ./cmd/routemodectl \
         ./build/cni-install
 
 # The operator only talks to the API server: no shell, no root.
@@ -35,7 +37,7 @@ ENTRYPOINT ["/usr/local/bin/routemode-operator"]
 # host network (see config/agent/daemonset.yaml); the image needs nothing but
 # its binaries.
 FROM gcr.io/distroless/static-debian12 AS agent
-COPY --from=build /out/routemode-agent /out/cni-install /usr/local/bin/
+COPY --from=build /out/routemode-agent /out/cni-install /out/routemodectl /usr/local/bin/
 COPY --from=build /out/routemode-cni /opt/routemode/cni/routemode-cni
 USER 0:0
 ENTRYPOINT ["/usr/local/bin/routemode-agent"]

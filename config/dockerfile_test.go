@@ -93,7 +93,7 @@ func copiedTo(instrs []string) []string {
 // exist, and the images hold the paths the Deployment and DaemonSet run.
 func TestDockerfile(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the four binaries of the images")
+		t.Skip("builds the five binaries of the images")
 	}
 	d := readDockerfile(t)
 	build := d.stage(t, "build")
@@ -110,7 +110,7 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("the build stage does not set CGO_ENABLED=0")
 	}
 	pkgs := regexp.MustCompile(`\./\S+`).FindAllString(goBuild, -1)
-	for _, want := range []string{"./cmd/routemode-operator", "./cmd/routemode-agent", "./cmd/routemode-cni", "./build/cni-install"} {
+	for _, want := range []string{"./cmd/routemode-operator", "./cmd/routemode-agent", "./cmd/routemode-cni", "./cmd/routemodectl", "./build/cni-install"} {
 		if !slices.Contains(pkgs, want) {
 			t.Errorf("go build does not build %s: %s", want, goBuild)
 		}
@@ -157,6 +157,10 @@ func TestDockerfile(t *testing.T) {
 	files := copiedTo(agent)
 	if !slices.Contains(agent, `ENTRYPOINT ["/usr/local/bin/routemode-agent"]`) || !slices.Contains(files, "/usr/local/bin/routemode-agent") {
 		t.Errorf("agent stage: %v", agent)
+	}
+	// The CLI's help sends people to `kubectl exec ds/routemode-agent -- routemodectl bpf ...`.
+	if !slices.Contains(files, "/usr/local/bin/routemodectl") {
+		t.Errorf("the agent image holds %v, without routemodectl", files)
 	}
 	var initCmd []string
 	cmdList, _ := container(t, ds, "initContainers")["command"].([]any)

@@ -129,8 +129,10 @@ type NodeCapabilities struct {
 	VXLAN bool `json:"vxlan"`
 	// geneve is true when Geneve devices can be created.
 	Geneve bool `json:"geneve"`
-	// bpfHostRouting is true when the BPF redirect_peer and redirect_neigh
-	// helpers and tc attachment work.
+	// bpfHostRouting is true when routemode's eBPF host-routing programs
+	// load: the redirect_peer, redirect_neigh and fib_lookup helpers, tc
+	// attachment and the conntrack kfuncs (kernel 6.0 and later with
+	// nf_conntrack).
 	BPFHostRouting bool `json:"bpfHostRouting"`
 	// tcx is true when programs attach with TCX links (kernel 6.6 and later).
 	TCX bool `json:"tcx"`

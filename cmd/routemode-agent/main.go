@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/routemode/routemode/agent/bpfhost"
@@ -95,9 +96,12 @@ func run(o options) error {
 
 	var hostRouter node.HostRouter = node.LegacyHostRouter{}
 	if !o.legacyOnly {
-		r := bpfhost.New("", hostrouting.DefaultPinDir(o.nodeName), log.WithName("hostrouting"))
+		pinDir := hostrouting.DefaultPinDir(o.nodeName)
+		r := bpfhost.New("", pinDir, log.WithName("hostrouting"))
 		defer r.Close()
 		hostRouter = r
+		// The programs' counters, read from the pins at every scrape.
+		ctrlmetrics.Registry.MustRegister(hostrouting.NewCollector(o.nodeName, pinDir))
 	}
 	agent, err := node.New(node.Config{
 		NodeName:       o.nodeName,

@@ -1,11 +1,15 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -284,8 +288,45 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 		}
 	}
 	h.metricsListShowsRedirects(h.l.Nodes[0])
+	h.agentExportsRedirects(h.l.Nodes[0])
 	h.newPodEntersEndpointMap(h.l.Nodes[0])
 	h.rollout("tunnel bpf→legacy", tunnelSpec, encapsulated)
+}
+
+// agentExportsRedirects scrapes n's agent's metrics endpoint: the programs'
+// counters must be there, with packets delivered with redirect_peer.
+func (h *harness) agentExportsRedirects(n Node) {
+	h.t.Helper()
+	var body []byte
+	err := nsutil.RunIn(filepath.Join("/var/run/netns", n.NS), func() error {
+		// Dialled here, the socket belongs to the node's namespace.
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", AgentMetricsPort), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	if err != nil {
+		h.t.Fatalf("scraping %s's agent: %v", n.NS, err)
+	}
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "routemode_hostrouting_packets_total{") && strings.Contains(l, `reason="redirect_peer"`) && !strings.HasSuffix(l, " 0") {
+			h.t.Logf("%s's agent exports %s", n.NS, l)
+			return
+		}
+	}
+	h.t.Errorf("%s's agent exports no redirect_peer packets in routemode_hostrouting_packets_total:\n%s", n.NS, body)
 }
 
 // metricsListShowsRedirects runs the real `routemodectl bpf metrics list`

@@ -13,6 +13,10 @@ import (
 // RelayPort is where the API server answers inside every node namespace.
 const RelayPort = 6443
 
+// AgentMetricsPort is where each node's agent serves Prometheus metrics, on
+// 127.0.0.1 inside the node's namespace.
+const AgentMetricsPort = 9878
+
 // listenIn opens a TCP listener inside the network namespace at nsPath. A
 // socket belongs to the namespace it was created in, so the rest of the
 // relay runs on any thread, in the host's namespace.

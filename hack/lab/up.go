@@ -202,7 +202,9 @@ func (l *Lab) startAgent(ctx context.Context, cs kubernetes.Interface, n Node) e
 		"--node-name", n.NS, "--kubeconfig", kc,
 		"--cni-conf-dir", l.nodeDir(n, "net.d"), "--cni-bin-dir", l.nodeDir(n, "bin"),
 		"--install-cni-from", filepath.Join(l.cfg.Bin, "routemode-cni"),
-		"--state-dir", l.nodeDir(n, "state")}, l.cfg.AgentArgs...)
+		"--state-dir", l.nodeDir(n, "state"),
+		// In the node's namespace, so every node can use the same port.
+		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", AgentMetricsPort)}, l.cfg.AgentArgs...)
 	return l.spawn("agent-"+n.NS, "nsenter", args...)
 }
 

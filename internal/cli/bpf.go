@@ -126,8 +126,8 @@ summed over CPUs since the programs were first loaded: per program
 (from_netdev, from_overlay, from_lxc), the verdict (redirect, or pass to
 the next tc program and the stack) and the reason, e.g. redirect_peer,
 redirect_direct_route, or nat for a flow conntrack translated (a Service).
-The agent exports the same counters as routemode_hostrouting_packets_total
-and _bytes_total. Run it on the node (or in the agent's pod); it needs root
+The agent serves the same counters on its metrics port as
+routemode_hostrouting_packets_total and _bytes_total. Run it on the node (or in the agent's pod); it needs root
 to open the pinned map.`,
 		example: `  routemodectl bpf metrics list
   routemodectl bpf metrics list --node worker-1 -o json`,

@@ -314,7 +314,12 @@ func TestServiceNATRepliesTakeTheStack(t *testing.T) {
 // agent's classic filter on the underlay keeps seeing the node's own
 // traffic.
 func TestPassedPacketsReachOtherTCFilters(t *testing.T) {
-	e := newEnv(t, 1, hostrouting.Options{})
+	t.Run("tcx", func(t *testing.T) { passedPacketsReachOtherTCFilters(t, hostrouting.Options{}) })
+	t.Run("classic tc", func(t *testing.T) { passedPacketsReachOtherTCFilters(t, hostrouting.Options{ClassicTC: true}) })
+}
+
+func passedPacketsReachOtherTCFilters(t *testing.T, opts hostrouting.Options) {
+	e := newEnv(t, 1, opts)
 	if err := e.lab.Native(); err != nil {
 		t.Fatal(err)
 	}
@@ -363,33 +368,52 @@ func TestPassedPacketsReachOtherTCFilters(t *testing.T) {
 	}
 
 	const sent = 20
-	before := count(e.counters(t, 0), bpf.ProgramNetdev, bpf.ReasonNoEndpoint)
-	err = n2.Run(func() error {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(n1.UnderlayIP, 9)))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for range sent {
-			if _, err := c.Write([]byte("node traffic")); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+	send := func() {
+		t.Helper()
+		err := n2.Run(func() error {
+			c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(n1.UnderlayIP, 9)))
+			if err != nil {
 				return err
 			}
+			defer c.Close()
+			for range sent {
+				if _, err := c.Write([]byte("node traffic")); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
+	otherSaw := func() uint64 {
+		t.Helper()
+		var n uint64
+		if err := seen.Lookup(uint32(0), &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := count(e.counters(t, 0), bpf.ProgramNetdev, bpf.ReasonNoEndpoint)
+	send()
 	passed := count(e.counters(t, 0), bpf.ProgramNetdev, bpf.ReasonNoEndpoint) - before
-	var other uint64
-	if err := seen.Lookup(uint32(0), &other); err != nil {
-		t.Fatal(err)
-	}
+	other := otherSaw()
 	t.Logf("%d datagrams to node 1: its rm_from_netdev passed %d, the classic filter behind it saw %d packets", sent, passed, other)
 	// Some datagrams wait for ARP or meet the ICMP errors of the closed
 	// port: fewer arrive than were written, but every one is seen twice.
 	if passed == 0 || other < passed {
 		t.Errorf("rm_from_netdev passed %d, the classic filter saw %d: want it to see every passed packet", passed, other)
+	}
+
+	// Back to legacy: routemode detaches its own programs only; the other
+	// agent's filter stays and keeps counting.
+	e.apply(t, 0, legacyMode)
+	send()
+	if after := otherSaw(); after <= other {
+		t.Errorf("after routemode detached, the other agent's filter counted %d packets, as many as before (%d): it was removed", after, other)
+	} else {
+		t.Logf("after routemode detached, the other agent's filter went on counting: %d packets", after)
 	}
 }
 

@@ -46,9 +46,9 @@ func New(nsPath, pinDir string, log logr.Logger) *Router {
 func (r *Router) Remove() error { return r.Manager.Remove(r.PinDir) }
 
 // Capabilities reports hostrouting.Probe.
-func (r *Router) Capabilities(context.Context) (bool, bool) {
+func (r *Router) Capabilities(context.Context) (bool, bool, string) {
 	c := hostrouting.Probe()
-	return c.BPFHostRouting, c.TCX
+	return c.BPFHostRouting, c.TCX, c.Reason
 }
 
 // Apply runs the Manager with the node's devices and endpoints. Endpoints

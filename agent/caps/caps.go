@@ -16,9 +16,9 @@ import (
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
-// HostRouting reports whether BPF host routing and TCX attachment work;
-// agent/hostrouting provides it.
-type HostRouting func(ctx context.Context) (bpfHostRouting, tcx bool)
+// HostRouting reports whether BPF host routing and TCX attachment work, and
+// why not; agent/hostrouting provides it.
+type HostRouting func(ctx context.Context) (bpfHostRouting, tcx bool, reason string)
 
 // Result is the capabilities with the reasons for the missing ones.
 type Result struct {
@@ -36,7 +36,7 @@ func Probe(ctx context.Context, hostRouting HostRouting) Result {
 	r.VXLANError, r.GeneveError = probeTunnels()
 	r.VXLAN, r.Geneve = r.VXLANError == nil, r.GeneveError == nil
 	if hostRouting != nil {
-		r.BPFHostRouting, r.TCX = hostRouting(ctx)
+		r.BPFHostRouting, r.TCX, r.BPFHostRoutingReason = hostRouting(ctx)
 	}
 	return r
 }

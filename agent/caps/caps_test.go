@@ -12,9 +12,9 @@ import (
 func TestProbeThisKernel(t *testing.T) {
 	privileged.Require(t, "creates devices in a scratch namespace")
 	called := false
-	r := Probe(context.Background(), func(context.Context) (bool, bool) { called = true; return true, true })
+	r := Probe(context.Background(), func(context.Context) (bool, bool, string) { called = true; return false, true, "no kfunc" })
 	t.Logf("kernel %s: vxlan=%v (%v) geneve=%v (%v)", r.Kernel, r.VXLAN, r.VXLANError, r.Geneve, r.GeneveError)
-	if r.Kernel == "" || !r.VXLAN || !called || !r.BPFHostRouting || !r.TCX {
+	if r.Kernel == "" || !r.VXLAN || !called || r.BPFHostRouting || !r.TCX || r.BPFHostRoutingReason != "no kfunc" {
 		t.Errorf("capabilities %+v", r)
 	}
 	if r.Geneve {

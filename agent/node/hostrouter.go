@@ -25,7 +25,7 @@ import (
 // returns the mode now in force (reported in status.datapath.hostRouting);
 // an error marks DatapathApplied False with reason HostRoutingFailed.
 type HostRouter interface {
-	Capabilities(ctx context.Context) (bpfHostRouting, tcx bool)
+	Capabilities(ctx context.Context) (bpfHostRouting, tcx bool, reason string)
 	Apply(ctx context.Context, req HostRoutingRequest) (v1alpha1.HostRouting, error)
 }
 
@@ -66,7 +66,9 @@ type LegacyHostRouter struct{}
 var ErrBPFHostRoutingUnavailable = errors.New("eBPF host routing is not available in this agent build (no host router plugged in); use hostRouting: legacy")
 
 // Capabilities reports no BPF host routing.
-func (LegacyHostRouter) Capabilities(context.Context) (bool, bool) { return false, false }
+func (LegacyHostRouter) Capabilities(context.Context) (bool, bool, string) {
+	return false, false, "this agent runs without eBPF host routing (--legacy-host-routing-only, or a build without it)"
+}
 
 // Apply accepts legacy and refuses bpf.
 func (LegacyHostRouter) Apply(_ context.Context, req HostRoutingRequest) (v1alpha1.HostRouting, error) {

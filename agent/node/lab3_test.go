@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,6 +91,11 @@ func TestNoDatapathLeavesKernelAlone(t *testing.T) {
 	st := res.Status
 	if st.Capabilities == nil || !st.Capabilities.VXLAN || st.NodeIP != "192.168.0.120" || st.PodCIDR != "10.0.0.0/24" {
 		t.Errorf("status lacks preflight facts: %+v", st)
+	}
+	// This lab's agent has no host router: the status says so, for the
+	// operator's preflight to quote.
+	if c := st.Capabilities; c != nil && (c.BPFHostRouting || !strings.Contains(c.BPFHostRoutingReason, "without eBPF host routing")) {
+		t.Errorf("capabilities of an agent without eBPF host routing: %+v", c)
 	}
 	if p, ok := peerStatus(st, "node-2"); !ok || !p.Direct || p.NodeIP != "192.168.0.130" {
 		t.Errorf("peer node-2: %+v, want direct", p)

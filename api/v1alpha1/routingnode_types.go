@@ -134,6 +134,9 @@ type NodeCapabilities struct {
 	// attachment and the conntrack kfuncs (kernel 6.0 and later with
 	// nf_conntrack).
 	BPFHostRouting bool `json:"bpfHostRouting"`
+	// bpfHostRoutingReason says why bpfHostRouting is false.
+	// +optional
+	BPFHostRoutingReason string `json:"bpfHostRoutingReason,omitempty"`
 	// tcx is true when programs attach with TCX links (kernel 6.6 and later).
 	TCX bool `json:"tcx"`
 }

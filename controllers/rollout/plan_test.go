@@ -434,14 +434,17 @@ func TestPreflight(t *testing.T) {
 		failed bool
 		msg    string
 	}{
-		"passes":                {spec: nativeSpec, reason: ReasonPreflightPassed},
-		"pod CIDR outside":      {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.1.0.0/24" }, reason: ReasonPodCIDROutside, failed: true, msg: "node n1's podCIDR 10.1.0.0/24 is outside nativeRoutingCIDR 10.0.0.0/16"},
-		"pod CIDR wider":        {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.0.0.0/8" }, reason: ReasonPodCIDROutside, failed: true},
-		"no pod CIDR":           {spec: tunnelSpec, mutate: func(n []Node) { n[0].PodCIDR = "" }, reason: ReasonNodeMissingFacts, failed: true, msg: "node n0 has no valid podCIDR"},
-		"no internal IP":        {spec: tunnelSpec, mutate: func(n []Node) { n[0].InternalIP = "" }, reason: ReasonNodeMissingFacts, failed: true},
-		"agent not reported":    {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.Capabilities = nil }, reason: ReasonWaitingForAgents, msg: "agent on n1"},
-		"geneve unsupported":    {spec: v1alpha1.RoutingModeSpec{Tunnel: v1alpha1.TunnelGeneve, TunnelPort: 6081, HostRouting: "legacy"}, mutate: func(n []Node) { n[0].Datapath = nil; n[1].Datapath = nil }, reason: ReasonTunnelUnsupported, failed: true, msg: "cannot create geneve devices"},
-		"no bpf host routing":   {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.Capabilities = &v1alpha1.NodeCapabilities{VXLAN: true} }, reason: ReasonHostRoutingUnsup, failed: true},
+		"passes":              {spec: nativeSpec, reason: ReasonPreflightPassed},
+		"pod CIDR outside":    {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.1.0.0/24" }, reason: ReasonPodCIDROutside, failed: true, msg: "node n1's podCIDR 10.1.0.0/24 is outside nativeRoutingCIDR 10.0.0.0/16"},
+		"pod CIDR wider":      {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.0.0.0/8" }, reason: ReasonPodCIDROutside, failed: true},
+		"no pod CIDR":         {spec: tunnelSpec, mutate: func(n []Node) { n[0].PodCIDR = "" }, reason: ReasonNodeMissingFacts, failed: true, msg: "node n0 has no valid podCIDR"},
+		"no internal IP":      {spec: tunnelSpec, mutate: func(n []Node) { n[0].InternalIP = "" }, reason: ReasonNodeMissingFacts, failed: true},
+		"agent not reported":  {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.Capabilities = nil }, reason: ReasonWaitingForAgents, msg: "agent on n1"},
+		"geneve unsupported":  {spec: v1alpha1.RoutingModeSpec{Tunnel: v1alpha1.TunnelGeneve, TunnelPort: 6081, HostRouting: "legacy"}, mutate: func(n []Node) { n[0].Datapath = nil; n[1].Datapath = nil }, reason: ReasonTunnelUnsupported, failed: true, msg: "cannot create geneve devices"},
+		"no bpf host routing": {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.Capabilities = &v1alpha1.NodeCapabilities{VXLAN: true} }, reason: ReasonHostRoutingUnsup, failed: true},
+		"no bpf host routing, the agent says why": {spec: nativeSpec, mutate: func(n []Node) {
+			n[1].Status.Capabilities = &v1alpha1.NodeCapabilities{Kernel: "5.15.0", VXLAN: true, BPFHostRoutingReason: `kfunc "bpf_skb_ct_lookup": not supported`}
+		}, reason: ReasonHostRoutingUnsup, failed: true, msg: `node n1 cannot run eBPF host routing (kfunc "bpf_skb_ct_lookup": not supported); kernel 5.15.0`},
 		"peer behind a gateway": {spec: nativeSpec, mutate: func(n []Node) { n[0].Status.Peers[1].Direct = false }, reason: ReasonPeerNotDirect, failed: true, msg: "node n0 reaches n1"},
 		"peer not reported":     {spec: nativeSpec, mutate: func(n []Node) { n[0].Status.Peers = n[0].Status.Peers[:1] }, reason: ReasonWaitingForAgents},
 		"tunnel port in place": {spec: v1alpha1.RoutingModeSpec{Tunnel: v1alpha1.TunnelVXLAN, TunnelPort: 4789, HostRouting: "legacy"},

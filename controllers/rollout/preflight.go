@@ -137,7 +137,11 @@ func checkHostRoutingSupported(target v1alpha1.NodeDatapath, nodes []Node) Prefl
 	}
 	for _, n := range nodes {
 		if caps := n.Status.Capabilities; !caps.BPFHostRouting {
-			return fail(ReasonHostRoutingUnsup, "node %s's kernel (%s) lacks what eBPF host routing needs (bpf_redirect_peer, bpf_redirect_neigh, tc BPF attachment and the conntrack kfuncs: kernel 6.0 or later with nf_conntrack): use hostRouting: legacy", n.Name, caps.Kernel)
+			why := ""
+			if caps.BPFHostRoutingReason != "" {
+				why = " (" + caps.BPFHostRoutingReason + ")"
+			}
+			return fail(ReasonHostRoutingUnsup, "node %s cannot run eBPF host routing%s; kernel %s, which needs bpf_redirect_peer, bpf_redirect_neigh, tc BPF attachment and the conntrack kfuncs (kernel 6.0 or later with nf_conntrack): use hostRouting: legacy", n.Name, why, caps.Kernel)
 		}
 	}
 	return PreflightResult{}

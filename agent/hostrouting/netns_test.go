@@ -105,6 +105,20 @@ func (e *env) apply(t *testing.T, node int, mode v1alpha1.HostRouting) {
 	}
 }
 
+// nativeBPF routes the lab natively and turns eBPF host routing on in both
+// nodes, with the direct routes the agent would mirror.
+func (e *env) nativeBPF(t *testing.T) {
+	t.Helper()
+	if err := e.lab.Native(); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range e.lab.Nodes {
+		e.cfgs[i].DirectRoutes = n.DirectRoutes()
+	}
+	e.apply(t, 0, bpfMode)
+	e.apply(t, 1, bpfMode)
+}
+
 func (e *env) counters(t *testing.T, node int) []hostrouting.Counter {
 	t.Helper()
 	cs, err := hostrouting.ReadCounters(e.cfgs[node].PinDir)
@@ -260,14 +274,7 @@ func TestNativeBypassesNetfilter(t *testing.T) {
 // shortcut.
 func TestServiceNATRepliesTakeTheStack(t *testing.T) {
 	e := newEnv(t, 2, hostrouting.Options{})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
-	for i, n := range e.lab.Nodes {
-		e.cfgs[i].DirectRoutes = n.DirectRoutes()
-	}
-	e.apply(t, 0, bpfMode)
-	e.apply(t, 1, bpfMode)
+	e.nativeBPF(t)
 	n1 := e.lab.Nodes[0]
 	client, local, remote := n1.Pods[0], n1.Pods[1], e.lab.Nodes[1].Pods[0]
 	for _, tc := range []struct {
@@ -457,14 +464,7 @@ func TestLiveSwitchLosesNothing(t *testing.T) {
 // and the nodes' forward hooks see only what the programs left to them.
 func TestBulkTCPWithDirectRoutes(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
-	for i, n := range e.lab.Nodes {
-		e.cfgs[i].DirectRoutes = n.DirectRoutes()
-	}
-	e.apply(t, 0, bpfMode)
-	e.apply(t, 1, bpfMode)
+	e.nativeBPF(t)
 	fcs := forwardCounters(t, e.lab)
 	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
 	delta := func(before, after []hostrouting.Counter, reasons ...bpf.Reason) uint64 {

@@ -726,6 +726,10 @@ func TestTruncatedFramesOnDevice(t *testing.T) {
 		dstMAC  net.HardwareAddr
 	}{
 		{ProgFromNetdev, ProgramNetdev, tn.ul, "ul1", tn.ulMAC},
+		// The VXLAN device's program parses the same way; a veth stands in
+		// for the VXLAN device, as the truncation happens before any
+		// tunnel state is read.
+		{ProgFromOverlay, ProgramOverlay, tn.ul, "ul1", tn.ulMAC},
 		{ProgFromLXC, ProgramLXC, tn.lxc, "lxc1", tn.lxcMAC},
 	} {
 		t.Run(tc.prog, func(t *testing.T) {

@@ -32,22 +32,23 @@ type Router struct {
 
 var _ node.HostRouter = (*Router)(nil)
 
-// New returns a Router for the node whose namespace is at nsPath ("" for
-// the caller's), pinning under pinDir (hostrouting.DefaultPinDir(node)).
-func New(nsPath, pinDir string, log logr.Logger) *Router {
-	return &Router{
-		Manager: hostrouting.NewManager(hostrouting.Options{NetNS: nsPath, Logger: log}),
-		PinDir:  pinDir,
-		Log:     log,
+// New returns a Router pinning under pinDir
+// (hostrouting.DefaultPinDir(node)), for the node whose namespace is
+// opts.NetNS ("" for the caller's).
+func New(pinDir string, opts hostrouting.Options) *Router {
+	log := opts.Logger
+	if log.GetSink() == nil {
+		log = logr.Discard()
 	}
+	return &Router{Manager: hostrouting.NewManager(opts), PinDir: pinDir, Log: log}
 }
 
 // Remove detaches everything and deletes the pin directory (uninstall).
 func (r *Router) Remove() error { return r.Manager.Remove(r.PinDir) }
 
-// Capabilities reports hostrouting.Probe.
+// Capabilities reports the Manager's.
 func (r *Router) Capabilities(context.Context) (bool, bool, string) {
-	c := hostrouting.Probe()
+	c := r.Manager.Capabilities()
 	return c.BPFHostRouting, c.TCX, c.Reason
 }
 

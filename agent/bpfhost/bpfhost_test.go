@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/routemode/routemode/agent/bpfhost"
 	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/hostrouting"
@@ -27,9 +30,15 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 		privileged.Unavailable(t, "eBPF host routing: "+c.Reason)
 	}
 	routers := map[string]*bpfhost.Router{}
+	legacyOnly := map[string]bool{} // nodes whose next agent runs --legacy-host-routing-only
+	const legacyOnlyReason = "the agent runs with --legacy-host-routing-only"
 	l := nslab.New(t, nslab.Options{Nodes: 2, HostRouter: func(n *nslab.Node) node.HostRouter {
 		pin := filepath.Join(hostrouting.BPFFSRoot, "routemode", n.Lab.ID+"-"+n.Name)
-		r := bpfhost.New(n.Path(), pin, n.Logger())
+		opts := hostrouting.Options{NetNS: n.Path(), Logger: n.Logger()}
+		if legacyOnly[n.Name] {
+			opts.Disabled = legacyOnlyReason
+		}
+		r := bpfhost.New(pin, opts)
 		if routers[n.Name] == nil {
 			t.Cleanup(func() {
 				if err := r.Remove(); err != nil {
@@ -106,9 +115,30 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	if err == nil || mode != v1alpha1.HostRoutingBPF {
 		t.Errorf("failed Apply with the programs attached: mode %q, error %v; want bpf and an error", mode, err)
 	}
+	// Restarted with --legacy-host-routing-only while its spec still says
+	// bpf: the agent refuses and says why, and the programs keep serving
+	// until the node is switched back to legacy.
+	legacyOnly[n1.Name] = true
+	n1.Agent.Close()
+	if n1.Agent, err = n1.NewAgent(); err != nil {
+		t.Fatal(err)
+	}
+	res := n1.Reconcile(ctx)
+	if c := res.Status.Capabilities; c == nil || c.BPFHostRouting || c.BPFHostRoutingReason != legacyOnlyReason {
+		t.Errorf("legacy-only agent's capabilities: %+v, want no bpf because %q", c, legacyOnlyReason)
+	}
+	applied := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied)
+	if applied == nil || applied.Status != metav1.ConditionFalse || applied.Reason != node.ReasonHostRoutingFailed ||
+		res.Status.Datapath.HostRouting != v1alpha1.HostRoutingBPF {
+		t.Errorf("legacy-only agent asked for bpf: condition %+v, host routing %q; want HostRoutingFailed with bpf still in force",
+			applied, res.Status.Datapath.HostRouting)
+	}
 	for _, n := range l.Nodes {
 		l.Step(ctx, []*nslab.Node{n}, nslab.Native, 20*time.Second)
 		time.Sleep(300 * time.Millisecond)
+	}
+	if mode := hostrouting.InForce(routers["node-1"].PinDir); mode != v1alpha1.HostRoutingLegacy {
+		t.Errorf("legacy-only node-1 back in legacy still runs programs: pins show %q", mode)
 	}
 	if routes, err := hostrouting.ListDirectRoutes(routers["node-1"].PinDir); err != nil || len(routes) != 0 {
 		t.Errorf("node-1's BPF direct routes back in legacy: %v %v, want none", routes, err)

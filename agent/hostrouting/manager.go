@@ -36,6 +36,11 @@ type Options struct {
 	// ClassicTC attaches classic tc filters even where TCX works, to
 	// exercise the fallback for kernels older than 6.6.
 	ClassicTC bool
+	// Disabled, when set, is why this node must not load programs (the
+	// agent's --legacy-host-routing-only). Capabilities reports it and
+	// Apply refuses bpf, but legacy still detaches the programs an earlier
+	// run left pinned: a node must never run programs its agent disowns.
+	Disabled string
 }
 
 // Manager attaches and detaches the host-routing programs of one node. Its
@@ -61,8 +66,16 @@ func NewManager(opts Options) *Manager {
 	if log.GetSink() == nil {
 		log = logr.Discard()
 	}
-	return &Manager{opts: opts, log: log, probe: Probe}
+	probe := Probe
+	if opts.Disabled != "" {
+		probe = func() Capabilities { return Capabilities{Reason: opts.Disabled} }
+	}
+	return &Manager{opts: opts, log: log, probe: probe}
 }
+
+// Capabilities is what this Manager can do on the node: Probe, unless
+// Options.Disabled says otherwise.
+func (m *Manager) Capabilities() Capabilities { return m.probe() }
 
 // Close releases the Manager's file descriptors. Attached programs stay
 // attached through their pins: closing is what an agent restart does.

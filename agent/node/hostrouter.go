@@ -67,7 +67,7 @@ var ErrBPFHostRoutingUnavailable = errors.New("eBPF host routing is not availabl
 
 // Capabilities reports no BPF host routing.
 func (LegacyHostRouter) Capabilities(context.Context) (bool, bool, string) {
-	return false, false, "this agent runs without eBPF host routing (--legacy-host-routing-only, or a build without it)"
+	return false, false, "no eBPF host router is plugged into this agent"
 }
 
 // Apply accepts legacy and refuses bpf.

@@ -94,7 +94,7 @@ func TestNoDatapathLeavesKernelAlone(t *testing.T) {
 	}
 	// This lab's agent has no host router: the status says so, for the
 	// operator's preflight to quote.
-	if c := st.Capabilities; c != nil && (c.BPFHostRouting || !strings.Contains(c.BPFHostRoutingReason, "without eBPF host routing")) {
+	if c := st.Capabilities; c != nil && (c.BPFHostRouting || !strings.Contains(c.BPFHostRoutingReason, "no eBPF host router")) {
 		t.Errorf("capabilities of an agent without eBPF host routing: %+v", c)
 	}
 	if p, ok := peerStatus(st, "node-2"); !ok || !p.Direct || p.NodeIP != "192.168.0.130" {

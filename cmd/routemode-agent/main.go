@@ -62,7 +62,7 @@ func main() {
 	fs.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often the node is reconciled without any event")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, 0 to disable")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
-	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "do not load eBPF host routing; hostRouting bpf is then refused")
+	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
 	fs.StringVar(&nsutil.ProcSys, "proc-sys", "/proc/sys", "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
 	config.RegisterFlags(fs) // --kubeconfig
 	zopts := zap.Options{}
@@ -94,15 +94,17 @@ func run(o options) error {
 	}
 	defer h.Close()
 
-	var hostRouter node.HostRouter = node.LegacyHostRouter{}
-	if !o.legacyOnly {
-		pinDir := hostrouting.DefaultPinDir(o.nodeName)
-		r := bpfhost.New("", pinDir, log.WithName("hostrouting"))
-		defer r.Close()
-		hostRouter = r
-		// The programs' counters, read from the pins at every scrape.
-		ctrlmetrics.Registry.MustRegister(hostrouting.NewCollector(o.nodeName, pinDir))
+	// Even a legacy-only agent takes over the pins: it must detach the
+	// programs an earlier run of the agent left attached.
+	hrOpts := hostrouting.Options{Logger: log.WithName("hostrouting")}
+	if o.legacyOnly {
+		hrOpts.Disabled = "the agent runs with --legacy-host-routing-only"
 	}
+	pinDir := hostrouting.DefaultPinDir(o.nodeName)
+	hostRouter := bpfhost.New(pinDir, hrOpts)
+	defer hostRouter.Close()
+	// The programs' counters, read from the pins at every scrape.
+	ctrlmetrics.Registry.MustRegister(hostrouting.NewCollector(o.nodeName, pinDir))
 	agent, err := node.New(node.Config{
 		NodeName:       o.nodeName,
 		NodeNS:         nodeNS,

@@ -55,7 +55,7 @@ func (r *Router) Capabilities(context.Context) (bool, bool, string) {
 // Apply runs the Manager with the node's devices and endpoints. Endpoints
 // it had to skip (a pod going away) are logged, not failed: the next
 // reconcile sees the endpoint list without them.
-func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1.HostRouting, error) {
+func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1.HostRouting, []string, error) {
 	cfg := hostrouting.Config{
 		Underlay:          req.Underlay,
 		TunnelDevice:      req.TunnelDevice,
@@ -63,19 +63,19 @@ func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1
 		PinDir:            r.PinDir,
 		DirectRoutes:      DirectRoutes(req.Routes, req.Underlay, req.NativeRoutingCIDR),
 	}
-	err := r.Manager.Apply(req.Mode, cfg, Endpoints(req.Endpoints))
+	changes, err := r.Manager.Apply(req.Mode, cfg, Endpoints(req.Endpoints))
 	if errors.Is(err, hostrouting.ErrEndpointSkipped) {
 		r.Log.Info("Skipped endpoints in host routing", "reason", err.Error())
 		err = nil
 	}
 	if err != nil {
-		return hostrouting.InForce(r.PinDir), err
+		return hostrouting.InForce(r.PinDir), changes, err
 	}
 	mode := req.Mode
 	if mode == "" {
 		mode = v1alpha1.HostRoutingLegacy
 	}
-	return mode, nil
+	return mode, changes, nil
 }
 
 // Close releases the Manager; attached programs stay pinned.

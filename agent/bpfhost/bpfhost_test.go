@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,17 +102,24 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	if peer == 0 || direct == 0 {
 		t.Errorf("BPF host routing did not forward: redirect_peer %d, direct route %d", peer, direct)
 	}
-	// A restarted agent (new Manager, same pins) changes nothing.
+	// A restarted agent (new Manager, same pins) swaps its own programs
+	// into the three pinned links and changes nothing else; its next
+	// reconcile changes nothing at all.
 	n1 := l.Nodes[0]
 	n1.Agent.Close()
 	if n1.Agent, err = n1.NewAgent(); err != nil {
 		t.Fatal(err)
 	}
-	if res := n1.Reconcile(ctx); len(res.Changes) != 0 || res.Status.Datapath.HostRouting != v1alpha1.HostRoutingBPF {
-		t.Errorf("restart in bpf mode: changes %v, host routing %q", res.Changes, res.Status.Datapath.HostRouting)
+	res := n1.Reconcile(ctx)
+	updates := slices.DeleteFunc(slices.Clone(res.Changes), func(c string) bool { return !strings.Contains(c, ": updated rm_from_") })
+	if len(updates) != 3 || len(res.Changes) != 3 || res.Status.Datapath.HostRouting != v1alpha1.HostRoutingBPF {
+		t.Errorf("restart in bpf mode: changes %q, host routing %q; want 3 programs updated in place, nothing else", res.Changes, res.Status.Datapath.HostRouting)
+	}
+	if res := n1.Reconcile(ctx); len(res.Changes) != 0 {
+		t.Errorf("second reconcile after the restart changed %q", res.Changes)
 	}
 	// An Apply that fails reports the mode the programs left in force.
-	mode, err := routers["node-1"].Apply(ctx, node.HostRoutingRequest{Mode: v1alpha1.HostRoutingBPF, Underlay: "rmnosuchdev"})
+	mode, _, err := routers["node-1"].Apply(ctx, node.HostRoutingRequest{Mode: v1alpha1.HostRoutingBPF, Underlay: "rmnosuchdev"})
 	if err == nil || mode != v1alpha1.HostRoutingBPF {
 		t.Errorf("failed Apply with the programs attached: mode %q, error %v; want bpf and an error", mode, err)
 	}
@@ -123,15 +131,15 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	if n1.Agent, err = n1.NewAgent(); err != nil {
 		t.Fatal(err)
 	}
-	res := n1.Reconcile(ctx)
+	res = n1.Reconcile(ctx)
 	if c := res.Status.Capabilities; c == nil || c.BPFHostRouting || c.BPFHostRoutingReason != legacyOnlyReason {
 		t.Errorf("legacy-only agent's capabilities: %+v, want no bpf because %q", c, legacyOnlyReason)
 	}
 	applied := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied)
 	if applied == nil || applied.Status != metav1.ConditionFalse || applied.Reason != node.ReasonHostRoutingFailed ||
-		res.Status.Datapath.HostRouting != v1alpha1.HostRoutingBPF {
-		t.Errorf("legacy-only agent asked for bpf: condition %+v, host routing %q; want HostRoutingFailed with bpf still in force",
-			applied, res.Status.Datapath.HostRouting)
+		res.Status.Datapath.HostRouting != v1alpha1.HostRoutingBPF || len(res.Changes) != 0 {
+		t.Errorf("legacy-only agent asked for bpf: condition %+v, host routing %q, changes %q; want HostRoutingFailed with bpf still in force, no change",
+			applied, res.Status.Datapath.HostRouting, res.Changes)
 	}
 	for _, n := range l.Nodes {
 		l.Step(ctx, []*nslab.Node{n}, nslab.Native, 20*time.Second)

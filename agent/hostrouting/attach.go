@@ -133,7 +133,8 @@ func writeTCRecord(path string) error {
 	return nil
 }
 
-func tcRecordDevice(path string) string {
+// pinDevice is the device a link pin or tc record stands for.
+func pinDevice(path string) string {
 	return strings.TrimSuffix(filepath.Base(path), "_ingress")
 }
 
@@ -142,7 +143,7 @@ func tcRecordDevice(path string) string {
 // is transmitting then, so this is done ahead of the first switch (see
 // Manager.Apply for legacy) rather than during it; an existing qdisc is left
 // alone, and detaching never removes it.
-func ensureClsact(h *netlink.Handle, ifindex int) error {
+func ensureClsact(h *netlink.Handle, ifindex int) (added bool, err error) {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{
 			LinkIndex: ifindex,
@@ -151,16 +152,20 @@ func ensureClsact(h *netlink.Handle, ifindex int) error {
 		},
 		QdiscType: "clsact",
 	}
-	if err := h.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add clsact qdisc on ifindex %d: %w", ifindex, err)
+	err = h.QdiscAdd(qdisc)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.EEXIST):
+		return false, nil
 	}
-	return nil
+	return false, fmt.Errorf("add clsact qdisc on ifindex %d: %w", ifindex, err)
 }
 
 // upsertTC installs prog as a direct-action filter on the clsact ingress
 // hook of ifindex, replacing our previous filter atomically.
 func upsertTC(h *netlink.Handle, record string, ifindex int, prog *ebpf.Program, name string) (change, error) {
-	if err := ensureClsact(h, ifindex); err != nil {
+	if _, err := ensureClsact(h, ifindex); err != nil {
 		return unchanged, err
 	}
 	filter := &netlink.BpfFilter{
@@ -230,7 +235,7 @@ func filterList(h *netlink.Handle, l netlink.Link) ([]netlink.Filter, error) {
 
 // detachTC removes the filter a record stands for, then the record.
 func detachTC(h *netlink.Handle, record string) error {
-	if err := removeOwnedTCFilters(h, tcRecordDevice(record)); err != nil {
+	if err := removeOwnedTCFilters(h, pinDevice(record)); err != nil {
 		return err
 	}
 	if err := os.Remove(record); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -62,7 +62,7 @@ type mapKey[K comparable, MK any] struct {
 // syncMap makes m hold exactly want, writing new and changed entries before
 // deleting stale ones: an update is a single atomic map write, so a key the
 // programs look up is never briefly missing.
-func syncMap[K, V comparable, MK any](m *ebpf.Map, want map[K]V, mk mapKey[K, MK]) error {
+func syncMap[K, V comparable, MK any](j *journal, m *ebpf.Map, want map[K]V, mk mapKey[K, MK]) error {
 	cur, err := readMap[K, MK, V](m, mk.from)
 	if err != nil {
 		return err
@@ -76,6 +76,7 @@ func syncMap[K, V comparable, MK any](m *ebpf.Map, want map[K]V, mk mapKey[K, MK
 		if err := m.Put(key, want[k]); err != nil {
 			return fmt.Errorf("write %s %v: %w", mk.what, k, err)
 		}
+		j.add("%s map: write %v", mk.what, k)
 	}
 	for _, k := range del {
 		key, err := mk.to(k)
@@ -85,6 +86,7 @@ func syncMap[K, V comparable, MK any](m *ebpf.Map, want map[K]V, mk mapKey[K, MK
 		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete %s %v: %w", mk.what, k, err)
 		}
+		j.add("%s map: delete %v", mk.what, k)
 	}
 	return nil
 }

@@ -45,7 +45,7 @@ func directRouteEntries(routes []DirectRoute, underlay device) map[netip.Prefix]
 // with the programs detached nothing follows those routes, and `bpf route
 // list` must not suggest otherwise. (The endpoint map stays: it describes
 // the pods, not a forwarding decision.)
-func clearDirectRoutes(pinDir string) error {
+func clearDirectRoutes(j *journal, pinDir string) error {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, bpf.MapDirectRoutes), nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -54,7 +54,7 @@ func clearDirectRoutes(pinDir string) error {
 		return fmt.Errorf("open direct-route map in %s: %w", pinDir, err)
 	}
 	defer m.Close()
-	return syncMap(m, map[netip.Prefix]bpf.DirectRoute{}, directRouteKey)
+	return syncMap(j, m, map[netip.Prefix]bpf.DirectRoute{}, directRouteKey)
 }
 
 // ListDirectRoutes reads a node's direct-route map from its pin, sorted by

@@ -77,11 +77,6 @@ func readEndpointMap(m *ebpf.Map) (map[netip.Addr]bpf.EndpointInfo, error) {
 	return readMap[netip.Addr, bpf.EndpointKey, bpf.EndpointInfo](m, endpointKey.from)
 }
 
-// syncEndpoints makes the endpoint map hold exactly want.
-func syncEndpoints(m *ebpf.Map, want map[netip.Addr]bpf.EndpointInfo) error {
-	return syncMap(m, want, endpointKey)
-}
-
 // ListEndpoints reads a node's endpoint map from its pin, sorted by IP.
 // It needs no Manager and no namespace: for `routemodectl bpf endpoint
 // list`. A node that never ran BPF host routing has no map: the error then

@@ -188,15 +188,15 @@ func TestApplyRefusesBPFWithoutKernelSupport(t *testing.T) {
 	m := NewManager(Options{NetNS: "/nonexistent/netns"})
 	m.probe = func() Capabilities { return Capabilities{Reason: "helper FnRedirectPeer not supported by the kernel"} }
 	pinDir := filepath.Join(t.TempDir(), "node-1")
-	err := m.Apply(v1alpha1.HostRoutingBPF, Config{Underlay: "eth0", PinDir: pinDir}, nil)
-	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "FnRedirectPeer") {
-		t.Fatalf("err = %v, want ErrUnsupported naming the helper", err)
+	changes, err := m.Apply(v1alpha1.HostRoutingBPF, Config{Underlay: "eth0", PinDir: pinDir}, nil)
+	if !errors.Is(err, ErrUnsupported) || len(changes) != 0 || !strings.Contains(err.Error(), "FnRedirectPeer") {
+		t.Fatalf("err = %v, changes %q; want ErrUnsupported naming the helper, and no change", err, changes)
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin dir touched: %v", err)
 	}
 	// Legacy needs nothing from the kernel and nothing is attached.
-	if err := m.Apply(v1alpha1.HostRoutingLegacy, Config{PinDir: pinDir}, nil); err != nil {
-		t.Errorf("legacy: %v", err)
+	if changes, err := m.Apply(v1alpha1.HostRoutingLegacy, Config{PinDir: pinDir}, nil); err != nil || len(changes) != 0 {
+		t.Errorf("legacy: changes %q, error %v; want neither", changes, err)
 	}
 }

@@ -100,35 +100,52 @@ func (m *Manager) dropCollection() {
 // and empty the direct-route map. Endpoints whose device is missing or whose
 // record is unusable are skipped and reported in the returned error after
 // everything else was applied (errors.Is(err, ErrEndpointSkipped)).
-func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) error {
+//
+// It returns the changes it made to the kernel, one line each, as logged;
+// none when the node already matched. Changes made before an error are
+// returned with it.
+func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) ([]string, error) {
 	if err := cfg.validate(mode == v1alpha1.HostRoutingBPF); err != nil {
-		return fmt.Errorf("host routing config: %w", err)
+		return nil, fmt.Errorf("host routing config: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.lastPinDir = cfg.PinDir
+	j := &journal{log: m.log}
 	switch mode {
 	case v1alpha1.HostRoutingBPF:
 		caps := m.probe()
 		if !caps.BPFHostRouting {
-			return fmt.Errorf("%w: %s", ErrUnsupported, caps.Reason)
+			return nil, fmt.Errorf("%w: %s", ErrUnsupported, caps.Reason)
 		}
-		return m.applyBPF(cfg, eps, !m.classicTC())
+		return j.lines, m.applyBPF(j, cfg, eps, !m.classicTC())
 	case v1alpha1.HostRoutingLegacy, "":
-		if err := m.detach(cfg.PinDir, false); err != nil {
-			return err
+		if err := m.detach(j, cfg.PinDir, false); err != nil {
+			return j.lines, err
 		}
-		if err := clearDirectRoutes(cfg.PinDir); err != nil {
-			return err
+		if err := clearDirectRoutes(j, cfg.PinDir); err != nil {
+			return j.lines, err
 		}
 		// Legacy routing is the stack's own: preparing for a later switch
 		// must never make it fail.
-		if err := m.prepareClassicTC(cfg, eps); err != nil {
+		if err := m.prepareClassicTC(j, cfg, eps); err != nil {
 			m.log.Error(err, "Failed to prepare clsact qdiscs for a later switch to bpf")
 		}
-		return nil
+		return j.lines, nil
 	}
-	return fmt.Errorf("unknown host routing mode %q", mode)
+	return nil, fmt.Errorf("unknown host routing mode %q", mode)
+}
+
+// journal collects the kernel changes of one Apply.
+type journal struct {
+	log   logr.Logger
+	lines []string
+}
+
+func (j *journal) add(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	j.log.Info("Changed host routing", "op", line)
+	j.lines = append(j.lines, line)
 }
 
 // prepareClassicTC adds clsact qdiscs to the devices while the node is in
@@ -136,7 +153,7 @@ func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) e
 // switch to bpf, would drop the packets the device is sending at that
 // moment. Without TCX this is what makes the switch lossless; with TCX
 // nothing is needed.
-func (m *Manager) prepareClassicTC(cfg Config, eps []Endpoint) error {
+func (m *Manager) prepareClassicTC(j *journal, cfg Config, eps []Endpoint) error {
 	if cfg.Underlay == "" || !m.classicTC() {
 		return nil
 	}
@@ -153,7 +170,11 @@ func (m *Manager) prepareClassicTC(cfg Config, eps []Endpoint) error {
 		_, lxcs, _ := endpointEntries(eps, links)
 		var errs []error
 		for _, a := range plan(underlay, tunnel, lxcs) {
-			errs = append(errs, ensureClsact(h, a.Ifindex))
+			added, err := ensureClsact(h, a.Ifindex)
+			if added {
+				j.add("qdisc add dev %s clsact", a.Dev)
+			}
+			errs = append(errs, err)
 		}
 		return errors.Join(errs...)
 	})
@@ -175,7 +196,7 @@ var ErrEndpointSkipped = errors.New("endpoint skipped")
 func (m *Manager) Remove(pinDir string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.detach(pinDir, true)
+	return m.detach(&journal{log: m.log}, pinDir, true)
 }
 
 // InForce is the host routing a node's pin directory shows: bpf while any
@@ -190,7 +211,7 @@ func InForce(pinDir string) v1alpha1.HostRouting {
 	return v1alpha1.HostRoutingLegacy
 }
 
-func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
+func (m *Manager) applyBPF(j *journal, cfg Config, eps []Endpoint, useTCX bool) error {
 	if err := EnsureBPFFS(cfg.PinDir); err != nil {
 		return err
 	}
@@ -218,7 +239,7 @@ func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
 		if tunnel != nil && tunnel.FlowBased {
 			bcfg.FlowBasedTunnelIfindex = uint32(tunnel.Index)
 		}
-		coll, fresh, err := m.programs(cfg.PinDir, bcfg)
+		coll, fresh, err := m.programs(j, cfg.PinDir, bcfg)
 		if err != nil {
 			return err
 		}
@@ -234,15 +255,15 @@ func (m *Manager) applyBPF(cfg Config, eps []Endpoint, useTCX bool) error {
 
 		// Maps first: a program must never redirect to a pod the map does
 		// not know yet, nor to one whose entry is stale.
-		if err := syncEndpoints(coll.Maps[bpf.MapEndpoints], entries); err != nil {
+		if err := syncMap(j, coll.Maps[bpf.MapEndpoints], entries, endpointKey); err != nil {
 			return err
 		}
-		if err := syncMap(coll.Maps[bpf.MapDirectRoutes], directRouteEntries(cfg.DirectRoutes, underlay), directRouteKey); err != nil {
+		if err := syncMap(j, coll.Maps[bpf.MapDirectRoutes], directRouteEntries(cfg.DirectRoutes, underlay), directRouteKey); err != nil {
 			return err
 		}
 
 		atts := plan(underlay, tunnel, lxcs)
-		podErrs, err := m.attachAll(h, cfg.PinDir, coll, atts, useTCX)
+		podErrs, err := m.attachAll(j, h, cfg.PinDir, coll, atts, useTCX)
 		if err != nil {
 			return err
 		}
@@ -309,7 +330,7 @@ func resolveDevices(h *netlink.Handle, cfg Config) (underlay device, tunnel *dev
 // programs returns loaded programs for bcfg, reusing this Manager's when
 // nothing changed. A new Manager (an agent restart) always loads its own,
 // which attachAll then swaps into the pinned links.
-func (m *Manager) programs(pinDir string, bcfg bpf.Config) (*ebpf.Collection, bool, error) {
+func (m *Manager) programs(j *journal, pinDir string, bcfg bpf.Config) (*ebpf.Collection, bool, error) {
 	if m.coll != nil && m.loaded == bcfg && m.pinDir == pinDir && mapsPinned(pinDir) {
 		return m.coll, false, nil
 	}
@@ -317,7 +338,7 @@ func (m *Manager) programs(pinDir string, bcfg bpf.Config) (*ebpf.Collection, bo
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// An older build's maps: start over with fresh ones. The old
 		// programs keep using the old maps until their links are updated.
-		m.log.Info("Replaced incompatible pinned maps", "pinDir", pinDir, "reason", err.Error())
+		j.add("replace the pinned maps in %s: %v", pinDir, err)
 		for _, name := range bpf.PinnedMaps {
 			if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return nil, false, err
@@ -367,7 +388,7 @@ func progFor(coll *ebpf.Collection, r role) (*ebpf.Program, string) {
 // attachments that are no longer wanted (and those of the other attach
 // flavour). Pods' devices that fail are returned apart (podErrs): they must
 // not keep the others from their programs.
-func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) (podErrs []error, err error) {
+func (m *Manager) attachAll(j *journal, h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) (podErrs []error, err error) {
 	want := make(map[string]bool, len(atts))
 	for _, a := range atts {
 		prog, name := progFor(coll, a.Role)
@@ -398,7 +419,7 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 			continue
 		}
 		if c != unchanged {
-			m.log.Info("Attached host-routing program", "device", a.Dev, "program", name, "change", string(c), "tcx", useTCX)
+			j.add("%s ingress %s: %s %s", flavour(useTCX), a.Dev, c, name)
 		}
 	}
 
@@ -412,7 +433,7 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 	for _, r := range tcs {
 		if useTCX || !want[r] {
 			errs = append(errs, detachTC(h, filepath.Join(tcDir(pinDir), r)))
-			m.logDetach(r, "tc")
+			j.add("%s ingress %s: detached", flavour(false), pinDevice(r))
 		}
 	}
 	lks, err := pinned(linksDir(pinDir))
@@ -422,19 +443,23 @@ func (m *Manager) attachAll(h *netlink.Handle, pinDir string, coll *ebpf.Collect
 	for _, l := range lks {
 		if !useTCX || !want[l] {
 			errs = append(errs, detachTCX(filepath.Join(linksDir(pinDir), l)))
-			m.logDetach(l, "tcx")
+			j.add("%s ingress %s: detached", flavour(true), pinDevice(l))
 		}
 	}
 	return podErrs, errors.Join(errs...)
 }
 
-func (m *Manager) logDetach(pin, kind string) {
-	m.log.V(1).Info("Detached host-routing program", "attachment", pin, "kind", kind)
+// flavour names an attachment's kind, in change lines.
+func flavour(tcx bool) string {
+	if tcx {
+		return "tcx"
+	}
+	return "tc"
 }
 
 // detach removes every attachment recorded under pinDir, pods' devices
 // first so that pods' traffic returns to the stack before its replies do.
-func (m *Manager) detach(pinDir string, purge bool) error {
+func (m *Manager) detach(j *journal, pinDir string, purge bool) error {
 	m.dropCollection()
 	lks, err := pinned(linksDir(pinDir))
 	if err != nil {
@@ -449,6 +474,7 @@ func (m *Manager) detach(pinDir string, purge bool) error {
 	var errs []error
 	for _, l := range orderForDetach(lks) {
 		errs = append(errs, detachTCX(filepath.Join(linksDir(pinDir), l)))
+		j.add("%s ingress %s: detached", flavour(true), pinDevice(l))
 	}
 	if len(tcs) > 0 {
 		err := nsutil.RunIn(m.opts.NetNS, func() error {
@@ -459,6 +485,7 @@ func (m *Manager) detach(pinDir string, purge bool) error {
 			defer h.Close()
 			for _, r := range orderForDetach(tcs) {
 				errs = append(errs, detachTC(h, filepath.Join(tcDir(pinDir), r)))
+				j.add("%s ingress %s: detached", flavour(false), pinDevice(r))
 			}
 			return nil
 		})
@@ -473,9 +500,6 @@ func (m *Manager) detach(pinDir string, purge bool) error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
-	}
-	if len(lks)+len(tcs) > 0 {
-		m.log.Info("Detached host-routing programs", "pinDir", pinDir, "links", len(lks), "tcFilters", len(tcs))
 	}
 	if !purge {
 		return nil

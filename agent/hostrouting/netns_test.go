@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,11 +99,13 @@ func endpoints(n *hrlab.Node) []hostrouting.Endpoint {
 	return eps
 }
 
-func (e *env) apply(t *testing.T, node int, mode v1alpha1.HostRouting) {
+func (e *env) apply(t *testing.T, node int, mode v1alpha1.HostRouting) []string {
 	t.Helper()
-	if err := e.mgrs[node].Apply(mode, e.cfgs[node], endpoints(e.lab.Nodes[node])); err != nil {
+	changes, err := e.mgrs[node].Apply(mode, e.cfgs[node], endpoints(e.lab.Nodes[node]))
+	if err != nil {
 		t.Fatalf("node %d: apply %s: %v", node+1, mode, err)
 	}
+	return changes
 }
 
 // nativeBPF routes the lab natively and turns eBPF host routing on in both
@@ -631,7 +634,8 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 				return err
 			}
 			e.cfgs[i].DirectRoutes = direct
-			return e.mgrs[i].Apply(bpfMode, e.cfgs[i], endpoints(n))
+			_, err := e.mgrs[i].Apply(bpfMode, e.cfgs[i], endpoints(n))
+			return err
 		}
 	}
 	s, err := hrlab.StartStream(p1, p2, probeRate)
@@ -738,20 +742,37 @@ func TestApplyReconciles(t *testing.T) {
 		t.Fatal(err)
 	}
 	n1 := e.lab.Nodes[0]
-	if err := e.mgrs[1].Apply(legacyMode, e.cfgs[1], nil); err != nil {
-		t.Errorf("legacy on a fresh node: %v", err)
+	if changes, err := e.mgrs[1].Apply(legacyMode, e.cfgs[1], nil); err != nil || len(changes) != 0 {
+		t.Errorf("legacy on a fresh node: changes %q, error %v; want neither", changes, err)
 	}
 
 	bad := e.cfgs[0]
 	bad.Underlay = "nope0"
-	if err := e.mgrs[0].Apply(bpfMode, bad, endpoints(n1)); err == nil {
-		t.Error("want an error for a missing underlay")
+	if changes, err := e.mgrs[0].Apply(bpfMode, bad, endpoints(n1)); err == nil || len(changes) != 0 {
+		t.Errorf("apply with a missing underlay: changes %q, error %v; want an error and no change", changes, err)
 	}
 	if _, err := os.Stat(filepath.Join(bad.PinDir, bpf.MapEndpoints)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("endpoint map created for a failed apply: %v", err)
 	}
 
-	e.apply(t, 0, bpfMode)
+	// The changes are reported as made, maps before programs, and a
+	// second apply has none to report.
+	p1, p2 := n1.Pods[0], n1.Pods[1]
+	e.cfgs[0].DirectRoutes = n1.DirectRoutes()
+	want := []string{
+		"endpoint map: write " + p1.IP.String(),
+		"endpoint map: write " + p2.IP.String(),
+		fmt.Sprintf("direct route map: write %s", e.cfgs[0].DirectRoutes[0].Dst),
+		"tcx ingress " + hrlab.UnderlayDev + ": attached " + bpf.ProgFromNetdev,
+		"tcx ingress " + p1.LXC + ": attached " + bpf.ProgFromLXC,
+		"tcx ingress " + p2.LXC + ": attached " + bpf.ProgFromLXC,
+	}
+	if got := e.apply(t, 0, bpfMode); !slices.Equal(got, want) {
+		t.Errorf("first bpf apply's changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if got := e.apply(t, 0, bpfMode); len(got) != 0 {
+		t.Errorf("second bpf apply changed %q, want nothing", got)
+	}
 	if got := len(pinnedLinkIDs(t, e.cfgs[0].PinDir)); got != 3 {
 		t.Fatalf("links = %d, want 3", got)
 	}
@@ -768,9 +789,14 @@ func TestApplyReconciles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = e.mgrs[0].Apply(bpfMode, e.cfgs[0], endpoints(n1))
+	changes, err := e.mgrs[0].Apply(bpfMode, e.cfgs[0], endpoints(n1))
 	if !errors.Is(err, hostrouting.ErrEndpointSkipped) || !strings.Contains(err.Error(), gone.IP.String()) {
 		t.Errorf("apply with a vanished pod: %v", err)
+	}
+	// Its entry and its pin go; the kernel took its program with the device.
+	want = []string{"endpoint map: delete " + gone.IP.String(), "tcx ingress " + gone.LXC + ": detached"}
+	if !slices.Equal(changes, want) {
+		t.Errorf("changes after the pod left: %q, want %q", changes, want)
 	}
 	eps, err := hostrouting.ListEndpoints(e.cfgs[0].PinDir)
 	if err != nil {
@@ -784,6 +810,19 @@ func TestApplyReconciles(t *testing.T) {
 		t.Errorf("links after the pod left = %v", links)
 	}
 	burst(t, n1.Pods[0], e.lab.Nodes[1].Pods[0], 100*time.Millisecond)
+
+	// Legacy detaches pods' devices first and empties the direct routes.
+	want = []string{
+		"tcx ingress " + p1.LXC + ": detached",
+		"tcx ingress " + hrlab.UnderlayDev + ": detached",
+		fmt.Sprintf("direct route map: delete %s", e.cfgs[0].DirectRoutes[0].Dst),
+	}
+	if got := e.apply(t, 0, legacyMode); !slices.Equal(got, want) {
+		t.Errorf("legacy apply's changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if got := e.apply(t, 0, legacyMode); len(got) != 0 {
+		t.Errorf("second legacy apply changed %q, want nothing", got)
+	}
 }
 
 func TestCollector(t *testing.T) {

@@ -22,11 +22,13 @@ import (
 // Apply on every reconcile after the routes, neighbours and MTUs are in
 // place, with the complete current input. Apply must be idempotent: when the
 // node already runs req.Mode for these endpoints it changes nothing. It
-// returns the mode now in force (reported in status.datapath.hostRouting);
-// an error marks DatapathApplied False with reason HostRoutingFailed.
+// returns the mode now in force (reported in status.datapath.hostRouting)
+// and the changes it made, one line each, for Result.Changes (also those
+// made before an error); an error marks DatapathApplied False with reason
+// HostRoutingFailed.
 type HostRouter interface {
 	Capabilities(ctx context.Context) (bpfHostRouting, tcx bool, reason string)
-	Apply(ctx context.Context, req HostRoutingRequest) (v1alpha1.HostRouting, error)
+	Apply(ctx context.Context, req HostRoutingRequest) (inForce v1alpha1.HostRouting, changes []string, err error)
 }
 
 // HostRoutingRequest is everything host routing needs to know about the
@@ -71,9 +73,9 @@ func (LegacyHostRouter) Capabilities(context.Context) (bool, bool, string) {
 }
 
 // Apply accepts legacy and refuses bpf.
-func (LegacyHostRouter) Apply(_ context.Context, req HostRoutingRequest) (v1alpha1.HostRouting, error) {
+func (LegacyHostRouter) Apply(_ context.Context, req HostRoutingRequest) (v1alpha1.HostRouting, []string, error) {
 	if req.Mode == v1alpha1.HostRoutingBPF {
-		return v1alpha1.HostRoutingLegacy, ErrBPFHostRoutingUnavailable
+		return v1alpha1.HostRoutingLegacy, nil, ErrBPFHostRoutingUnavailable
 	}
-	return v1alpha1.HostRoutingLegacy, nil
+	return v1alpha1.HostRoutingLegacy, nil, nil
 }

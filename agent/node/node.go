@@ -367,13 +367,14 @@ func (r *run) do(ctx context.Context) {
 	if desired.Tunnel != nil {
 		tunnelDev = desired.Tunnel.Name
 	}
-	hr, err := a.cfg.HostRouter.Apply(ctx, HostRoutingRequest{
+	hr, changes, err := a.cfg.HostRouter.Apply(ctx, HostRoutingRequest{
 		Mode: spec.HostRouting, NodeNS: a.cfg.NodeNS, Handle: a.cfg.Handle, Underlay: underlay, TunnelDevice: tunnelDev,
 		NodeIP: self.IP, PodCIDR: self.PodCIDR.Masked(), RouterIP: routerIP, NativeRoutingCIDR: exempt,
 		SendMode: spec.SendMode, Endpoints: eps, StateDir: a.cfg.StateDir,
 		Routes: slices.Collect(maps.Values(desired.Routes)),
 	})
 	r.status.Datapath.HostRouting = hr
+	r.changes = append(r.changes, changes...)
 	if err != nil {
 		r.fail(ReasonHostRoutingFailed, err)
 		r.peerStatus(nil)

@@ -124,7 +124,7 @@ func (r *rig) setup() error {
 		if !p.tunnel && !p.fibOnly {
 			r.cfgs[i].DirectRoutes = n.DirectRoutes()
 		}
-		if err := r.mgrs[i].Apply(p.mode, r.cfgs[i], eps); err != nil {
+		if _, err := r.mgrs[i].Apply(p.mode, r.cfgs[i], eps); err != nil {
 			return err
 		}
 		if p.rules != nil {

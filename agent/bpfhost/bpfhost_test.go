@@ -18,14 +18,17 @@ import (
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
+	"github.com/routemode/routemode/internal/fwdcount"
 	"github.com/routemode/routemode/internal/nslab"
 	"github.com/routemode/routemode/internal/privileged"
 )
 
 // TestAgentTogglesBPFHostRouting drives eBPF host routing through the agent:
 // legacy → bpf → legacy on a live native-routing lab, node by node, with
-// probe streams running; nothing is lost, the status reports the mode, and
-// a restarted agent changes nothing.
+// probe streams running. Nothing is lost, the status reports the mode, the
+// nodes' forward hooks see the pods' packets only with legacy, a restarted
+// agent only swaps its programs in, and one restarted with
+// --legacy-host-routing-only refuses bpf but detaches for legacy.
 func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	if c := hostrouting.Probe(); !c.BPFHostRouting {
 		privileged.Unavailable(t, "eBPF host routing: "+c.Reason)
@@ -59,6 +62,21 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 		pods = append(pods, n.AddPod(ctx, "pod"+string(rune('1'+i))))
 	}
 	streams := l.StartStreams(pods, 1000)
+	// A counting rule in each node's forward hook: the stack forwards the
+	// pods' packets with legacy.
+	fwd := make([]*fwdcount.Counter, len(l.Nodes))
+	for i, n := range l.Nodes {
+		var err error
+		if fwd[i], err = fwdcount.Start(n.Path(), nslab.PodPrefix); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i, n := range l.Nodes {
+		if got := forwarded(t, fwd)[i]; got == 0 {
+			t.Errorf("%s's forward hook saw no pod packet with legacy host routing", n.Name)
+		}
+	}
 	withBPF := nslab.Native
 	withBPF.HostRouting = v1alpha1.HostRoutingBPF
 	for _, n := range l.Nodes {
@@ -84,23 +102,18 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	for _, r := range routes {
 		t.Logf("node-1 bpf direct route: %s", hostrouting.FormatDirectRoute(r))
 	}
-	// The programs, not the stack, forwarded the pods' packets.
-	counters, err := hostrouting.ReadCounters(routers["node-1"].PinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var peer, direct uint64
-	for _, c := range counters {
-		switch c.Reason {
-		case bpf.ReasonRedirectPeer:
-			peer += c.Packets
-		case bpf.ReasonRedirectDirectRoute:
-			direct += c.Packets
-		}
-	}
-	t.Logf("node-1 BPF counters: %d packets delivered with redirect_peer, %d sent along the direct route", peer, direct)
-	if peer == 0 || direct == 0 {
-		t.Errorf("BPF host routing did not forward: redirect_peer %d, direct route %d", peer, direct)
+	// The programs, not the stack, forward the pods' packets now: the
+	// forward hooks see none while the programs' counters rise.
+	fwdBefore := forwarded(t, fwd)
+	peerBefore, directBefore := bpfForwarded(t, routers["node-1"].PinDir)
+	time.Sleep(500 * time.Millisecond)
+	peer, direct := bpfForwarded(t, routers["node-1"].PinDir)
+	fwdAfter := forwarded(t, fwd)
+	t.Logf("node-1 BPF counters over 500 ms: %d packets delivered with redirect_peer, %d sent along the direct route; forward hooks: %v -> %v packets",
+		peer-peerBefore, direct-directBefore, fwdBefore, fwdAfter)
+	if peer == peerBefore || direct == directBefore || !slices.Equal(fwdBefore, fwdAfter) {
+		t.Errorf("BPF host routing did not bypass the stack: redirect_peer +%d, direct route +%d, forward hooks %v -> %v",
+			peer-peerBefore, direct-directBefore, fwdBefore, fwdAfter)
 	}
 	// A restarted agent (new Manager, same pins) swaps its own programs
 	// into the three pinned links and changes nothing else; its next
@@ -145,6 +158,9 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 		l.Step(ctx, []*nslab.Node{n}, nslab.Native, 20*time.Second)
 		time.Sleep(300 * time.Millisecond)
 	}
+	if back := forwarded(t, fwd); back[0] == fwdAfter[0] || back[1] == fwdAfter[1] {
+		t.Errorf("back in legacy, the forward hooks saw no pod packet: %v -> %v", fwdAfter, back)
+	}
 	if mode := hostrouting.InForce(routers["node-1"].PinDir); mode != v1alpha1.HostRoutingLegacy {
 		t.Errorf("legacy-only node-1 back in legacy still runs programs: pins show %q", mode)
 	}
@@ -180,4 +196,37 @@ func TestDirectRoutesAreTheUnderlayRoutesInTheCIDR(t *testing.T) {
 	if got := bpfhost.DirectRoutes(routes, "eth0", netip.Prefix{}); len(got) != 0 {
 		t.Errorf("without a native routing CIDR: got %v, want none", got)
 	}
+}
+
+// forwarded reads the forward hooks' packet counts.
+func forwarded(t *testing.T, fwd []*fwdcount.Counter) []uint64 {
+	t.Helper()
+	out := make([]uint64, len(fwd))
+	for i, c := range fwd {
+		n, err := c.Packets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = n
+	}
+	return out
+}
+
+// bpfForwarded sums a node's packets delivered with redirect_peer and
+// sent along a direct route.
+func bpfForwarded(t *testing.T, pinDir string) (peer, direct uint64) {
+	t.Helper()
+	counters, err := hostrouting.ReadCounters(pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range counters {
+		switch c.Reason {
+		case bpf.ReasonRedirectPeer:
+			peer += c.Packets
+		case bpf.ReasonRedirectDirectRoute:
+			direct += c.Packets
+		}
+	}
+	return peer, direct
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
+	"github.com/routemode/routemode/internal/fwdcount"
 )
 
 const (
@@ -146,11 +147,11 @@ func count(cs []hostrouting.Counter, p bpf.Program, reasons ...bpf.Reason) uint6
 	return n
 }
 
-func forwardCounters(t *testing.T, lab *hrlab.Lab) [2]*hrlab.ForwardCounter {
+func forwardCounters(t *testing.T, lab *hrlab.Lab) [2]*fwdcount.Counter {
 	t.Helper()
-	var fcs [2]*hrlab.ForwardCounter
+	var fcs [2]*fwdcount.Counter
 	for i, n := range lab.Nodes {
-		fc, err := n.CountForward()
+		fc, err := fwdcount.Start(n.NSPath, hrlab.NativeRoutingCIDR)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,7 +160,7 @@ func forwardCounters(t *testing.T, lab *hrlab.Lab) [2]*hrlab.ForwardCounter {
 	return fcs
 }
 
-func packets(t *testing.T, fc *hrlab.ForwardCounter) uint64 {
+func packets(t *testing.T, fc *fwdcount.Counter) uint64 {
 	t.Helper()
 	n, err := fc.Packets()
 	if err != nil {

@@ -21,7 +21,6 @@ import (
 )
 
 const (
-	countTable   = "rm_test_count"
 	kubeTable    = "rm_test_kubeproxy"
 	serviceTable = "rm_test_service"
 )
@@ -38,71 +37,6 @@ func (n *Node) withNFT(fn func(c *nftables.Conn) error) error {
 		return err
 	}
 	return fn(c)
-}
-
-// podSourceMatch matches IPv4 packets from the lab's pod range 10.0.0.0/16.
-func podSourceMatch() []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 255, 0, 0}, Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{10, 0, 0, 0}},
-	}
-}
-
-// ForwardCounter is a rule in the node's forward hook that counts pod
-// packets: proof of whether pod traffic traverses netfilter.
-type ForwardCounter struct {
-	node  *Node
-	table *nftables.Table
-	chain *nftables.Chain
-}
-
-// CountForward installs the counting rule `ip saddr 10.0.0.0/16 counter`
-// in a forward-hook chain of its own table.
-func (n *Node) CountForward() (*ForwardCounter, error) {
-	fc := &ForwardCounter{node: n}
-	err := n.withNFT(func(c *nftables.Conn) error {
-		fc.table = c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: countTable})
-		policy := nftables.ChainPolicyAccept
-		fc.chain = c.AddChain(&nftables.Chain{
-			Name: "forward", Table: fc.table, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policy,
-		})
-		c.AddRule(&nftables.Rule{Table: fc.table, Chain: fc.chain, Exprs: append(podSourceMatch(), &expr.Counter{})})
-		return c.Flush()
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: nftables forward counter: %w", n.Name, err)
-	}
-	return fc, nil
-}
-
-// Packets reads the rule's packet count.
-func (fc *ForwardCounter) Packets() (uint64, error) {
-	var n uint64
-	err := fc.node.withNFT(func(c *nftables.Conn) error {
-		rules, err := c.GetRules(fc.table, fc.chain)
-		if err != nil {
-			return err
-		}
-		for _, r := range rules {
-			for _, e := range r.Exprs {
-				if ctr, ok := e.(*expr.Counter); ok {
-					n += ctr.Packets
-				}
-			}
-		}
-		return nil
-	})
-	return n, err
-}
-
-// Remove deletes the counting table.
-func (fc *ForwardCounter) Remove() error {
-	return fc.node.withNFT(func(c *nftables.Conn) error {
-		c.DelTable(fc.table)
-		return c.Flush()
-	})
 }
 
 // KubeProxyOptions size a kube-proxy-like ruleset.

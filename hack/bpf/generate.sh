@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the committed bpf2go output (bpf/*_bpfel.go, bpf/*_bpfel.o)
-# from bpf/*.c. Wired to `make generate-bpf`.
+# Regenerates the committed bpf2go output (bpf/**/*_bpfel.go, *_bpfel.o)
+# from the C sources under bpf/. Wired to `make generate-bpf`.
 #
 # The output is only reproducible with one clang: Debian 12's clang 14,
 # the pinned compiler. Another version produces different (valid) objects

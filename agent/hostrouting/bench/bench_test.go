@@ -11,6 +11,7 @@ package bench
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -47,6 +48,9 @@ type path struct {
 	// fibOnly leaves the direct-route map empty: every packet leaving a pod
 	// takes bpf_fib_lookup, as the prototype of datapath.md 7.1 did.
 	fibOnly bool
+	// prototype runs datapath.md 7.1's prototype (bpf/prototype) instead
+	// of routemode's programs.
+	prototype bool
 }
 
 func paths() []path {
@@ -59,6 +63,7 @@ func paths() []path {
 		{name: "legacy+kp-pp", desc: fmt.Sprintf("native, legacy, kube-proxy ruleset walked per packet (%d rules)", 2**services), mode: v1alpha1.HostRoutingLegacy, rules: kpPP},
 		{name: "bpf", desc: "native, eBPF host routing, no netfilter rules", mode: v1alpha1.HostRoutingBPF},
 		{name: "bpf-fib", desc: "native, eBPF host routing without the direct-route map (FIB lookup per packet)", mode: v1alpha1.HostRoutingBPF, fibOnly: true},
+		{name: "prototype", desc: "native, datapath.md 7.1's prototype rebuilt (bpf/prototype): no conntrack check, FIB lookup per packet", mode: v1alpha1.HostRoutingLegacy, prototype: true},
 		{name: "bpf+kp-pp", desc: "native, eBPF host routing, per-packet kube-proxy ruleset installed", mode: v1alpha1.HostRoutingBPF, rules: kpPP},
 		{name: "tunnel", desc: "VXLAN, legacy host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingLegacy},
 		{name: "tunnel+bpf", desc: "VXLAN, eBPF host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingBPF},
@@ -76,6 +81,8 @@ type rig struct {
 	lab  *hrlab.Lab
 	mgrs [2]*hostrouting.Manager
 	cfgs [2]hostrouting.Config
+	// prototype holds the prototype path's programs and links.
+	prototype []io.Closer
 }
 
 func newRig(b *testing.B, i int, p path) *rig {
@@ -90,6 +97,9 @@ func newRig(b *testing.B, i int, p path) *rig {
 		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{NetNS: n.NSPath})
 	}
 	b.Cleanup(func() {
+		for _, c := range r.prototype {
+			_ = c.Close()
+		}
 		for i, m := range r.mgrs {
 			_ = m.Remove(r.cfgs[i].PinDir)
 			m.Close()
@@ -129,6 +139,11 @@ func (r *rig) setup() error {
 		}
 		if p.rules != nil {
 			if err := n.KubeProxyRuleset(*p.rules); err != nil {
+				return err
+			}
+		}
+		if p.prototype {
+			if err := r.attachPrototype(n); err != nil {
 				return err
 			}
 		}
@@ -290,6 +305,7 @@ var cpuUnits = map[Kind]string{TCPRR: "ns/trans", TCPRRPoll: "ns/trans", UDP64: 
 var comparisons = [][2]string{
 	{"bpf", "node"}, {"legacy", "node"}, {"legacy+kp", "node"}, {"tunnel", "node"}, {"tunnel+bpf", "node"},
 	{"bpf", "legacy"}, {"bpf-fib", "legacy"}, {"legacy+kp", "legacy"}, {"tunnel", "legacy"},
+	{"prototype", "legacy"}, {"bpf", "prototype"},
 	{"bpf", "bpf-fib"}, {"bpf", "legacy+kp"}, {"bpf", "legacy+kp-pp"},
 	{"bpf+kp-pp", "legacy+kp-pp"}, {"tunnel+bpf", "tunnel"},
 }
@@ -354,7 +370,7 @@ func report(b *testing.B, ps []path, res map[string]map[Kind][]sample) {
 	}
 	fmt.Print(sb.String())
 
-	for _, c := range [][2]string{{"bpf", "legacy"}, {"bpf", "legacy+kp"}, {"bpf", "legacy+kp-pp"}} {
+	for _, c := range [][2]string{{"bpf", "legacy"}, {"bpf", "prototype"}, {"bpf", "legacy+kp"}, {"bpf", "legacy+kp-pp"}} {
 		if _, ok := res[c[0]]; !ok {
 			continue
 		}

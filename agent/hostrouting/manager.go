@@ -118,7 +118,8 @@ func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) (
 		if !caps.BPFHostRouting {
 			return nil, fmt.Errorf("%w: %s", ErrUnsupported, caps.Reason)
 		}
-		return j.lines, m.applyBPF(j, cfg, eps, !m.classicTC())
+		err := m.applyBPF(j, cfg, eps, !m.classicTC())
+		return j.lines, err
 	case v1alpha1.HostRoutingLegacy, "":
 		if err := m.detach(j, cfg.PinDir, false); err != nil {
 			return j.lines, err
@@ -432,8 +433,7 @@ func (m *Manager) attachAll(j *journal, h *netlink.Handle, pinDir string, coll *
 	}
 	for _, r := range tcs {
 		if useTCX || !want[r] {
-			errs = append(errs, detachTC(h, filepath.Join(tcDir(pinDir), r)))
-			j.add("%s ingress %s: detached", flavour(false), pinDevice(r))
+			j.detached(&errs, detachTC(h, filepath.Join(tcDir(pinDir), r)), false, r)
 		}
 	}
 	lks, err := pinned(linksDir(pinDir))
@@ -442,8 +442,7 @@ func (m *Manager) attachAll(j *journal, h *netlink.Handle, pinDir string, coll *
 	}
 	for _, l := range lks {
 		if !useTCX || !want[l] {
-			errs = append(errs, detachTCX(filepath.Join(linksDir(pinDir), l)))
-			j.add("%s ingress %s: detached", flavour(true), pinDevice(l))
+			j.detached(&errs, detachTCX(filepath.Join(linksDir(pinDir), l)), true, l)
 		}
 	}
 	return podErrs, errors.Join(errs...)
@@ -455,6 +454,16 @@ func flavour(tcx bool) string {
 		return "tcx"
 	}
 	return "tc"
+}
+
+// detached records the detach of the attachment pinned as pin, or its
+// error.
+func (j *journal) detached(errs *[]error, err error, tcx bool, pin string) {
+	if err != nil {
+		*errs = append(*errs, err)
+		return
+	}
+	j.add("%s ingress %s: detached", flavour(tcx), pinDevice(pin))
 }
 
 // detach removes every attachment recorded under pinDir, pods' devices
@@ -473,8 +482,7 @@ func (m *Manager) detach(j *journal, pinDir string, purge bool) error {
 	// node's namespace is already gone.
 	var errs []error
 	for _, l := range orderForDetach(lks) {
-		errs = append(errs, detachTCX(filepath.Join(linksDir(pinDir), l)))
-		j.add("%s ingress %s: detached", flavour(true), pinDevice(l))
+		j.detached(&errs, detachTCX(filepath.Join(linksDir(pinDir), l)), true, l)
 	}
 	if len(tcs) > 0 {
 		err := nsutil.RunIn(m.opts.NetNS, func() error {
@@ -484,8 +492,7 @@ func (m *Manager) detach(j *journal, pinDir string, purge bool) error {
 			}
 			defer h.Close()
 			for _, r := range orderForDetach(tcs) {
-				errs = append(errs, detachTC(h, filepath.Join(tcDir(pinDir), r)))
-				j.add("%s ingress %s: detached", flavour(false), pinDevice(r))
+				j.detached(&errs, detachTC(h, filepath.Join(tcDir(pinDir), r)), false, r)
 			}
 			return nil
 		})

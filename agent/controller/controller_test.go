@@ -197,7 +197,7 @@ func TestManagerTriggers(t *testing.T) {
 	}()
 	waitFor := func(what string, ok func(node.Request, int) bool) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		for time.Now().Before(deadline) {
 			if req, n := agent.last(); n > 0 && ok(req, n) {
 				return

@@ -366,7 +366,20 @@ func TestRolloutPreflightFailuresTouchNoNode(t *testing.T) {
 				_ = env.Client.List(context.Background(), &nodes)
 				return rm.Status.Phase == v1alpha1.PhaseComplete && rm.Status.Nodes.Healthy == int32(len(nodes.Items)), fmt.Sprintf("%+v", rm.Status.Nodes)
 			})
-			time.Sleep(100 * time.Millisecond)
+			// The preflight reads capabilities from the agents' reports.
+			c.waitFor("every node reporting its capabilities", func(*v1alpha1.RoutingMode) (bool, string) {
+				c.agents.mu.Lock()
+				want := c.agents.caps
+				c.agents.mu.Unlock()
+				var rns v1alpha1.RoutingNodeList
+				_ = env.Client.List(context.Background(), &rns)
+				for _, rn := range rns.Items {
+					if got := rn.Status.Capabilities; got == nil || *got != want {
+						return false, fmt.Sprintf("%s reports %+v", rn.Name, got)
+					}
+				}
+				return true, ""
+			})
 			before := map[string]int64{}
 			var list v1alpha1.RoutingNodeList
 			_ = env.Client.List(context.Background(), &list)

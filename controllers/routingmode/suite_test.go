@@ -114,7 +114,7 @@ func (a *agents) holdAtStep(node string, step v1alpha1.RolloutStep) {
 // waitSteps waits until the agent on node saw want.
 func (a *agents) waitSteps(node string, want ...v1alpha1.RolloutStep) {
 	a.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(waitLimit)
 	for time.Now().Before(deadline) {
 		if slices.Equal(a.steps(node), want) {
 			return
@@ -216,7 +216,7 @@ func cleanCluster(t *testing.T) {
 			t.Errorf("cleaning up %T: %v", obj, err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(waitLimit)
 	for time.Now().Before(deadline) {
 		var rms v1alpha1.RoutingModeList
 		var rns v1alpha1.RoutingNodeList

@@ -138,12 +138,21 @@ const (
 	nativeSpec = "  tunnel: disabled\n  nativeRoutingCIDR: 10.0.0.0/16\n  autoDirectNodeRoutes: true\n  hostRouting: bpf\n"
 )
 
-// kstatusWatch records every kstatus the RoutingMode shows until stopped.
+// kstatusWatch records every kstatus the RoutingMode shows, in the order
+// the API server sent them, until stopped.
 type kstatusWatch struct {
 	mu   sync.Mutex
 	seen []status.Status
-	stop chan struct{}
-	done chan struct{}
+	// upTo maps every resourceVersion delivered to how many entries of seen
+	// it and the events before it account for, so StopAt can cut the
+	// sequence at the version another client read.
+	upTo map[string]int
+	changed  chan struct{}
+	closed   bool
+	stop     chan struct{}
+	done     chan struct{}
+	// halt ends the watch once, from StopAt or the test's cleanup.
+	halt func()
 }
 
 // watchKstatus follows every change of the RoutingMode through a watch, so
@@ -151,7 +160,12 @@ type kstatusWatch struct {
 // states (the spec change itself is one, until the operator observes it).
 func (h *harness) watchKstatus() *kstatusWatch {
 	h.t.Helper()
-	w := &kstatusWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	w := &kstatusWatch{upTo: map[string]int{}, changed: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	w.halt = sync.OnceFunc(func() {
+		close(w.stop)
+		<-w.done
+	})
+	h.t.Cleanup(w.halt)
 	s, err := scheme.New()
 	if err != nil {
 		h.t.Fatal(err)
@@ -167,6 +181,7 @@ func (h *harness) watchKstatus() *kstatusWatch {
 	go func() {
 		defer close(w.done)
 		defer watcher.Stop()
+		defer w.notify(func() { w.closed = true })
 		for {
 			select {
 			case <-w.stop:
@@ -180,25 +195,54 @@ func (h *harness) watchKstatus() *kstatusWatch {
 					continue
 				}
 				u, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(rm)
-				if res, err := status.Compute(&unstructured.Unstructured{Object: u}); err == nil {
-					w.mu.Lock()
-					if len(w.seen) == 0 || w.seen[len(w.seen)-1] != res.Status {
+				res, err := status.Compute(&unstructured.Unstructured{Object: u})
+				w.notify(func() {
+					if err == nil && (len(w.seen) == 0 || w.seen[len(w.seen)-1] != res.Status) {
 						w.seen = append(w.seen, res.Status)
 					}
-					w.mu.Unlock()
-				}
+					w.upTo[rm.ResourceVersion] = len(w.seen)
+				})
 			}
 		}
 	}()
 	return w
 }
 
-func (w *kstatusWatch) Stop() []status.Status {
-	close(w.stop)
-	<-w.done
+// notify changes the watch's record under its lock and wakes StopAt.
+func (w *kstatusWatch) notify(change func()) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.seen
+	change()
+	w.mu.Unlock()
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
+}
+
+// StopAt stops the watch once it has itself delivered the RoutingMode at
+// resourceVersion rv, which another client read, and returns the sequence
+// up to that version: it ends with the state that client saw, however far
+// the watch ran behind it. Events come in order, so none can skip rv.
+func (w *kstatusWatch) StopAt(rv string, limit time.Duration) ([]status.Status, error) {
+	defer w.halt()
+	timeout := time.After(limit)
+	for {
+		w.mu.Lock()
+		n, ok := w.upTo[rv]
+		seen, closed := slices.Clone(w.seen), w.closed
+		w.mu.Unlock()
+		switch {
+		case ok:
+			return seen[:n], nil
+		case closed:
+			return seen, fmt.Errorf("the watch closed before it delivered resourceVersion %s (it saw %v)", rv, seen)
+		}
+		select {
+		case <-w.changed:
+		case <-timeout:
+			return seen, fmt.Errorf("the watch did not deliver resourceVersion %s within %s (it saw %v)", rv, limit, seen)
+		}
+	}
 }
 
 // rollout applies spec under traffic and checks nothing was lost.
@@ -215,15 +259,21 @@ func (h *harness) rollout(name, spec string, wantUnderlay func(CaptureSummary) b
 		h.t.Fatalf("%s: kubectl apply: %v\n%s", name, err, out)
 	}
 	rm, err := h.l.WaitRollout(ctx, h.c, 2*time.Minute, func(line string) { h.t.Logf("%s: %s", name, line) })
-	seen := w.Stop()
 	if err != nil {
 		tr.Stop()
 		h.t.Fatalf("%s: %v", name, err)
 	}
-	tr.Capture()
-	time.Sleep(time.Second)
-	after := summary(tr.Capture())
+	seen, err := w.StopAt(rm.ResourceVersion, time.Minute)
+	if err != nil {
+		tr.Stop()
+		h.t.Fatalf("%s: kstatus: %v", name, err)
+	}
+	sample, err := tr.Sample(ctx, 500, time.Minute)
 	r := tr.Stop()
+	if err != nil {
+		h.t.Fatalf("%s: after the switch: %v", name, err)
+	}
+	after := summary(sample)
 	h.t.Logf("%s: UDP %s; TCP %s; underlay after: %s; kstatus %v", name, r.UDP, r.TCP, after, seen)
 	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.UDP.Duplicates != 0 {
 		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost", name, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates)
@@ -279,8 +329,11 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	err = tr.Answered(context.Background(), 300, time.Minute)
 	tr.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The programs, not the host stack, now forward the pods' packets.
 	for node, n := range h.redirected() {
 		if n <= before[node] {
@@ -477,7 +530,9 @@ func TestE2EPreflightFailureTouchesNothing(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	_, err = h.l.WaitRollout(context.Background(), h.c, time.Minute, nil)
-	time.Sleep(time.Second)
+	if werr := tr.Answered(context.Background(), 300, time.Minute); werr != nil {
+		t.Error(werr)
+	}
 	r := tr.Stop()
 	if err == nil || !strings.Contains(err.Error(), "podCIDR 10.0.1.0/24 is outside nativeRoutingCIDR 10.0.0.0/24") {
 		t.Errorf("rollout ended with %v; want a stall naming the podCIDR outside nativeRoutingCIDR", err)
@@ -537,7 +592,9 @@ func TestE2EUnhealthyNodeRolledBack(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	rm, err := h.l.WaitRollout(ctx, h.c, time.Minute, func(line string) { t.Logf("%s", line) })
-	time.Sleep(time.Second)
+	if werr := tr.Answered(ctx, 300, time.Minute); werr != nil {
+		t.Error(werr)
+	}
 	r := tr.Stop()
 	if err == nil {
 		t.Fatalf("the rollout finished with node-3 cut off")

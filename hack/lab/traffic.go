@@ -113,10 +113,18 @@ func (l *Lab) podPairs(use func(PodState) bool) [][2]PodState {
 // Capture returns the summed capture counters and starts counting afresh,
 // so each phase of a demo reports its own packets.
 func (t *Traffic) Capture() probe.CaptureStats {
+	sum := t.captured()
+	for _, c := range t.captures {
+		c.Reset()
+	}
+	return sum
+}
+
+// captured sums the capture counters.
+func (t *Traffic) captured() probe.CaptureStats {
 	var sum probe.CaptureStats
 	for _, c := range t.captures {
 		s := c.Snapshot()
-		c.Reset()
 		sum.Frames += s.Frames
 		sum.TunnelUDP += s.TunnelUDP
 		sum.Encapsulated += s.Encapsulated
@@ -169,5 +177,29 @@ func (t *Traffic) Stop() TrafficReport {
 	return r
 }
 
-// Settle waits a moment so in-flight probes are answered before a snapshot.
-func Settle() { time.Sleep(300 * time.Millisecond) }
+// Sample starts counting afresh and returns the capture counters once the
+// underlays have carried at least n pod packets, so which way traffic goes
+// is judged on a sample of a known size however slow the machine is.
+func (t *Traffic) Sample(ctx context.Context, n int64, limit time.Duration) (probe.CaptureStats, error) {
+	t.Capture()
+	var sum probe.CaptureStats
+	err := wait(ctx, limit, fmt.Sprintf("%d pod packets on the underlays", n), func() (bool, error) {
+		sum = t.captured()
+		return sum.Encapsulated+sum.Plain >= n, nil
+	})
+	return sum, err
+}
+
+// Answered waits until the probe streams have had n more answers, so a
+// check that follows runs over traffic that really flowed.
+func (t *Traffic) Answered(ctx context.Context, n int64, limit time.Duration) error {
+	received := func() int64 {
+		var sum int64
+		for _, s := range t.streams {
+			sum += s.Snapshot().Received
+		}
+		return sum
+	}
+	from := received()
+	return wait(ctx, limit, fmt.Sprintf("%d more probes answered", n), func() (bool, error) { return received()-from >= n, nil })
+}

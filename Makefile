@@ -59,6 +59,21 @@ verify: ## Check that generated code, CRDs, RBAC and eBPF objects are up to date
 build: ## Build the operator, agent, CNI plugin and CLI into bin/.
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+IMAGE_TAG ?= v0.1.0
+IMAGE_REGISTRY ?= ghcr.io/routemode
+
+.PHONY: images
+images: ## Build the operator and agent images as archives in bin/images, without a container engine.
+	$(GO) run ./hack/images build -dir $(BIN)/images -registry $(IMAGE_REGISTRY) -tag $(IMAGE_TAG)
+
+.PHONY: push
+push: registry-set images ## Push the images to REGISTRY (e.g. make push REGISTRY=registry.example.com/routemode).
+	$(GO) run ./hack/images push -dir $(BIN)/images -registry $(REGISTRY) -tag $(IMAGE_TAG)
+
+.PHONY: registry-set
+registry-set:
+	@test -n "$(REGISTRY)" || { echo "make push needs REGISTRY=host[/path], the registry to push routemode-operator and routemode-agent to" >&2; exit 2; }
+
 .PHONY: envtest-bin
 envtest-bin: $(K8S_BIN)/kube-apiserver $(K8S_BIN)/etcd $(K8S_BIN)/kubectl ## Build kube-apiserver, etcd and kubectl from source into bin/k8s (first build about 15 minutes).
 

@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/routemode/routemode/internal/images"
 )
 
 // dockerfile is the repository's Dockerfile with line continuations joined.
@@ -137,6 +140,24 @@ func TestDockerfile(t *testing.T) {
 			}
 		}
 		f.Close()
+	}
+
+	if got, want := slices.Sorted(slices.Values(images.Packages(images.All...))), slices.Sorted(slices.Values(pkgs)); !slices.Equal(got, want) {
+		t.Errorf("make images builds %v, the Dockerfile %v", got, want)
+	}
+	for _, spec := range images.All {
+		stage := d.stage(t, strings.TrimPrefix(spec.Repository, "routemode-"))
+		var paths []string
+		for _, f := range spec.Files {
+			paths = append(paths, f.Path)
+		}
+		if got, want := slices.Sorted(slices.Values(paths)), slices.Sorted(slices.Values(copiedTo(stage))); !slices.Equal(got, want) {
+			t.Errorf("make images puts %v in %s, the Dockerfile %v", got, spec.Repository, want)
+		}
+		entry := fmt.Sprintf("ENTRYPOINT [%q]", strings.Join(spec.Entrypoint, `", "`))
+		if !slices.Contains(stage, entry) || !slices.Contains(stage, "USER "+spec.User) {
+			t.Errorf("make images runs %s as %s as %q; the Dockerfile's stage: %v", spec.Repository, spec.User, spec.Entrypoint, stage)
+		}
 	}
 
 	objs := kustomize(t, "config/default")

@@ -96,7 +96,8 @@ func run(o options) error {
 
 	// Even a legacy-only agent takes over the pins: it must detach the
 	// programs an earlier run of the agent left attached.
-	hrOpts := hostrouting.Options{Logger: log.WithName("hostrouting")}
+	handle := nlsafe.Wrap(h)
+	hrOpts := hostrouting.Options{Handle: handle, Logger: log.WithName("hostrouting")}
 	if o.legacyOnly {
 		hrOpts.Disabled = "the agent runs with --legacy-host-routing-only"
 	}
@@ -108,7 +109,7 @@ func run(o options) error {
 	agent, err := node.New(node.Config{
 		NodeName:       o.nodeName,
 		NodeNS:         nodeNS,
-		Handle:         nlsafe.Wrap(h),
+		Handle:         handle,
 		UnderlayDevice: o.underlay,
 		StateDir:       o.stateDir,
 		CNIConfDir:     o.cniConfDir,

@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package bench
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
+	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
@@ -77,10 +79,11 @@ var kinds = []Kind{TCPRR, TCPRRPoll, UDP64, UDP64Batch, TCPStream}
 // so that samples taken close together in time can be compared even on a
 // machine whose background load drifts.
 type rig struct {
-	path path
-	lab  *hrlab.Lab
-	mgrs [2]*hostrouting.Manager
-	cfgs [2]hostrouting.Config
+	path    path
+	lab     *hrlab.Lab
+	handles [2]nlsafe.Handle
+	mgrs    [2]*hostrouting.Manager
+	cfgs    [2]hostrouting.Config
 	// prototype holds the prototype path's programs and links.
 	prototype []io.Closer
 }
@@ -94,7 +97,12 @@ func newRig(b *testing.B, i int, p path) *rig {
 			Underlay: hrlab.UnderlayDev, TunnelDevice: hrlab.TunnelDev,
 			NativeRoutingCIDR: hrlab.NativeRoutingCIDR, PinDir: filepath.Join(pinRoot, n.Name),
 		}
-		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{NetNS: n.NSPath})
+		h, err := nlsafe.NewHandleAtPath(n.NSPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.handles[i] = h
+		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{Handle: h, NetNS: n.NSPath})
 	}
 	b.Cleanup(func() {
 		for _, c := range r.prototype {
@@ -103,17 +111,18 @@ func newRig(b *testing.B, i int, p path) *rig {
 		for i, m := range r.mgrs {
 			_ = m.Remove(r.cfgs[i].PinDir)
 			m.Close()
+			r.handles[i].Close()
 		}
 		_ = os.RemoveAll(pinRoot)
 		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other lab uses it
 	})
-	if err := r.setup(); err != nil {
+	if err := r.setup(b.Context()); err != nil {
 		b.Fatalf("%s: %v", p.name, err)
 	}
 	return r
 }
 
-func (r *rig) setup() error {
+func (r *rig) setup(ctx context.Context) error {
 	p := r.path
 	if p.node {
 		return nil
@@ -134,7 +143,7 @@ func (r *rig) setup() error {
 		if !p.tunnel && !p.fibOnly {
 			r.cfgs[i].DirectRoutes = n.DirectRoutes()
 		}
-		if _, err := r.mgrs[i].Apply(p.mode, r.cfgs[i], eps); err != nil {
+		if _, err := r.mgrs[i].Apply(ctx, p.mode, r.cfgs[i], eps); err != nil {
 			return err
 		}
 		if p.rules != nil {

@@ -38,6 +38,7 @@ import (
 	"github.com/routemode/routemode/agent/kernel"
 	"github.com/routemode/routemode/agent/masq"
 	"github.com/routemode/routemode/agent/nlsafe"
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/agent/podnet"
 	"github.com/routemode/routemode/api/v1alpha1"
 )
@@ -52,6 +53,9 @@ type Config struct {
 	// UnderlayDevice is the device to the peers; "" picks the device that
 	// holds the node IP.
 	UnderlayDevice string
+	// ProcSys is the /proc/sys mount sysctls are written through; "" means
+	// nsutil.DefaultProcSys.
+	ProcSys string
 	// StateDir holds saved-sysctls.json, endpoints/ and ipam/.
 	StateDir string
 	// CNIConfDir receives cniconf.FileName.
@@ -98,10 +102,11 @@ func New(cfg Config) (*Agent, error) {
 		cfg.ProbeTimeout = 500 * time.Millisecond
 	}
 	a := &Agent{cfg: cfg}
-	a.kernel = &kernel.Kernel{H: cfg.Handle, NS: cfg.NodeNS, StateDir: cfg.StateDir, Log: cfg.Log}
+	sysctls := nsutil.Sysctls{ProcSys: cfg.ProcSys}
+	a.kernel = &kernel.Kernel{H: cfg.Handle, NS: cfg.NodeNS, Sysctls: sysctls, StateDir: cfg.StateDir, Log: cfg.Log}
 	a.health = &health.Endpoint{
 		NSName: cfg.HealthNS,
-		Node:   podnet.Node{Handle: cfg.Handle, NS: cfg.NodeNS},
+		Node:   podnet.Node{Handle: cfg.Handle, NS: cfg.NodeNS, Sysctls: sysctls},
 		Store:  a.Endpoints(),
 		Log:    cfg.Log,
 	}

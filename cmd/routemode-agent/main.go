@@ -47,6 +47,7 @@ type options struct {
 	probeAddr      string
 	legacyOnly     bool
 	installCNIFrom string
+	procSys        string
 }
 
 func main() {
@@ -63,7 +64,7 @@ func main() {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, 0 to disable")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
-	fs.StringVar(&nsutil.ProcSys, "proc-sys", "/proc/sys", "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
+	fs.StringVar(&o.procSys, "proc-sys", nsutil.DefaultProcSys, "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
 	config.RegisterFlags(fs) // --kubeconfig
 	zopts := zap.Options{}
 	zopts.BindFlags(fs)
@@ -111,6 +112,7 @@ func run(o options) error {
 		NodeNS:         nodeNS,
 		Handle:         handle,
 		UnderlayDevice: o.underlay,
+		ProcSys:        o.procSys,
 		StateDir:       o.stateDir,
 		CNIConfDir:     o.cniConfDir,
 		HealthNS:       o.healthNS,

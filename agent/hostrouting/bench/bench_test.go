@@ -48,10 +48,10 @@ type path struct {
 	mode   v1alpha1.HostRouting
 	rules  *hrlab.KubeProxyOptions
 	// fibOnly leaves the direct-route map empty: every packet leaving a pod
-	// takes bpf_fib_lookup, as the prototype of datapath.md 7.1 did.
+	// takes bpf_fib_lookup, as the hand-built prototype did.
 	fibOnly bool
-	// prototype runs datapath.md 7.1's prototype (bpf/prototype) instead
-	// of routemode's programs.
+	// prototype runs the hand-built prototype (bpf/prototype; see
+	// docs/host-routing.md) instead of routemode's programs.
 	prototype bool
 }
 
@@ -65,7 +65,7 @@ func paths() []path {
 		{name: "legacy+kp-pp", desc: fmt.Sprintf("native, legacy, kube-proxy ruleset walked per packet (%d rules)", 2**services), mode: v1alpha1.HostRoutingLegacy, rules: kpPP},
 		{name: "bpf", desc: "native, eBPF host routing, no netfilter rules", mode: v1alpha1.HostRoutingBPF},
 		{name: "bpf-fib", desc: "native, eBPF host routing without the direct-route map (FIB lookup per packet)", mode: v1alpha1.HostRoutingBPF, fibOnly: true},
-		{name: "prototype", desc: "native, datapath.md 7.1's prototype rebuilt (bpf/prototype): no conntrack check, FIB lookup per packet", mode: v1alpha1.HostRoutingLegacy, prototype: true},
+		{name: "prototype", desc: "native, the hand-built prototype rebuilt (bpf/prototype): no conntrack check, FIB lookup per packet", mode: v1alpha1.HostRoutingLegacy, prototype: true},
 		{name: "bpf+kp-pp", desc: "native, eBPF host routing, per-packet kube-proxy ruleset installed", mode: v1alpha1.HostRoutingBPF, rules: kpPP},
 		{name: "tunnel", desc: "VXLAN, legacy host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingLegacy},
 		{name: "tunnel+bpf", desc: "VXLAN, eBPF host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingBPF},

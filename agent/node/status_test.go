@@ -51,13 +51,26 @@ func with(o observation, f func(*observation)) observation {
 	return o
 }
 
+type conditionCase struct {
+	o               observation
+	status          metav1.ConditionStatus
+	reason, message string
+}
+
+func testCondition(t *testing.T, typ string, condition func(observation) metav1.Condition, cases map[string]conditionCase) {
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := condition(tc.o)
+			if c.Type != typ || c.Status != tc.status || c.Reason != tc.reason || c.Message != tc.message {
+				t.Errorf("got %s=%s %s %q, want %s %s %q", c.Type, c.Status, c.Reason, c.Message, tc.status, tc.reason, tc.message)
+			}
+		})
+	}
+}
+
 func TestDatapathAppliedCondition(t *testing.T) {
 	refusal := &datapath.Refusal{Reason: datapath.ReasonTunnelUnsupported, Message: "no geneve"}
-	for name, tc := range map[string]struct {
-		o               observation
-		status          metav1.ConditionStatus
-		reason, message string
-	}{
+	testCondition(t, v1alpha1.ConditionDatapathApplied, datapathAppliedCondition, map[string]conditionCase{
 		"no datapath": {
 			o:      observation{Generation: 1},
 			status: metav1.ConditionUnknown, reason: ReasonNoDatapath, message: "spec.datapath is unset: the kernel is left alone",
@@ -82,22 +95,11 @@ func TestDatapathAppliedCondition(t *testing.T) {
 			o:      tunnelled(),
 			status: metav1.ConditionTrue, reason: ReasonApplied, message: "tunnel vxlan, sending Tunnel, route MTU 1450, host routing legacy",
 		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			c := datapathAppliedCondition(tc.o)
-			if c.Type != v1alpha1.ConditionDatapathApplied || c.Status != tc.status || c.Reason != tc.reason || c.Message != tc.message {
-				t.Errorf("got %s=%s %s %q, want %s %s %q", c.Type, c.Status, c.Reason, c.Message, tc.status, tc.reason, tc.message)
-			}
-		})
-	}
+	})
 }
 
 func TestPeersHealthyCondition(t *testing.T) {
-	for name, tc := range map[string]struct {
-		o               observation
-		status          metav1.ConditionStatus
-		reason, message string
-	}{
+	testCondition(t, v1alpha1.ConditionPeersHealthy, peersHealthyCondition, map[string]conditionCase{
 		"no datapath": {
 			o:      observation{Generation: 1, Peers: []datapath.Peer{peer2}},
 			status: metav1.ConditionUnknown, reason: ReasonNoDatapath, message: "peers are probed once a datapath is applied",
@@ -120,14 +122,7 @@ func TestPeersHealthyCondition(t *testing.T) {
 			}),
 			status: metav1.ConditionFalse, reason: ReasonPeersUnreachable, message: "2 of 3 peers do not answer on the pod network: [node-2 node-3]",
 		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			c := peersHealthyCondition(tc.o)
-			if c.Type != v1alpha1.ConditionPeersHealthy || c.Status != tc.status || c.Reason != tc.reason || c.Message != tc.message {
-				t.Errorf("got %s=%s %s %q, want %s %s %q", c.Type, c.Status, c.Reason, c.Message, tc.status, tc.reason, tc.message)
-			}
-		})
-	}
+	})
 }
 
 func TestDatapathStatus(t *testing.T) {

@@ -195,11 +195,10 @@ type run struct {
 	changes []string
 }
 
-// target is what one reconcile applies, as render works it out.
+// target is what one reconcile applies, as prepare works it out.
 type target struct {
 	underlay    string
 	underlayMTU int
-	saved       map[string]string
 	rendered    datapath.Rendered
 	endpoints   []endpoint.Endpoint
 	byKey       map[string]endpoint.Endpoint
@@ -212,7 +211,7 @@ func (r *run) reconcile(ctx context.Context) error {
 	if r.req.Datapath == nil {
 		return nil
 	}
-	t, err := r.render()
+	t, err := r.prepare()
 	if err != nil {
 		return err
 	}
@@ -229,10 +228,10 @@ func (r *run) reconcile(ctx context.Context) error {
 	return nil
 }
 
-// render works out the desired state, refusing a spec it cannot apply
+// prepare renders the desired state, refusing a spec it cannot apply
 // before anything is touched, and wires the health endpoint, which the
 // second render counts among the endpoints.
-func (r *run) render() (*target, error) {
+func (r *run) prepare() (*target, error) {
 	a, self, c := r.a, r.req.Self, r.obs.Capabilities
 	t := &target{}
 	var err error
@@ -240,12 +239,13 @@ func (r *run) render() (*target, error) {
 	if err != nil && self.IP.IsValid() {
 		return nil, failed(datapath.ReasonNodeMissingFacts, err)
 	}
-	if t.saved, err = a.kernel.LoadSaved(); err != nil {
+	saved, err := a.kernel.LoadSaved()
+	if err != nil {
 		return nil, err
 	}
 	in := datapath.Input{
 		Spec: *r.req.Datapath, Self: self, Peers: r.obs.Peers, Underlay: t.underlay, UnderlayMTU: t.underlayMTU,
-		Saved:  t.saved,
+		Saved:  saved,
 		Kernel: datapath.KernelCaps{Release: c.Kernel, VXLAN: c.VXLAN, Geneve: c.Geneve},
 	}
 	rendered, err := datapath.Render(in)
@@ -274,7 +274,7 @@ func (r *run) render() (*target, error) {
 	for _, p := range t.rendered.Peers {
 		r.obs.Routes[p.Name] = p
 	}
-	t.read = kernel.ReadRequest{SysctlKeys: sysctlKeys(t.rendered.State, t.saved), Endpoints: t.endpoints}
+	t.read = kernel.ReadRequest{SysctlKeys: sysctlKeys(t.rendered.State, saved), Endpoints: t.endpoints}
 	return t, nil
 }
 

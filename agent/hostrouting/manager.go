@@ -271,11 +271,10 @@ func (m *Manager) applyBPF(ctx context.Context, j *journal, cfg Config, eps []En
 
 	// TCX resolves the ifindex in the calling thread's namespace.
 	var podErrs []error
-	err = nsutil.RunIn(m.opts.NetNS, func() error {
+	if err := nsutil.RunIn(m.opts.NetNS, func() (err error) {
 		podErrs, err = m.attachAll(ctx, j, h, cfg.PinDir, coll, plan(underlay, tunnel, lxcs), useTCX)
 		return err
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
 	// A pod whose device refused its program keeps the stack's path,

@@ -239,3 +239,36 @@ func TestSocketDropsAreCounted(t *testing.T) {
 	}
 	t.Logf("responder counted %d socket drops", e.Drops())
 }
+
+// A connected stream counts only answers from its target: an echo on the
+// wildcard address answers a probe to 127.0.0.2 from 127.0.0.1, which an
+// unconnected stream counts and a connected one must not.
+func TestStreamConnect(t *testing.T) {
+	e, err := StartEcho("", netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	port := e.Addr().Port()
+	for _, tc := range []struct {
+		name     string
+		target   string
+		connect  bool
+		answered bool
+	}{
+		{"connected to the answering address", "127.0.0.1", true, true},
+		{"unconnected, answered from another address", "127.0.0.2", false, true},
+		{"connected, answered from another address", "127.0.0.2", true, false},
+	} {
+		s, err := StartStream(StreamConfig{Target: netip.AddrPortFrom(netip.MustParseAddr(tc.target), port), Connect: tc.connect,
+			Rate: 1000, Drain: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the stream's sending window
+		st := s.Stop()
+		if got := st.Sent > 0 && st.Received == st.Sent; got != tc.answered || (!tc.answered && st.Received != 0) {
+			t.Errorf("%s: %s", tc.name, st)
+		}
+	}
+}

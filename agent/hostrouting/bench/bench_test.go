@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package bench
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -21,9 +22,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/routemode/routemode/agent/bpfhost"
+	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/hostrouting"
-	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/netlab"
+	"github.com/routemode/routemode/internal/privileged"
 )
 
 var (
@@ -44,7 +48,7 @@ type path struct {
 	node   bool // node-to-node over the underlay, no pods
 	tunnel bool
 	mode   v1alpha1.HostRouting
-	rules  *hrlab.KubeProxyOptions
+	rules  *netlab.KubeProxyOptions
 	// fibOnly leaves the direct-route map empty: every packet leaving a pod
 	// takes bpf_fib_lookup, as the prototype of datapath.md 7.1 did.
 	fibOnly bool
@@ -54,8 +58,8 @@ type path struct {
 }
 
 func paths() []path {
-	kp := &hrlab.KubeProxyOptions{Services: *services}
-	kpPP := &hrlab.KubeProxyOptions{Services: *services, PerPacket: true}
+	kp := &netlab.KubeProxyOptions{Services: *services}
+	kpPP := &netlab.KubeProxyOptions{Services: *services, PerPacket: true}
 	return []path{
 		{name: "node", desc: "node-to-node, underlay IPs", node: true},
 		{name: "legacy", desc: "native, legacy host routing, no netfilter rules", mode: v1alpha1.HostRoutingLegacy},
@@ -78,24 +82,31 @@ var kinds = []Kind{TCPRR, TCPRRPoll, UDP64, UDP64Batch, TCPStream}
 // machine whose background load drifts.
 type rig struct {
 	path path
-	lab  *hrlab.Lab
+	lab  *netlab.Lab
 	mgrs [2]*hostrouting.Manager
 	cfgs [2]hostrouting.Config
 	// prototype holds the prototype path's programs and links.
 	prototype []io.Closer
 }
 
-func newRig(b *testing.B, i int, p path) *rig {
-	lab := hrlab.New(b, hrlab.Options{PodsPerNode: 1, Prefix: fmt.Sprintf("rmb%d", i)})
+func newRig(b *testing.B, p path) *rig {
+	lab := netlab.New(b, netlab.Spec{Underlay: netlab.PointToPoint})
 	r := &rig{path: p, lab: lab}
-	pinRoot := filepath.Join(hostrouting.BPFFSRoot, "routemode-bench", lab.ID)
-	for i, n := range lab.Nodes {
-		r.cfgs[i] = hostrouting.Config{
-			Underlay: hrlab.UnderlayDev, TunnelDevice: hrlab.TunnelDev,
-			NativeRoutingCIDR: hrlab.NativeRoutingCIDR, PinDir: filepath.Join(pinRoot, n.Name),
-		}
-		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{NetNS: n.NSPath})
+	pinRoot, err := lab.RecordDir(filepath.Join(hostrouting.BPFFSRoot, "routemode-bench", lab.ID))
+	if err != nil {
+		b.Fatal(err)
 	}
+	for i, n := range lab.Nodes {
+		if _, err := n.AddPodDirect("p1"); err != nil {
+			b.Fatal(err)
+		}
+		r.cfgs[i] = hostrouting.Config{
+			Underlay: netlab.UnderlayDev, TunnelDevice: datapath.TunnelDevice,
+			NativeRoutingCIDR: netlab.PodPrefix, PinDir: filepath.Join(pinRoot, n.Name),
+		}
+		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{NetNS: n.Path()})
+	}
+	// Runs before the lab's own cleanup (LIFO), while the namespaces exist.
 	b.Cleanup(func() {
 		for _, c := range r.prototype {
 			_ = c.Close()
@@ -104,7 +115,6 @@ func newRig(b *testing.B, i int, p path) *rig {
 			_ = m.Remove(r.cfgs[i].PinDir)
 			m.Close()
 		}
-		_ = os.RemoveAll(pinRoot)
 		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other lab uses it
 	})
 	if err := r.setup(); err != nil {
@@ -113,28 +123,29 @@ func newRig(b *testing.B, i int, p path) *rig {
 	return r
 }
 
+// setup routes the lab as the path says (routes, tunnel device, pods'
+// route MTU: the agent's own datapath operations) and attaches what the
+// path measures.
 func (r *rig) setup() error {
 	p := r.path
 	if p.node {
 		return nil
 	}
-	mtu := 1500
-	route := r.lab.Native
+	d := netlab.Native
 	if p.tunnel {
-		mtu, route = hrlab.TunnelMTU, r.lab.Tunnel
-	}
-	if err := r.lab.SetPodRouteMTU(mtu); err != nil {
-		return err
-	}
-	if err := route(); err != nil {
-		return err
+		d = netlab.Tunnel
 	}
 	for i, n := range r.lab.Nodes {
-		eps := []hostrouting.Endpoint{{IP: n.Pods[0].IP, ID: uint32(i + 1), IfIndex: n.Pods[0].LXCIndex, MAC: n.Pods[0].MAC, NodeMAC: n.Pods[0].LXCMAC}}
-		if !p.tunnel && !p.fibOnly {
-			r.cfgs[i].DirectRoutes = n.DirectRoutes()
+		routes, err := n.ApplyDatapath(context.Background(), d)
+		if err != nil {
+			return err
 		}
-		if _, err := r.mgrs[i].Apply(p.mode, r.cfgs[i], eps); err != nil {
+		if !p.tunnel && !p.fibOnly {
+			r.cfgs[i].DirectRoutes = bpfhost.DirectRoutes(routes, netlab.UnderlayDev, netlab.PodPrefix)
+		}
+	}
+	for i, n := range r.lab.Nodes {
+		if _, err := r.mgrs[i].Apply(p.mode, r.cfgs[i], bpfhost.Endpoints(n.Endpoints())); err != nil {
 			return err
 		}
 		if p.rules != nil {
@@ -161,11 +172,11 @@ func (r *rig) peers() (client, server Peer) {
 	}
 	n1, n2 := r.lab.Nodes[0], r.lab.Nodes[1]
 	if r.path.node {
-		return Peer{NSPath: n1.NSPath, IP: n1.UnderlayIP, CPU: cpuC, RealTime: *realtime},
-			Peer{NSPath: n2.NSPath, IP: n2.UnderlayIP, CPU: cpuS, RealTime: *realtime}
+		return Peer{NSPath: n1.Path(), IP: n1.IP, CPU: cpuC, RealTime: *realtime},
+			Peer{NSPath: n2.Path(), IP: n2.IP, CPU: cpuS, RealTime: *realtime}
 	}
-	return Peer{NSPath: n1.Pods[0].NSPath, IP: n1.Pods[0].IP, CPU: cpuC, RealTime: *realtime},
-		Peer{NSPath: n2.Pods[0].NSPath, IP: n2.Pods[0].IP, CPU: cpuS, RealTime: *realtime}
+	return Peer{NSPath: n1.Pods[0].Path(), IP: n1.Pods[0].IP, CPU: cpuC, RealTime: *realtime},
+		Peer{NSPath: n2.Pods[0].Path(), IP: n2.Pods[0].IP, CPU: cpuS, RealTime: *realtime}
 }
 
 // forwarded reads Ip ForwDatagrams of both nodes: it must not move on BPF
@@ -173,14 +184,11 @@ func (r *rig) peers() (client, server Peer) {
 func (r *rig) forwarded() (uint64, error) {
 	var total uint64
 	for _, n := range r.lab.Nodes {
-		err := n.Run(func() error {
-			v, err := hrlab.SNMP("Ip:", "ForwDatagrams")
-			total += v
-			return err
-		})
+		v, err := netlab.SNMP(n.Path(), "Ip:", "ForwDatagrams")
 		if err != nil {
 			return 0, err
 		}
+		total += v
 	}
 	return total, nil
 }
@@ -195,11 +203,9 @@ type sample struct {
 // medians and ratios. One invocation is the whole measurement: run it with
 // -benchtime=1x (hack/bpf/bench.sh).
 func BenchmarkDatapath(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
+	privileged.Require(b, "builds network namespaces and loads BPF programs")
 	if caps := hostrouting.Probe(); !caps.BPFHostRouting {
-		b.Skipf("no eBPF host routing: %s", caps.Reason)
+		privileged.Unavailable(b, "eBPF host routing: "+caps.Reason)
 	}
 	// The measurement threads block in raw system calls that keep their P;
 	// leave Ps for everything else.
@@ -219,7 +225,7 @@ func BenchmarkDatapath(b *testing.B) {
 	rigs := make([]*rig, len(ps))
 	res := map[string]map[Kind][]sample{}
 	for i, p := range ps {
-		rigs[i] = newRig(b, i, p)
+		rigs[i] = newRig(b, p)
 		res[p.name] = map[Kind][]sample{}
 	}
 	port := 20000

@@ -31,15 +31,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
-	"github.com/routemode/routemode/agent/hostrouting"
-	"github.com/routemode/routemode/agent/hostrouting/bench"
 	"github.com/routemode/routemode/agent/bpfhost"
 	"github.com/routemode/routemode/agent/datapath"
-	"github.com/routemode/routemode/internal/netlab"
-	"github.com/routemode/routemode/internal/probe"
+	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/hostrouting/bench"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/fwdcount"
+	"github.com/routemode/routemode/internal/netlab"
+	"github.com/routemode/routemode/internal/probe"
 )
 
 const (

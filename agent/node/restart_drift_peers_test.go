@@ -142,7 +142,8 @@ func TestDriftRepair(t *testing.T) {
 
 // snapshot is the node's IPv4 kernel state as ip prints it, without
 // counters, neighbour states that age or IPv6 (whose duplicate address
-// detection finishes on its own schedule).
+// detection finishes on its own schedule), and without the tools'
+// complaints about other namespaces, which come and go with other tests.
 func snapshot(t *testing.T, n *netlab.Node) string {
 	t.Helper()
 	var b strings.Builder
@@ -157,7 +158,7 @@ func snapshot(t *testing.T, n *netlab.Node) string {
 		b.WriteString(out)
 	}
 	out, err := exec.Command("ip", "netns", "exec", n.NSName, "sh", "-c",
-		"bridge fdb show dev rm_vxlan; grep -H . /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv4/ip_forward").CombinedOutput()
+		"bridge fdb show dev rm_vxlan; grep -H . /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv4/ip_forward").Output()
 	if err != nil {
 		t.Fatalf("snapshot: %v: %s", err, out)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/routemode/routemode/internal/netlab"
 	"io"
 	"net"
 	"net/http"
@@ -516,8 +517,8 @@ func TestE2EUnhealthyNodeRolledBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	node3 := h.l.Nodes[2]
-	port := "veth-node3"
-	under := h.l.cfg.Prefix + "rmlab-underlay"
+	port := netlab.BridgePort(3)
+	under := h.l.state.Underlay
 	if _, err := run("ip", "-n", under, "link", "set", port, "down"); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 // NewAgent returns a fresh agent for the node, as a restarted agent process
 // would be; Close the node's current agent first.
 func (n *Node) NewAgent() (*node.Agent, error) {
-	health := fmt.Sprintf("%sh%d", n.Lab.ID, n.Index)
+	health := fmt.Sprintf("%shealth-%d", n.Lab.ID, n.Index)
 	if err := n.Lab.state.add(func(r *record) { r.Namespaces = append(r.Namespaces, health) }); err != nil {
 		return nil, err
 	}

@@ -37,6 +37,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -90,9 +92,13 @@ type Spec struct {
 	// (strict, as many distributions ship it) shows whether a datapath
 	// loosens it where it must.
 	RPFilter int
-	// Prefix starts every name the lab makes; empty means a random
-	// "rml<6 hex>-".
+	// Prefix starts every name the lab makes. A lab without StateFile is a
+	// throwaway one: an empty Prefix means a random "rml<6 hex>-".
 	Prefix string
+	// StateFile, when set, records the lab there rather than under
+	// StateRoot: a lab that outlives its process (hack/lab's), which only
+	// Down removes and Sweep never touches.
+	StateFile string
 	// CNI builds the CNI plugin for AddPod.
 	CNI bool
 	// Agents gives every node an agent (agent/node), driven by Reconcile
@@ -135,13 +141,16 @@ func Build(spec Spec) (l *Lab, err error) {
 	if spec.Underlay == PointToPoint && spec.Nodes != 2 {
 		return nil, fmt.Errorf("a point-to-point underlay joins 2 nodes, not %d", spec.Nodes)
 	}
-	if spec.Prefix == "" {
+	if spec.Prefix == "" && spec.StateFile == "" {
 		b := make([]byte, 3)
 		_, _ = rand.Read(b)
 		spec.Prefix = "rml" + hex.EncodeToString(b) + "-"
 	}
+	if spec.StateFile == "" {
+		spec.StateFile = filepath.Join(StateRoot, strings.TrimSuffix(spec.Prefix, "-")+".json")
+	}
 	l = &Lab{ID: spec.Prefix, spec: spec}
-	if l.state, err = newState(spec.Prefix); err != nil {
+	if l.state, err = newState(spec.StateFile); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -193,6 +202,13 @@ func Build(spec Spec) (l *Lab, err error) {
 
 // Close stops the agents and removes everything the lab made.
 func (l *Lab) Close() error {
+	l.Detach()
+	return l.state.remove()
+}
+
+// Detach stops the agents and echo responders and lets go of the nodes'
+// namespaces, leaving the lab to Down.
+func (l *Lab) Detach() {
 	for _, n := range l.Nodes {
 		for _, p := range n.Pods {
 			if p.echo != nil {
@@ -205,7 +221,6 @@ func (l *Lab) Close() error {
 		n.Handle.Close()
 		n.NS.Close()
 	}
-	return l.state.remove()
 }
 
 // Spec is the lab's description, defaults filled in.
@@ -219,7 +234,13 @@ func (l *Lab) newNS(name string) (ns.NetNS, error) {
 	}
 	n, err := nsutil.Create(name)
 	if err != nil {
-		return nil, err
+		// Not ours (Create never takes over an existing namespace): forget
+		// it, so that removing the lab leaves it alone.
+		return nil, errors.Join(err, l.state.add(func(s *record) {
+			if i := slices.Index(s.Namespaces, name); i >= 0 {
+				s.Namespaces = slices.Delete(s.Namespaces, i, i+1)
+			}
+		}))
 	}
 	err = nsutil.WriteSysctls(n, []nsutil.SysctlSet{
 		{Key: "net/ipv6/conf/all/disable_ipv6", Value: "1"},
@@ -256,7 +277,7 @@ type Node struct {
 }
 
 func (l *Lab) addNode(i int) (*Node, error) {
-	n := &Node{Lab: l, Index: i, Name: fmt.Sprintf("node-%d", i), NSName: fmt.Sprintf("%sn%d", l.ID, i),
+	n := &Node{Lab: l, Index: i, Name: fmt.Sprintf("node-%d", i), NSName: fmt.Sprintf("%snode-%d", l.ID, i),
 		IP: NodeIP(i), PodCIDR: PodCIDR(i), Underlay: UnderlayDev,
 		StateDir:   filepath.Join(l.spec.Dir, fmt.Sprintf("node-%d", i), "state"),
 		CNIConfDir: filepath.Join(l.spec.Dir, fmt.Sprintf("node-%d", i), "cni"),
@@ -283,7 +304,7 @@ func (l *Lab) addNode(i int) (*Node, error) {
 }
 
 func (l *Lab) bridge() error {
-	l.UnderlayNS = l.ID + "ul"
+	l.UnderlayNS = l.ID + "underlay"
 	u, err := l.newNS(l.UnderlayNS)
 	if err != nil {
 		return err
@@ -309,7 +330,7 @@ func (l *Lab) bridge() error {
 		return err
 	}
 	for _, n := range l.Nodes {
-		port := fmt.Sprintf("n%d", n.Index)
+		port := BridgePort(n.Index)
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MTU: l.spec.MTU, MasterIndex: brl.Attrs().Index}, PeerName: n.Underlay,
 			PeerMTU: uint32(l.spec.MTU), PeerNamespace: netlink.NsFd(int(n.NS.Fd()))}
 		if err := h.LinkAdd(v); err != nil {
@@ -365,6 +386,9 @@ func (n *Node) upUnderlay() error {
 func NeighQueue(dev string) nsutil.SysctlSet {
 	return nsutil.SysctlSet{Key: "net/ipv4/neigh/" + dev + "/unres_qlen_bytes", Value: "4194304"}
 }
+
+// BridgePort is node i's port on br0, in the underlay namespace.
+func BridgePort(i int) string { return fmt.Sprintf("node%d", i) }
 
 // Readdress moves the node's underlay address to ip, as a node whose
 // InternalIP changed.

@@ -63,7 +63,7 @@ func (n *Node) NewPodNS(name string) (string, error) {
 }
 
 func (n *Node) podNS(name string) (string, ns.NetNS, error) {
-	nsName := fmt.Sprintf("%sn%d-%s", n.Lab.ID, n.Index, name)
+	nsName := fmt.Sprintf("%s-%s", n.NSName, name)
 	p, err := n.Lab.newNS(nsName)
 	if err != nil {
 		return "", nil, fmt.Errorf("creating pod namespace: %w", err)

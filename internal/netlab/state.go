@@ -35,13 +35,13 @@ type state struct {
 	rec  record
 }
 
-func newState(prefix string) (*state, error) {
-	if err := os.MkdirAll(StateRoot, 0o700); err != nil {
+func newState(path string) (*state, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	s := &state{path: filepath.Join(StateRoot, strings.TrimSuffix(prefix, "-")+".json"), rec: record{PID: os.Getpid()}}
-	if _, err := os.Stat(s.path); err == nil {
-		return nil, fmt.Errorf("a lab with prefix %q exists (%s): remove it first", prefix, s.path)
+	s := &state{path: path, rec: record{PID: os.Getpid()}}
+	if _, err := os.Stat(path); err == nil {
+		return nil, fmt.Errorf("a lab is recorded in %s: remove it first", path)
 	}
 	return s, s.save()
 }
@@ -99,6 +99,26 @@ func (l *Lab) RecordDir(dir string) (string, error) {
 	return dir, l.state.add(func(r *record) { r.Dirs = append(r.Dirs, dir) })
 }
 
+// Down removes what the lab recorded in stateFile made, and the file; a
+// missing file is no lab.
+func Down(stateFile string) error {
+	b, err := os.ReadFile(stateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("%s: %w", stateFile, err)
+	}
+	if err := removeRecorded(rec); err != nil {
+		return err
+	}
+	return os.Remove(stateFile)
+}
+
 // Sweep removes what the labs of processes that no longer run left
 // behind; it leaves live processes' labs alone.
 func Sweep() error {
@@ -109,6 +129,9 @@ func Sweep() error {
 	var errs []error
 	for _, f := range files {
 		b, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed by its lab meanwhile
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -118,14 +141,9 @@ func Sweep() error {
 			errs = append(errs, fmt.Errorf("%s: %w", f, err))
 			continue
 		}
-		if alive(rec.PID) {
-			continue
+		if !alive(rec.PID) {
+			errs = append(errs, Down(f))
 		}
-		if err := removeRecorded(rec); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		errs = append(errs, os.Remove(f))
 	}
 	bins, _ := filepath.Glob(filepath.Join(StateRoot, cniDirPrefix+"*"))
 	for _, d := range bins {

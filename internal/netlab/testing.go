@@ -2,7 +2,9 @@ package netlab
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,9 +121,17 @@ func MustCapture(t testing.TB, l *Lab) *probe.Capture {
 	return c
 }
 
-// IP runs `ip args...` in the node's namespace and returns its output.
+// IP runs `ip args...` in the node's namespace and returns its standard
+// output; its standard error, which also carries complaints about other
+// namespaces (a peer's namespace deleted meanwhile), only in the error.
 func IP(n *Node, args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"-n", n.NSName}, args...)...).CombinedOutput()
+	var stderr strings.Builder
+	cmd := exec.Command("ip", append([]string{"-n", n.NSName}, args...)...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		err = fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
 	return string(out), err
 }
 

@@ -223,9 +223,6 @@ func (l *Lab) Detach() {
 	}
 }
 
-// Spec is the lab's description, defaults filled in.
-func (l *Lab) Spec() Spec { return l.spec }
-
 // newNS creates a namespace with IPv6 off (the lab never uses it; DAD and
 // router solicitations stay out of every counter), recorded first.
 func (l *Lab) newNS(name string) (ns.NetNS, error) {
@@ -417,9 +414,6 @@ func (n *Node) Path() string { return nsutil.NamedPath(n.NSName) }
 
 // Do runs fn on a thread in the node's namespace.
 func (n *Node) Do(fn func() error) error { return n.NS.Do(func(ns.NetNS) error { return fn() }) }
-
-// Peer is the other node of a two-node lab.
-func (n *Node) Peer() *Node { return n.Lab.Nodes[2-n.Index] }
 
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}

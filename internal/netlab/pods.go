@@ -44,9 +44,6 @@ func (p *Pod) EchoAddr() netip.AddrPort { return netip.AddrPortFrom(p.IP, EchoPo
 // want of buffer: the tool's loss, not the network's.
 func (p *Pod) EchoDrops() uint32 { return p.echo.Drops() }
 
-// Do runs fn on a thread in the pod's namespace.
-func (p *Pod) Do(fn func() error) error { return nsutil.RunIn(p.Path(), fn) }
-
 // Ping sends one probe from p to target and waits for the answer.
 func (p *Pod) Ping(ctx context.Context, target netip.AddrPort, size int, dontFragment bool) (time.Duration, error) {
 	return probe.PingOnce(ctx, p.Path(), target, size, dontFragment, time.Second)

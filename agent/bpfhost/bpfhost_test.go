@@ -19,7 +19,7 @@ import (
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/fwdcount"
-	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/netlab"
 	"github.com/routemode/routemode/internal/privileged"
 )
 
@@ -36,8 +36,11 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	routers := map[string]*bpfhost.Router{}
 	legacyOnly := map[string]bool{} // nodes whose next agent runs --legacy-host-routing-only
 	const legacyOnlyReason = "the agent runs with --legacy-host-routing-only"
-	l := nslab.New(t, nslab.Options{Nodes: 2, HostRouter: func(n *nslab.Node) node.HostRouter {
-		pin := filepath.Join(hostrouting.BPFFSRoot, "routemode", n.Lab.ID+"-"+n.Name)
+	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1, HostRouter: func(n *netlab.Node) node.HostRouter {
+		pin, err := n.Lab.RecordDir(filepath.Join(hostrouting.BPFFSRoot, "routemode", n.Lab.ID+n.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
 		opts := hostrouting.Options{Handle: n.Handle, NetNS: n.Path(), Logger: n.Logger()}
 		if legacyOnly[n.Name] {
 			opts.Disabled = legacyOnlyReason
@@ -55,19 +58,19 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 		routers[n.Name] = r
 		return r
 	}})
-	ctx := nslab.Context(t, time.Minute)
-	l.Step(ctx, l.Nodes, nslab.Native, 20*time.Second)
-	var pods []*nslab.Pod
+	ctx := netlab.Context(t, time.Minute)
+	netlab.MustStep(t, ctx, l.Nodes, netlab.Native)
+	var pods []*netlab.Pod
 	for i, n := range l.Nodes {
-		pods = append(pods, n.AddPod(ctx, "pod"+string(rune('1'+i))))
+		pods = append(pods, netlab.MustAddPod(t, ctx, n, "pod"+string(rune('1'+i))))
 	}
-	streams := l.StartStreams(pods, 1000)
+	streams := netlab.MustStreams(t, pods, 1000)
 	// A counting rule in each node's forward hook: the stack forwards the
 	// pods' packets with legacy.
 	fwd := make([]*fwdcount.Counter, len(l.Nodes))
 	for i, n := range l.Nodes {
 		var err error
-		if fwd[i], err = fwdcount.Start(n.Path(), nslab.PodPrefix); err != nil {
+		if fwd[i], err = fwdcount.Start(n.Path(), netlab.PodPrefix); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -77,10 +80,10 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 			t.Errorf("%s's forward hook saw no pod packet with legacy host routing", n.Name)
 		}
 	}
-	withBPF := nslab.Native
+	withBPF := netlab.Native
 	withBPF.HostRouting = v1alpha1.HostRoutingBPF
 	for _, n := range l.Nodes {
-		l.Step(ctx, []*nslab.Node{n}, withBPF, 20*time.Second)
+		netlab.MustStep(t, ctx, []*netlab.Node{n}, withBPF)
 		if got := n.Status.Datapath.HostRouting; got != v1alpha1.HostRoutingBPF {
 			t.Errorf("%s reports host routing %q, want bpf", n.Name, got)
 		}
@@ -155,7 +158,7 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 			applied, res.Status.Datapath.HostRouting, res.Changes)
 	}
 	for _, n := range l.Nodes {
-		l.Step(ctx, []*nslab.Node{n}, nslab.Native, 20*time.Second)
+		netlab.MustStep(t, ctx, []*netlab.Node{n}, netlab.Native)
 		time.Sleep(300 * time.Millisecond)
 	}
 	if back := forwarded(t, fwd); back[0] == fwdAfter[0] || back[1] == fwdAfter[1] {
@@ -168,10 +171,10 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 		t.Errorf("node-1's BPF direct routes back in legacy: %v %v, want none", routes, err)
 	}
 	stats := streams.Stop()
-	total := nslab.Total(stats)
+	total := netlab.Total(stats)
 	t.Logf("probes across legacy→bpf→legacy: %s", total)
 	if total.Lost != 0 || total.Sent == 0 {
-		t.Errorf("lost %d of %d probes:\n%s", total.Lost, total.Sent, nslab.Report(stats))
+		t.Errorf("lost %d of %d probes:\n%s", total.Lost, total.Sent, netlab.Report(stats))
 	}
 }
 

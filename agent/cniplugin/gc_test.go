@@ -21,14 +21,14 @@ import (
 	"github.com/routemode/routemode/agent/health"
 	"github.com/routemode/routemode/agent/ipam"
 	"github.com/routemode/routemode/agent/nsutil"
-	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/netlab"
 )
 
 // runtime drives the plugin through libcni, the library containerd and
 // CRI-O call it with, reading the configuration list the agent wrote and
 // running the plugin in the node's namespace. Its attachment cache is the
 // test's own, and empty: a runtime that lost its state.
-func runtime(t *testing.T, n *nslab.Node, fn func(c *libcni.CNIConfig, list *libcni.NetworkConfigList) error) error {
+func runtime(t *testing.T, n *netlab.Node, fn func(c *libcni.CNIConfig, list *libcni.NetworkConfigList) error) error {
 	t.Helper()
 	list, err := libcni.ConfListFromFile(filepath.Join(n.CNIConfDir, cniconf.FileName))
 	if err != nil {
@@ -44,11 +44,11 @@ func runtime(t *testing.T, n *nslab.Node, fn func(c *libcni.CNIConfig, list *lib
 
 // rawPod wires a pod namespace with ADD and nothing else, so that deleting
 // the namespace really frees it (and its veth).
-func rawPod(ctx context.Context, t *testing.T, n *nslab.Node, name string) (containerID, nsName string) {
+func rawPod(ctx context.Context, t *testing.T, n *netlab.Node, name string) (containerID, nsName string) {
 	t.Helper()
-	nsName = n.NewPodNS(name)
+	nsName = netlab.MustPodNS(t, n, name)
 	containerID = "gc-" + name
-	if res := n.CNI(ctx, "ADD", containerID, nsutil.NamedPath(nsName), "eth0", n.PluginStdin()); res.ExitCode != 0 {
+	if res := netlab.MustCNI(t, ctx, n, "ADD", containerID, nsutil.NamedPath(nsName), "eth0", netlab.MustPluginStdin(t, n)); res.ExitCode != 0 {
 		t.Fatalf("ADD %s: %s %s", name, res.Stdout, res.Stderr)
 	}
 	return containerID, nsName
@@ -58,7 +58,7 @@ type wiring struct {
 	record, address, device bool
 }
 
-func wiredState(t *testing.T, n *nslab.Node, containerID string) wiring {
+func wiredState(t *testing.T, n *netlab.Node, containerID string) wiring {
 	t.Helper()
 	var w wiring
 	ep, ok, err := endpoint.Store{Dir: filepath.Join(n.StateDir, "endpoints")}.Get(containerID, "eth0")
@@ -86,8 +86,8 @@ func wiredState(t *testing.T, n *nslab.Node, containerID string) wiring {
 // still lists, the agent's health endpoint and a foreign lxc device stay.
 func TestGCRemovesPodsTheRuntimeNoLongerLists(t *testing.T) {
 	_, n := oneNode(t)
-	ctx := nslab.Context(t, 2*time.Minute)
-	keep := n.AddPod(ctx, "keep")
+	ctx := netlab.Context(t, 2*time.Minute)
+	keep := netlab.MustAddPod(t, ctx, n, "keep")
 	gone, goneNS := rawPod(ctx, t, n, "gone")
 	left, _ := rawPod(ctx, t, n, "left")
 	alloc, err := ipam.New(filepath.Join(n.StateDir, "ipam"), n.PodCIDR)
@@ -116,8 +116,8 @@ func TestGCRemovesPodsTheRuntimeNoLongerLists(t *testing.T) {
 	before, _ := alloc.Allocations()
 
 	// GC without the list of valid attachments must not take it as "none".
-	stdin := n.PluginStdin()
-	res := n.CNI(ctx, "GC", "", "", "", stdin)
+	stdin := netlab.MustPluginStdin(t, n)
+	res := netlab.MustCNI(t, ctx, n, "GC", "", "", "", stdin)
 	if e := cniError(t, res); e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "cni.dev/valid-attachments") {
 		t.Errorf("GC without valid attachments: %+v", e)
 	}
@@ -165,14 +165,14 @@ func TestGCRemovesPodsTheRuntimeNoLongerLists(t *testing.T) {
 		t.Errorf("second GC: %v, listed pod %+v", err, w)
 	}
 
-	gcWith := func(edit func(conf map[string]any)) nslab.CNIResult {
+	gcWith := func(edit func(conf map[string]any)) netlab.CNIResult {
 		var conf map[string]any
-		if err := json.Unmarshal(n.PluginStdin(), &conf); err != nil {
+		if err := json.Unmarshal(netlab.MustPluginStdin(t, n), &conf); err != nil {
 			t.Fatal(err)
 		}
 		edit(conf)
 		stdin, _ := json.Marshal(conf)
-		return n.CNI(ctx, "GC", "", "", "", stdin)
+		return netlab.MustCNI(t, ctx, n, "GC", "", "", "", stdin)
 	}
 	// Another network's GC does not own routemode's pods.
 	res = gcWith(func(c map[string]any) { c["name"] = "other"; c["cni.dev/valid-attachments"] = []any{} })
@@ -196,7 +196,7 @@ func TestGCRemovesPodsTheRuntimeNoLongerLists(t *testing.T) {
 // pods' gateway address missing, or no free address.
 func TestStatus(t *testing.T) {
 	_, n := oneNode(t)
-	ctx := nslab.Context(t, time.Minute)
+	ctx := netlab.Context(t, time.Minute)
 	status := func() error {
 		return runtime(t, n, func(c *libcni.CNIConfig, list *libcni.NetworkConfigList) error {
 			return c.GetStatusNetworkList(ctx, list)
@@ -217,11 +217,11 @@ func TestStatus(t *testing.T) {
 	}
 
 	router := ipam.RouterIP(n.PodCIDR)
-	if out, err := n.IPCmd("addr", "del", router.String()+"/32", "dev", "rm_host"); err != nil {
+	if out, err := netlab.IP(n, "addr", "del", router.String()+"/32", "dev", "rm_host"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	wantUnavailable("without the router address", router.String())
-	if out, err := n.IPCmd("addr", "add", router.String()+"/32", "dev", "rm_host"); err != nil {
+	if out, err := netlab.IP(n, "addr", "add", router.String()+"/32", "dev", "rm_host"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if err := status(); err != nil {
@@ -250,17 +250,17 @@ func TestStatus(t *testing.T) {
 // with the CNI library's error, and GC changes nothing.
 func TestGCAndStatusNeedSpec11(t *testing.T) {
 	_, n := oneNode(t)
-	ctx := nslab.Context(t, time.Minute)
+	ctx := netlab.Context(t, time.Minute)
 	var conf map[string]any
-	if err := json.Unmarshal(n.PluginStdin(), &conf); err != nil {
+	if err := json.Unmarshal(netlab.MustPluginStdin(t, n), &conf); err != nil {
 		t.Fatal(err)
 	}
 	conf["cniVersion"] = "1.0.0"
 	conf["cni.dev/valid-attachments"] = []any{}
 	stdin, _ := json.Marshal(conf)
-	p := n.AddPod(ctx, "p")
+	p := netlab.MustAddPod(t, ctx, n, "p")
 	for _, cmd := range []string{"GC", "STATUS"} {
-		if e := cniError(t, n.CNI(ctx, cmd, "", "", "", stdin)); e.Code != types.ErrIncompatibleCNIVersion {
+		if e := cniError(t, netlab.MustCNI(t, ctx, n, cmd, "", "", "", stdin)); e.Code != types.ErrIncompatibleCNIVersion {
 			t.Errorf("%s with spec 1.0.0: %+v", cmd, e)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,20 +20,18 @@ import (
 	"github.com/routemode/routemode/agent/endpoint"
 	"github.com/routemode/routemode/agent/ipam"
 	"github.com/routemode/routemode/agent/nlsafe"
-	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/netlab"
 )
 
-const stepTimeout = 20 * time.Second
-
 // oneNode is a one-node lab whose agent wrote its CNI configuration.
-func oneNode(t *testing.T) (*nslab.Lab, *nslab.Node) {
+func oneNode(t *testing.T) (*netlab.Lab, *netlab.Node) {
 	t.Helper()
-	l := nslab.New(t, nslab.Options{Nodes: 1})
-	l.Step(nslab.Context(t, time.Minute), l.Nodes, nslab.Tunnel, stepTimeout)
+	l := netlab.New(t, netlab.Spec{Nodes: 1, CNI: true, Agents: true, RPFilter: 1})
+	netlab.MustStep(t, netlab.Context(t, time.Minute), l.Nodes, netlab.Tunnel)
 	return l, l.Nodes[0]
 }
 
-func cniError(t *testing.T, res nslab.CNIResult) types.Error {
+func cniError(t *testing.T, res netlab.CNIResult) types.Error {
 	t.Helper()
 	if res.ExitCode == 0 {
 		t.Fatalf("plugin succeeded, want an error: %s", res.Stdout)
@@ -52,8 +51,8 @@ func cniError(t *testing.T, res nslab.CNIResult) types.Error {
 
 func TestMalformedInput(t *testing.T) {
 	_, n := oneNode(t)
-	ctx := nslab.Context(t, time.Minute)
-	good := n.PluginStdin()
+	ctx := netlab.Context(t, time.Minute)
+	good := netlab.MustPluginStdin(t, n)
 	var conf map[string]any
 	if err := json.Unmarshal(good, &conf); err != nil {
 		t.Fatal(err)
@@ -67,7 +66,7 @@ func TestMalformedInput(t *testing.T) {
 		b, _ := json.Marshal(m)
 		return b
 	}
-	podNS := n.NewPodNS("bad")
+	podNS := netlab.MustPodNS(t, n, "bad")
 	cases := map[string]struct {
 		stdin    []byte
 		netns    string
@@ -92,7 +91,7 @@ func TestMalformedInput(t *testing.T) {
 			if tc.netns != "" {
 				netnsPath = tc.netns
 			}
-			res := n.CNI(ctx, "ADD", "malformed", netnsPath, "eth0", tc.stdin)
+			res := netlab.MustCNI(t, ctx, n, "ADD", "malformed", netnsPath, "eth0", tc.stdin)
 			e := cniError(t, res)
 			t.Logf("exit %d, code %d: %s (%s)", res.ExitCode, e.Code, e.Msg, e.Details)
 			if e.Code != tc.code {
@@ -104,7 +103,7 @@ func TestMalformedInput(t *testing.T) {
 		})
 	}
 	// Missing environment: no CNI_NETNS for ADD.
-	res := n.CNI(ctx, "ADD", "malformed", "", "eth0", good)
+	res := netlab.MustCNI(t, ctx, n, "ADD", "malformed", "", "eth0", good)
 	if e := cniError(t, res); e.Code != types.ErrInvalidEnvironmentVariables {
 		t.Errorf("missing CNI_NETNS: %+v", e)
 	}
@@ -122,7 +121,7 @@ func TestMalformedInput(t *testing.T) {
 // cache see changes to the plugin package, imported here).
 func TestVersion(t *testing.T) {
 	_, n := oneNode(t)
-	res := n.CNI(nslab.Context(t, time.Minute), "VERSION", "", "", "", []byte(`{"cniVersion":"1.0.0"}`))
+	res := netlab.MustCNI(t, netlab.Context(t, time.Minute), n, "VERSION", "", "", "", []byte(`{"cniVersion":"1.0.0"}`))
 	var got struct {
 		Supported []string `json:"supportedVersions"`
 	}
@@ -138,8 +137,8 @@ func TestVersion(t *testing.T) {
 // for CHECK to notice, and deletes it twice.
 func TestAddCheckDel(t *testing.T) {
 	_, n := oneNode(t)
-	ctx := nslab.Context(t, time.Minute)
-	p := n.AddPod(ctx, "pod1")
+	ctx := netlab.Context(t, time.Minute)
+	p := netlab.MustAddPod(t, ctx, n, "pod1")
 	if !n.PodCIDR.Contains(p.IP) || p.IP == netip.MustParseAddr("10.0.0.1") || p.IP == netip.MustParseAddr("10.0.0.2") {
 		t.Errorf("pod IP %s: want an address of %s other than the router and health IPs", p.IP, n.PodCIDR)
 	}
@@ -157,33 +156,33 @@ func TestAddCheckDel(t *testing.T) {
 	}
 	t.Logf("endpoint: %+v", ep)
 
-	route, err := nodeCmd(n, "ip", "-n", p.NSName, "route", "show", "default")
+	route, err := run("ip", "-n", p.NSName, "route", "show", "default")
 	if err != nil || !strings.Contains(route, "default via 10.0.0.1 dev eth0") || !strings.Contains(route, "mtu 1450") {
 		t.Errorf("pod default route: %q %v", route, err)
 	}
-	link, _ := nodeCmd(n, "ip", "-n", p.NSName, "link", "show", "eth0")
+	link, _ := run("ip", "-n", p.NSName, "link", "show", "eth0")
 	if !strings.Contains(link, "mtu 1500") {
 		t.Errorf("pod eth0 must keep the full MTU: %s", link)
 	}
-	host, _ := n.IPCmd("route", "show", p.IP.String())
+	host, _ := netlab.IP(n, "route", "show", p.IP.String())
 	if !strings.Contains(host, "dev "+ep.LXCName) || !strings.Contains(host, "proto 182") {
 		t.Errorf("node route to the pod: %q", host)
 	}
-	if proxy, _ := nodeCmd(n, "ip", "netns", "exec", n.NSName, "cat", "/proc/sys/net/ipv4/conf/"+ep.LXCName+"/proxy_arp"); strings.TrimSpace(proxy) != "1" {
+	if proxy, _ := run("ip", "netns", "exec", n.NSName, "cat", "/proc/sys/net/ipv4/conf/"+ep.LXCName+"/proxy_arp"); strings.TrimSpace(proxy) != "1" {
 		t.Errorf("proxy_arp on %s = %q", ep.LXCName, proxy)
 	}
 	if _, err := p.Ping(ctx, netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), 4240), 64, false); err != nil {
 		t.Errorf("pod → own node's health endpoint: %v", err)
 	}
 
-	check := func() nslab.CNIResult {
-		stdin := withPrevResult(t, n.PluginStdin(), p.Result)
-		return n.CNI(ctx, "CHECK", p.ContainerID, p.Path(), "eth0", stdin)
+	check := func() netlab.CNIResult {
+		stdin := withPrevResult(t, netlab.MustPluginStdin(t, n), p.Result)
+		return netlab.MustCNI(t, ctx, n, "CHECK", p.ContainerID, p.Path(), "eth0", stdin)
 	}
 	if res := check(); res.ExitCode != 0 {
 		t.Errorf("CHECK of a healthy pod: %s %s", res.Stdout, res.Stderr)
 	}
-	if _, err := nodeCmd(n, "ip", "-n", p.NSName, "route", "del", "default"); err != nil {
+	if _, err := run("ip", "-n", p.NSName, "route", "del", "default"); err != nil {
 		t.Fatal(err)
 	}
 	if res := check(); res.ExitCode == 0 {
@@ -193,7 +192,7 @@ func TestAddCheckDel(t *testing.T) {
 	}
 
 	for i := range 2 {
-		if res := n.CNI(ctx, "DEL", p.ContainerID, p.Path(), "eth0", n.PluginStdin()); res.ExitCode != 0 {
+		if res := netlab.MustCNI(t, ctx, n, "DEL", p.ContainerID, p.Path(), "eth0", netlab.MustPluginStdin(t, n)); res.ExitCode != 0 {
 			t.Fatalf("DEL #%d: %s %s", i+1, res.Stdout, res.Stderr)
 		}
 	}
@@ -204,7 +203,7 @@ func TestAddCheckDel(t *testing.T) {
 		t.Errorf("endpoint record survived DEL")
 	}
 	// DEL of a pod that never existed, with a netns path that is gone.
-	if res := n.CNI(ctx, "DEL", "never-existed", "/var/run/netns/gone-"+n.NSName, "eth0", n.PluginStdin()); res.ExitCode != 0 {
+	if res := netlab.MustCNI(t, ctx, n, "DEL", "never-existed", "/var/run/netns/gone-"+n.NSName, "eth0", netlab.MustPluginStdin(t, n)); res.ExitCode != 0 {
 		t.Errorf("DEL of an unknown pod: %s %s", res.Stdout, res.Stderr)
 	}
 }
@@ -223,17 +222,19 @@ func withPrevResult(t *testing.T, stdin []byte, r *current.Result) []byte {
 	return out
 }
 
-func nodeCmd(n *nslab.Node, name string, args ...string) (string, error) {
-	return n.Run(name, args...)
+// run runs a command and returns its combined output.
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
 }
 
 // TestConcurrentAdds runs many ADDs at once: every pod gets its own
 // address, and DEL gives every address back.
 func TestConcurrentAdds(t *testing.T) {
 	_, n := oneNode(t)
-	ctx := nslab.Context(t, 2*time.Minute)
+	ctx := netlab.Context(t, 2*time.Minute)
 	const pods = 16
-	stdin := n.PluginStdin()
+	stdin := netlab.MustPluginStdin(t, n)
 	type added struct {
 		id, ns string
 		ip     netip.Addr
@@ -242,12 +243,12 @@ func TestConcurrentAdds(t *testing.T) {
 	results := make([]added, pods)
 	var wg sync.WaitGroup
 	for i := range pods {
-		nsName := n.NewPodNS(fmt.Sprintf("c%d", i))
+		nsName := netlab.MustPodNS(t, n, fmt.Sprintf("c%d", i))
 		results[i].id, results[i].ns = fmt.Sprintf("concurrent-%d", i), nsName
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res := n.CNI(ctx, "ADD", results[i].id, filepath.Join("/var/run/netns", nsName), "eth0", stdin)
+			res := netlab.MustCNI(t, ctx, n, "ADD", results[i].id, filepath.Join("/var/run/netns", nsName), "eth0", stdin)
 			if res.ExitCode != 0 {
 				results[i].err = fmt.Errorf("exit %d: %s %s", res.ExitCode, res.Stdout, res.Stderr)
 				return
@@ -277,7 +278,7 @@ func TestConcurrentAdds(t *testing.T) {
 		t.Errorf("endpoint records: %d (%v), want %d", len(eps), err, pods+1)
 	}
 	for _, r := range results {
-		if res := n.CNI(ctx, "DEL", r.id, filepath.Join("/var/run/netns", r.ns), "eth0", stdin); res.ExitCode != 0 {
+		if res := netlab.MustCNI(t, ctx, n, "DEL", r.id, filepath.Join("/var/run/netns", r.ns), "eth0", stdin); res.ExitCode != 0 {
 			t.Errorf("DEL %s: %s", r.id, res.Stdout)
 		}
 	}

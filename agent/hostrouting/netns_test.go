@@ -31,13 +31,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
+	"github.com/routemode/routemode/agent/bpfhost"
+	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/hostrouting/bench"
-	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
-	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/fwdcount"
+	"github.com/routemode/routemode/internal/netlab"
+	"github.com/routemode/routemode/internal/probe"
 )
 
 const (
@@ -47,13 +49,13 @@ const (
 	drain      = 300 * time.Millisecond
 )
 
-// env is a two-node lab with one Manager per node.
+// env is a two-node lab on a point-to-point underlay, its datapath set by
+// explicit operations (no agent), with one Manager per node.
 type env struct {
-	lab     *hrlab.Lab
-	handles [2]nlsafe.Handle
-	mgrs    [2]*hostrouting.Manager
-	cfgs    [2]hostrouting.Config
-	opts    hostrouting.Options
+	lab  *netlab.Lab
+	mgrs [2]*hostrouting.Manager
+	cfgs [2]hostrouting.Config
+	opts hostrouting.Options
 }
 
 func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
@@ -62,22 +64,27 @@ func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
 	if caps := hostrouting.Probe(); !caps.BPFHostRouting {
 		privileged.Unavailable(t, "eBPF host routing: "+caps.Reason)
 	}
-	lab := hrlab.New(t, hrlab.Options{PodsPerNode: podsPerNode})
+	lab := netlab.New(t, netlab.Spec{Underlay: netlab.PointToPoint})
 	e := &env{lab: lab, opts: opts}
-	pinRoot := filepath.Join(hostrouting.BPFFSRoot, "routemode-test", lab.ID)
+	pinRoot, err := lab.RecordDir(filepath.Join(hostrouting.BPFFSRoot, "routemode-test", lab.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i, n := range lab.Nodes {
+		for j := range podsPerNode {
+			if _, err := n.AddPodDirect(fmt.Sprintf("p%d", j+1)); err != nil {
+				t.Fatal(err)
+			}
+		}
 		e.cfgs[i] = hostrouting.Config{
-			Underlay:          hrlab.UnderlayDev,
-			TunnelDevice:      hrlab.TunnelDev,
-			NativeRoutingCIDR: hrlab.NativeRoutingCIDR,
+			Underlay:          netlab.UnderlayDev,
+			TunnelDevice:      datapath.TunnelDevice,
+			NativeRoutingCIDR: netlab.PodPrefix,
 			PinDir:            filepath.Join(pinRoot, n.Name),
 		}
-		h, err := nlsafe.NewHandleAtPath(n.NSPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.handles[i] = h
-		e.mgrs[i] = hostrouting.NewManager(e.nodeOpts(i))
+		o := opts
+		o.Handle, o.NetNS = n.Handle, n.Path()
+		e.mgrs[i] = hostrouting.NewManager(o)
 	}
 	// Runs before the lab's own cleanup (LIFO), while the namespaces exist.
 	t.Cleanup(func() {
@@ -86,33 +93,31 @@ func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
 				t.Errorf("remove node %d pins: %v", i, err)
 			}
 			m.Close()
-			e.handles[i].Close()
-		}
-		if err := os.RemoveAll(pinRoot); err != nil {
-			t.Errorf("remove %s: %v", pinRoot, err)
 		}
 		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other run uses it
 	})
 	return e
 }
 
-// nodeOpts are the Manager options of node i: the env's, in the node's
-// namespace.
-func (e *env) nodeOpts(i int) hostrouting.Options {
-	o := e.opts
-	o.Handle, o.NetNS = e.handles[i], e.lab.Nodes[i].NSPath
-	return o
+// route sets node i's datapath to d (routes, tunnel, pods' route MTU) and
+// returns the direct routes the agent would mirror from it.
+func (e *env) route(t *testing.T, i int, d v1alpha1.NodeDatapath) []hostrouting.DirectRoute {
+	t.Helper()
+	routes, err := e.lab.Nodes[i].ApplyDatapath(t.Context(), d)
+	if err != nil {
+		t.Fatalf("node %d: %v", i+1, err)
+	}
+	return bpfhost.DirectRoutes(routes, netlab.UnderlayDev, netlab.PodPrefix)
 }
 
-func endpoints(n *hrlab.Node) []hostrouting.Endpoint {
-	var eps []hostrouting.Endpoint
-	for i, p := range n.Pods {
-		eps = append(eps, hostrouting.Endpoint{
-			IP: p.IP, ID: uint32(1000*(n.Index+1) + i), IfIndex: p.LXCIndex, MAC: p.MAC, NodeMAC: p.LXCMAC,
-		})
-	}
-	return eps
+// native routes both nodes natively with auto-direct-node-routes and
+// returns their direct routes.
+func (e *env) native(t *testing.T) [2][]hostrouting.DirectRoute {
+	t.Helper()
+	return [2][]hostrouting.DirectRoute{e.route(t, 0, netlab.Native), e.route(t, 1, netlab.Native)}
 }
+
+func endpoints(n *netlab.Node) []hostrouting.Endpoint { return bpfhost.Endpoints(n.Endpoints()) }
 
 func (e *env) apply(t *testing.T, node int, mode v1alpha1.HostRouting) []string {
 	t.Helper()
@@ -127,15 +132,12 @@ func (e *env) apply(t *testing.T, node int, mode v1alpha1.HostRouting) []string 
 // nodes, with the direct routes the agent would mirror.
 func (e *env) nativeBPF(t *testing.T) {
 	t.Helper()
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
-	for i, n := range e.lab.Nodes {
-		e.cfgs[i].DirectRoutes = n.DirectRoutes()
-	}
+	e.cfgs[0].DirectRoutes, e.cfgs[1].DirectRoutes = unpack(e.native(t))
 	e.apply(t, 0, bpfMode)
 	e.apply(t, 1, bpfMode)
 }
+
+func unpack[T any](a [2]T) (T, T) { return a[0], a[1] }
 
 func (e *env) counters(t *testing.T, node int) []hostrouting.Counter {
 	t.Helper()
@@ -161,11 +163,11 @@ func count(cs []hostrouting.Counter, p bpf.Program, reasons ...bpf.Reason) uint6
 	return n
 }
 
-func forwardCounters(t *testing.T, lab *hrlab.Lab) [2]*fwdcount.Counter {
+func forwardCounters(t *testing.T, lab *netlab.Lab) [2]*fwdcount.Counter {
 	t.Helper()
 	var fcs [2]*fwdcount.Counter
 	for i, n := range lab.Nodes {
-		fc, err := fwdcount.Start(n.NSPath, hrlab.NativeRoutingCIDR)
+		fc, err := fwdcount.Start(n.Path(), netlab.PodPrefix)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,17 +185,27 @@ func packets(t *testing.T, fc *fwdcount.Counter) uint64 {
 	return n
 }
 
-// burst runs a probe stream for d and requires every probe to come back.
-func burst(t *testing.T, from, to *hrlab.Pod, d time.Duration) hrlab.StreamStats {
+// stream starts a probe stream from a pod to target at probeRate; Stop
+// waits at most drain for the last answers.
+func stream(t *testing.T, from *netlab.Pod, target netip.AddrPort, connect bool) *probe.Stream {
 	t.Helper()
-	s, err := hrlab.StartStream(from, to, probeRate)
+	s, err := probe.StartStream(probe.StreamConfig{NSPath: from.Path(), Target: target, Rate: probeRate, Drain: drain, Connect: connect})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Stop() })
+	return s
+}
+
+// burst runs a probe stream for d (its measurement window) and requires
+// every probe to come back.
+func burst(t *testing.T, from, to *netlab.Pod, d time.Duration) probe.Stats {
+	t.Helper()
+	s := stream(t, from, to.EchoAddr(), false)
 	time.Sleep(d)
-	st := s.Stop(drain)
+	st := s.Stop()
 	if st.Sent == 0 || st.Lost != 0 || st.SendErrors != 0 {
-		t.Fatalf("%s -> %s: %+v", from.IP, to.IP, st)
+		t.Fatalf("%s -> %s: %s", from.IP, to.IP, st)
 	}
 	return st
 }
@@ -203,9 +215,7 @@ func burst(t *testing.T, from, to *hrlab.Pod, d time.Duration) hrlab.StreamStats
 // see none while the programs' counters account for every probe.
 func TestNativeBypassesNetfilter(t *testing.T) {
 	e := newEnv(t, 2, hostrouting.Options{})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
+	direct := e.native(t)
 	fcs := forwardCounters(t, e.lab)
 	p1, p1b, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[0].Pods[1], e.lab.Nodes[1].Pods[0]
 
@@ -215,17 +225,15 @@ func TestNativeBypassesNetfilter(t *testing.T) {
 	st := burst(t, p1, p2, 300*time.Millisecond)
 	for i, fc := range fcs {
 		got := packets(t, fc)
-		t.Logf("legacy: %d probes echoed; node %d's forward hook counted %d pod packets", st.Echoed, i+1, got)
-		if got < uint64(2*st.Echoed) {
-			t.Errorf("legacy: node %d forward hook saw %d pod packets, want >= %d", i+1, got, 2*st.Echoed)
+		t.Logf("legacy: %d probes echoed; node %d's forward hook counted %d pod packets", st.Received, i+1, got)
+		if got < uint64(2*st.Received) {
+			t.Errorf("legacy: node %d forward hook saw %d pod packets, want >= %d", i+1, got, 2*st.Received)
 		}
 	}
 
 	// BPF, with the direct routes the agent would mirror: nothing reaches
 	// the forward hooks.
-	for i, n := range e.lab.Nodes {
-		e.cfgs[i].DirectRoutes = n.DirectRoutes()
-	}
+	e.cfgs[0].DirectRoutes, e.cfgs[1].DirectRoutes = unpack(direct)
 	e.apply(t, 0, bpfMode)
 	e.apply(t, 1, bpfMode)
 	before := [2]uint64{packets(t, fcs[0]), packets(t, fcs[1])}
@@ -241,15 +249,15 @@ func TestNativeBypassesNetfilter(t *testing.T) {
 		out := count(cs, bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute)
 		in := count(cs, bpf.ProgramNetdev, bpf.ReasonRedirectPeer)
 		t.Logf("bpf: %d probes echoed; node %d's forward hook counted %d more, its programs sent %d along the direct route and delivered %d with redirect_peer",
-			st.Echoed, i+1, packets(t, fcs[i])-before[i], out, in)
+			st.Received, i+1, packets(t, fcs[i])-before[i], out, in)
 		// node 1 sends the requests and receives the replies; node 2 the
 		// other way round: each direction once per echoed probe.
-		if out < uint64(st.Echoed) || in < uint64(st.Echoed) {
-			t.Errorf("node %d: lxc direct-route redirects %d, underlay peer redirects %d, want >= %d each", i+1, out, in, st.Echoed)
+		if out < uint64(st.Received) || in < uint64(st.Received) {
+			t.Errorf("node %d: lxc direct-route redirects %d, underlay peer redirects %d, want >= %d each", i+1, out, in, st.Received)
 		}
 	}
-	if local := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectPeer); local < uint64(2*st2.Echoed) {
-		t.Errorf("node 1: same-node peer redirects %d, want >= %d", local, 2*st2.Echoed)
+	if local := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectPeer); local < uint64(2*st2.Received) {
+		t.Errorf("node 1: same-node peer redirects %d, want >= %d", local, 2*st2.Received)
 	}
 
 	// What `routemodectl bpf endpoint list` shows.
@@ -261,8 +269,8 @@ func TestNativeBypassesNetfilter(t *testing.T) {
 		t.Fatalf("endpoints = %v", eps)
 	}
 	line := hostrouting.FormatEndpoint(eps[0])
-	want := fmt.Sprintf("10.0.0.85:0 id=1000 flags=0x0000 ifindex=%d mac=%s nodemac=%s",
-		p1.LXCIndex, strings.ToUpper(p1.MAC.String()), strings.ToUpper(p1.LXCMAC.String()))
+	want := fmt.Sprintf("%s:0 id=%d flags=0x0000 ifindex=%d mac=%s nodemac=%s",
+		p1.IP, p1.Endpoint.ID, p1.Endpoint.LXCIndex, strings.ToUpper(p1.Endpoint.PodMAC), strings.ToUpper(p1.Endpoint.LXCMAC))
 	if line != want {
 		t.Errorf("endpoint list line\n got %s\nwant %s", line, want)
 	}
@@ -273,8 +281,8 @@ func TestNativeBypassesNetfilter(t *testing.T) {
 	before = [2]uint64{packets(t, fcs[0]), packets(t, fcs[1])}
 	st = burst(t, p1, p2, 200*time.Millisecond)
 	for i, fc := range fcs {
-		if got := packets(t, fc) - before[i]; got < uint64(2*st.Echoed) {
-			t.Errorf("legacy again: node %d forward hook saw %d pod packets, want >= %d", i+1, got, 2*st.Echoed)
+		if got := packets(t, fc) - before[i]; got < uint64(2*st.Received) {
+			t.Errorf("legacy again: node %d forward hook saw %d pod packets, want >= %d", i+1, got, 2*st.Received)
 		}
 	}
 	if lks, _ := os.ReadDir(filepath.Join(e.cfgs[0].PinDir, "links")); len(lks) != 0 {
@@ -298,39 +306,36 @@ func TestServiceNATRepliesTakeTheStack(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		vip     netip.AddrPort
-		backend *hrlab.Pod
+		backend *netlab.Pod
 		// where node 1's programs see the backend's replies
 		prog bpf.Program
 	}{
 		{"backend on another node", netip.MustParseAddrPort("10.96.0.10:80"), remote, bpf.ProgramNetdev},
 		{"backend on the same node", netip.MustParseAddrPort("10.96.0.11:80"), local, bpf.ProgramLXC},
 	} {
-		if err := n1.ServiceDNAT(tc.vip, netip.AddrPortFrom(tc.backend.IP, hrlab.ProbePort)); err != nil {
+		if err := n1.ServiceDNAT(tc.vip, tc.backend.EchoAddr()); err != nil {
 			t.Fatal(err)
 		}
 		before := count(e.counters(t, 0), tc.prog, bpf.ReasonNAT)
-		s, err := hrlab.StartStreamVia(client, tc.backend, tc.vip, probeRate)
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(300 * time.Millisecond)
-		st := s.Stop(drain)
+		s := stream(t, client, tc.vip, true)
+		time.Sleep(300 * time.Millisecond) // the stream's measurement window
+		st := s.Stop()
 		nat := count(e.counters(t, 0), tc.prog, bpf.ReasonNAT) - before
 		t.Logf("%s: %d probes to %s, %d echoed from it; node 1's %s left %d replies to the stack for conntrack",
-			tc.name, st.Sent, tc.vip, st.Echoed, tc.prog, nat)
+			tc.name, st.Sent, tc.vip, st.Received, tc.prog, nat)
 		if st.Sent == 0 || st.Lost != 0 || st.SendErrors != 0 {
-			t.Errorf("%s: %+v", tc.name, st)
+			t.Errorf("%s: %s", tc.name, st)
 		}
-		if nat < uint64(st.Echoed) {
-			t.Errorf("%s: %d replies passed for NAT, want >= %d", tc.name, nat, st.Echoed)
+		if nat < uint64(st.Received) {
+			t.Errorf("%s: %d replies passed for NAT, want >= %d", tc.name, nat, st.Received)
 		}
 	}
 
 	// The NAT check only diverts translated flows.
 	before := count(e.counters(t, 0), bpf.ProgramNetdev, bpf.ReasonRedirectPeer)
 	st := burst(t, client, remote, 200*time.Millisecond)
-	if got := count(e.counters(t, 0), bpf.ProgramNetdev, bpf.ReasonRedirectPeer) - before; got < uint64(st.Echoed) {
-		t.Errorf("direct pod-to-pod replies delivered with redirect_peer: %d, want >= %d", got, st.Echoed)
+	if got := count(e.counters(t, 0), bpf.ProgramNetdev, bpf.ReasonRedirectPeer) - before; got < uint64(st.Received) {
+		t.Errorf("direct pod-to-pod replies delivered with redirect_peer: %d, want >= %d", got, st.Received)
 	}
 }
 
@@ -345,9 +350,7 @@ func TestPassedPacketsReachOtherTCFilters(t *testing.T) {
 
 func passedPacketsReachOtherTCFilters(t *testing.T, opts hostrouting.Options) {
 	e := newEnv(t, 1, opts)
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
+	e.native(t)
 	e.apply(t, 0, bpfMode)
 	n1, n2 := e.lab.Nodes[0], e.lab.Nodes[1]
 
@@ -373,8 +376,8 @@ func passedPacketsReachOtherTCFilters(t *testing.T, opts hostrouting.Options) {
 		t.Fatal(err)
 	}
 	defer counter.Close()
-	err = n1.Run(func() error {
-		ul, err := netlink.LinkByName(hrlab.UnderlayDev)
+	err = n1.Do(func() error {
+		ul, err := netlink.LinkByName(netlab.UnderlayDev)
 		if err != nil {
 			return err
 		}
@@ -395,8 +398,8 @@ func passedPacketsReachOtherTCFilters(t *testing.T, opts hostrouting.Options) {
 	const sent = 20
 	send := func() {
 		t.Helper()
-		err := n2.Run(func() error {
-			c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(n1.UnderlayIP, 9)))
+		err := n2.Do(func() error {
+			c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(n1.IP, 9)))
 			if err != nil {
 				return err
 			}
@@ -446,14 +449,9 @@ func passedPacketsReachOtherTCFilters(t *testing.T, opts hostrouting.Options) {
 // legacy one at a time (mixed phases included) loses nothing.
 func TestLiveSwitchLosesNothing(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
+	e.native(t)
 	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
-	s, err := hrlab.StartStream(p1, p2, probeRate)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := stream(t, p1, p2.EchoAddr(), false)
 	step := 250 * time.Millisecond
 	time.Sleep(step)
 	for _, sw := range []struct {
@@ -463,10 +461,10 @@ func TestLiveSwitchLosesNothing(t *testing.T) {
 		e.apply(t, sw.node, sw.mode)
 		time.Sleep(step)
 	}
-	st := s.Stop(drain)
-	t.Logf("probes: %+v", st)
+	st := s.Stop()
+	t.Logf("probes: %s", st)
 	if st.Lost != 0 || st.SendErrors != 0 || st.Sent < probeRate {
-		t.Errorf("live switch: %+v", st)
+		t.Errorf("live switch: %s", st)
 	}
 	if n := count(e.counters(t, 1), bpf.ProgramNetdev, bpf.ReasonRedirectPeer); n == 0 {
 		t.Error("node 2 never delivered with bpf during the switch")
@@ -491,8 +489,8 @@ func TestBulkTCPWithDirectRoutes(t *testing.T) {
 	stream := func(port int) (rate float64, before, after []hostrouting.Counter) {
 		t.Helper()
 		before = e.counters(t, 0)
-		r, err := bench.Measure(bench.TCPStream, bench.Peer{NSPath: p1.NSPath, IP: p1.IP, CPU: -1},
-			bench.Peer{NSPath: p2.NSPath, IP: p2.IP, CPU: -1}, port, 50*time.Millisecond, 300*time.Millisecond)
+		r, err := bench.Measure(bench.TCPStream, bench.Peer{NSPath: p1.Path(), IP: p1.IP, CPU: -1},
+			bench.Peer{NSPath: p2.Path(), IP: p2.IP, CPU: -1}, port, 50*time.Millisecond, 300*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -510,8 +508,8 @@ func TestBulkTCPWithDirectRoutes(t *testing.T) {
 	}
 
 	n2 := e.lab.Nodes[1]
-	if out, err := exec.Command("ip", "-n", filepath.Base(e.lab.Nodes[0].NSPath), "route", "replace", n2.PodCIDR.String(),
-		"via", n2.UnderlayIP.String(), "dev", hrlab.UnderlayDev, "mtu", "1400").CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "-n", e.lab.Nodes[0].NSName, "route", "replace", n2.PodCIDR.String(),
+		"via", n2.IP.String(), "dev", netlab.UnderlayDev, "mtu", "1400").CombinedOutput(); err != nil {
 		t.Fatalf("lowering the route MTU: %v: %s", err, out)
 	}
 	e.cfgs[0].DirectRoutes[0].MTU = 1400
@@ -551,9 +549,7 @@ func pinnedLinkIDs(t *testing.T, pinDir string) map[string][2]uint32 {
 // the pinned links (same link, new program) without losing a probe.
 func TestRestartUpdatesInPlace(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
+	e.native(t)
 	e.apply(t, 0, bpfMode)
 	e.apply(t, 1, bpfMode)
 	before := pinnedLinkIDs(t, e.cfgs[0].PinDir)
@@ -562,10 +558,7 @@ func TestRestartUpdatesInPlace(t *testing.T) {
 	}
 
 	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
-	s, err := hrlab.StartStream(p1, p2, probeRate)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := stream(t, p1, p2.EchoAddr(), false)
 	time.Sleep(200 * time.Millisecond)
 
 	// "Crash": the Manager goes away without detaching.
@@ -576,12 +569,14 @@ func TestRestartUpdatesInPlace(t *testing.T) {
 		t.Errorf("programs stopped with the Manager: redirects %d -> %d", redirects, after)
 	}
 
-	e.mgrs[0] = hostrouting.NewManager(e.nodeOpts(0))
+	o := e.opts
+	o.Handle, o.NetNS = e.lab.Nodes[0].Handle, e.lab.Nodes[0].Path()
+	e.mgrs[0] = hostrouting.NewManager(o)
 	e.apply(t, 0, bpfMode)
 	time.Sleep(200 * time.Millisecond)
-	st := s.Stop(drain)
+	st := s.Stop()
 	if st.Lost != 0 || st.SendErrors != 0 {
-		t.Errorf("restart: %+v", st)
+		t.Errorf("restart: %s", st)
 	}
 
 	after := pinnedLinkIDs(t, e.cfgs[0].PinDir)
@@ -608,12 +603,8 @@ func TestRestartUpdatesInPlace(t *testing.T) {
 // switches tunnel <-> native under bpf host routing without loss.
 func TestTunnelAndRouteSwitch(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{})
-	if err := e.lab.SetPodRouteMTU(hrlab.TunnelMTU); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.lab.Tunnel(); err != nil {
-		t.Fatal(err)
-	}
+	e.route(t, 0, netlab.Tunnel)
+	e.route(t, 1, netlab.Tunnel)
 	fcs := forwardCounters(t, e.lab)
 	e.apply(t, 0, bpfMode)
 	e.apply(t, 1, bpfMode)
@@ -622,39 +613,45 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 	st := burst(t, p1, p2, 300*time.Millisecond)
 	for i := range 2 {
 		cs := e.counters(t, i)
-		if n := count(cs, bpf.ProgramOverlay, bpf.ReasonRedirectPeer); n < uint64(st.Echoed) {
-			t.Errorf("node %d: overlay peer redirects %d, want >= %d", i+1, n, st.Echoed)
+		if n := count(cs, bpf.ProgramOverlay, bpf.ReasonRedirectPeer); n < uint64(st.Received) {
+			t.Errorf("node %d: overlay peer redirects %d, want >= %d", i+1, n, st.Received)
 		}
-		if n := count(cs, bpf.ProgramLXC, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh); n < uint64(st.Echoed) {
-			t.Errorf("node %d: lxc redirects into the tunnel %d, want >= %d", i+1, n, st.Echoed)
+		if n := count(cs, bpf.ProgramLXC, bpf.ReasonRedirectFIB, bpf.ReasonRedirectNeigh); n < uint64(st.Received) {
+			t.Errorf("node %d: lxc redirects into the tunnel %d, want >= %d", i+1, n, st.Received)
 		}
 		if got := packets(t, fcs[i]); got != 0 {
 			t.Errorf("node %d: forward hook saw %d pod packets", i+1, got)
 		}
 	}
 
-	// Tunnel -> native -> tunnel, one node at a time, under a stream; as
-	// in the agent, each route change is followed by an Apply with the
-	// node's direct routes.
-	switchTo := func(i int, native bool) func() error {
-		return func() error {
-			n := e.lab.Nodes[i]
-			route, direct := n.Tunnel, []hostrouting.DirectRoute(nil)
-			if native {
-				route, direct = n.Native, n.DirectRoutes()
-			}
-			if err := route(); err != nil {
-				return err
-			}
-			e.cfgs[i].DirectRoutes = direct
-			_, err := e.mgrs[i].Apply(t.Context(), bpfMode, e.cfgs[i], endpoints(n))
-			return err
-		}
-	}
-	s, err := hrlab.StartStream(p1, p2, probeRate)
+	// Tunnel -> native -> tunnel, one node at a time, under a stream, in
+	// the steps the operator's planner writes (sending natively or through
+	// the tunnel, receiving both ways); as in the agent, each route change
+	// is followed by an Apply with the node's direct routes.
+	steps, err := netlab.RolloutSteps(netlab.Tunnel, netlab.Native)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var native [2][]hostrouting.DirectRoute
+	switchTo := func(i int, toNative bool) func() error {
+		return func() error {
+			d := steps.Prepare
+			if toNative {
+				d = steps.Switch
+			}
+			routes, err := e.lab.Nodes[i].ApplyDatapath(t.Context(), d)
+			if err != nil {
+				return err
+			}
+			e.cfgs[i].DirectRoutes = bpfhost.DirectRoutes(routes, netlab.UnderlayDev, netlab.PodPrefix)
+			if toNative {
+				native[i] = e.cfgs[i].DirectRoutes
+			}
+			_, err = e.mgrs[i].Apply(t.Context(), bpfMode, e.cfgs[i], endpoints(e.lab.Nodes[i]))
+			return err
+		}
+	}
+	s := stream(t, p1, p2.EchoAddr(), false)
 	for _, f := range []func() error{switchTo(0, true), switchTo(1, true), switchTo(0, false), switchTo(1, false)} {
 		time.Sleep(200 * time.Millisecond)
 		if err := f(); err != nil {
@@ -662,8 +659,8 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
-	if st := s.Stop(drain); st.Lost != 0 || st.SendErrors != 0 {
-		t.Errorf("route switch under bpf: %+v", st)
+	if st := s.Stop(); st.Lost != 0 || st.SendErrors != 0 {
+		t.Errorf("route switch under bpf: %s", st)
 	}
 	for i := range 2 {
 		if n := count(e.counters(t, i), bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute); n == 0 {
@@ -674,12 +671,12 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 	// A direct route left over from native mode (between the agent's route
 	// change and its next Apply) sends the native way, which the peer
 	// still accepts: nothing is lost.
-	e.cfgs[0].DirectRoutes = e.lab.Nodes[0].DirectRoutes()
+	e.cfgs[0].DirectRoutes = native[0]
 	e.apply(t, 0, bpfMode)
 	before := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute)
 	st = burst(t, p1, p2, 200*time.Millisecond)
-	if sent := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute) - before; sent < uint64(st.Echoed) {
-		t.Errorf("stale direct route: %d packets followed it, want >= %d", sent, st.Echoed)
+	if sent := count(e.counters(t, 0), bpf.ProgramLXC, bpf.ReasonRedirectDirectRoute) - before; sent < uint64(st.Received) {
+		t.Errorf("stale direct route: %d packets followed it, want >= %d", sent, st.Received)
 	}
 }
 
@@ -687,9 +684,7 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 // updates and removes them.
 func TestClassicTCFallback(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{ClassicTC: true})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
+	e.native(t)
 	fcs := forwardCounters(t, e.lab)
 	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
 
@@ -697,10 +692,7 @@ func TestClassicTCFallback(t *testing.T) {
 	// packets in flight if done during the switch.
 	e.apply(t, 0, legacyMode)
 	e.apply(t, 1, legacyMode)
-	s, err := hrlab.StartStream(p1, p2, probeRate)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := stream(t, p1, p2.EchoAddr(), false)
 	time.Sleep(150 * time.Millisecond)
 	e.apply(t, 0, bpfMode)
 	e.apply(t, 1, bpfMode)
@@ -713,8 +705,8 @@ func TestClassicTCFallback(t *testing.T) {
 	e.apply(t, 0, legacyMode)
 	e.apply(t, 1, legacyMode)
 	time.Sleep(150 * time.Millisecond)
-	if st := s.Stop(drain); st.Lost != 0 || st.SendErrors != 0 {
-		t.Errorf("classic tc switch: %+v", st)
+	if st := s.Stop(); st.Lost != 0 || st.SendErrors != 0 {
+		t.Errorf("classic tc switch: %s", st)
 	}
 	if mid != end {
 		t.Errorf("forward hooks counted pod packets under bpf: %v -> %v", mid, end)
@@ -723,8 +715,8 @@ func TestClassicTCFallback(t *testing.T) {
 		t.Error("no peer redirects through the tc filter")
 	}
 	// Only our filters were removed, and they all were.
-	err = e.lab.Nodes[0].Run(func() error {
-		for _, dev := range []string{hrlab.UnderlayDev, p1.LXC} {
+	err := e.lab.Nodes[0].Do(func() error {
+		for _, dev := range []string{netlab.UnderlayDev, p1.Endpoint.LXCName} {
 			l, err := netlink.LinkByName(dev)
 			if err != nil {
 				return err
@@ -751,9 +743,7 @@ func TestClassicTCFallback(t *testing.T) {
 // never ran bpf is a no-op.
 func TestApplyReconciles(t *testing.T) {
 	e := newEnv(t, 2, hostrouting.Options{})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
+	direct := e.native(t)
 	n1 := e.lab.Nodes[0]
 	if changes, err := e.mgrs[1].Apply(t.Context(), legacyMode, e.cfgs[1], nil); err != nil || len(changes) != 0 {
 		t.Errorf("legacy on a fresh node: changes %q, error %v; want neither", changes, err)
@@ -771,14 +761,14 @@ func TestApplyReconciles(t *testing.T) {
 	// The changes are reported as made, maps before programs, and a
 	// second apply has none to report.
 	p1, p2 := n1.Pods[0], n1.Pods[1]
-	e.cfgs[0].DirectRoutes = n1.DirectRoutes()
+	e.cfgs[0].DirectRoutes = direct[0]
 	want := []string{
 		"endpoint map: write " + p1.IP.String(),
 		"endpoint map: write " + p2.IP.String(),
 		fmt.Sprintf("direct route map: write %s", e.cfgs[0].DirectRoutes[0].Dst),
-		"tcx ingress " + hrlab.UnderlayDev + ": attached " + bpf.ProgFromNetdev,
-		"tcx ingress " + p1.LXC + ": attached " + bpf.ProgFromLXC,
-		"tcx ingress " + p2.LXC + ": attached " + bpf.ProgFromLXC,
+		"tcx ingress " + netlab.UnderlayDev + ": attached " + bpf.ProgFromNetdev,
+		"tcx ingress " + p1.Endpoint.LXCName + ": attached " + bpf.ProgFromLXC,
+		"tcx ingress " + p2.Endpoint.LXCName + ": attached " + bpf.ProgFromLXC,
 	}
 	if got := e.apply(t, 0, bpfMode); !slices.Equal(got, want) {
 		t.Errorf("first bpf apply's changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -792,8 +782,8 @@ func TestApplyReconciles(t *testing.T) {
 
 	// The second pod goes away; a record for a vanished device is skipped.
 	gone := n1.Pods[1]
-	err := n1.Run(func() error {
-		l, err := netlink.LinkByName(gone.LXC)
+	err := n1.Do(func() error {
+		l, err := netlink.LinkByName(gone.Endpoint.LXCName)
 		if err != nil {
 			return err
 		}
@@ -807,7 +797,7 @@ func TestApplyReconciles(t *testing.T) {
 		t.Errorf("apply with a vanished pod: %v", err)
 	}
 	// Its entry and its pin go; the kernel took its program with the device.
-	want = []string{"endpoint map: delete " + gone.IP.String(), "tcx ingress " + gone.LXC + ": detached"}
+	want = []string{"endpoint map: delete " + gone.IP.String(), "tcx ingress " + gone.Endpoint.LXCName + ": detached"}
 	if !slices.Equal(changes, want) {
 		t.Errorf("changes after the pod left: %q, want %q", changes, want)
 	}
@@ -819,15 +809,15 @@ func TestApplyReconciles(t *testing.T) {
 		t.Errorf("endpoints = %v", eps)
 	}
 	links := pinnedLinkIDs(t, e.cfgs[0].PinDir)
-	if _, ok := links[gone.LXC+"_ingress"]; ok || len(links) != 2 {
+	if _, ok := links[gone.Endpoint.LXCName+"_ingress"]; ok || len(links) != 2 {
 		t.Errorf("links after the pod left = %v", links)
 	}
 	burst(t, n1.Pods[0], e.lab.Nodes[1].Pods[0], 100*time.Millisecond)
 
 	// Legacy detaches pods' devices first and empties the direct routes.
 	want = []string{
-		"tcx ingress " + p1.LXC + ": detached",
-		"tcx ingress " + hrlab.UnderlayDev + ": detached",
+		"tcx ingress " + p1.Endpoint.LXCName + ": detached",
+		"tcx ingress " + netlab.UnderlayDev + ": detached",
 		fmt.Sprintf("direct route map: delete %s", e.cfgs[0].DirectRoutes[0].Dst),
 	}
 	if got := e.apply(t, 0, legacyMode); !slices.Equal(got, want) {
@@ -840,9 +830,7 @@ func TestApplyReconciles(t *testing.T) {
 
 func TestCollector(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{})
-	if err := e.lab.Native(); err != nil {
-		t.Fatal(err)
-	}
+	e.native(t)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(hostrouting.NewCollector("node-1", e.cfgs[0].PinDir))
 
@@ -873,12 +861,12 @@ func TestCollector(t *testing.T) {
 				labels[lp.GetName()] = lp.GetValue()
 			}
 			if labels["node"] == "node-1" && labels["program"] == "from_netdev" && labels["reason"] == "redirect_peer" &&
-				labels["verdict"] == "redirect" && m.GetCounter().GetValue() >= float64(st.Echoed) {
+				labels["verdict"] == "redirect" && m.GetCounter().GetValue() >= float64(st.Received) {
 				found = true
 			}
 		}
 	}
 	if !found {
-		t.Errorf("no from_netdev redirect_peer counter >= %d in %v", st.Echoed, mfs)
+		t.Errorf("no from_netdev redirect_peer counter >= %d in %v", st.Received, mfs)
 	}
 }

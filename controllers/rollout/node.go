@@ -69,3 +69,11 @@ func nodeHealth(n Node) (health, string) {
 	}
 	return healthy, ""
 }
+
+// Healthy is the gate a node passes before the rollout moves on: its agent
+// applied the node's current generation and reaches every peer. The string
+// says why not.
+func Healthy(n Node) (bool, string) {
+	h, why := nodeHealth(n)
+	return h == healthy, why
+}

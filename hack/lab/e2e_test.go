@@ -32,6 +32,7 @@ import (
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
+	"github.com/routemode/routemode/internal/netlab"
 	"github.com/routemode/routemode/internal/testenv"
 )
 
@@ -146,11 +147,11 @@ type kstatusWatch struct {
 	// upTo maps every resourceVersion delivered to how many entries of seen
 	// it and the events before it account for, so StopAt can cut the
 	// sequence at the version another client read.
-	upTo map[string]int
-	changed  chan struct{}
-	closed   bool
-	stop     chan struct{}
-	done     chan struct{}
+	upTo    map[string]int
+	changed chan struct{}
+	closed  bool
+	stop    chan struct{}
+	done    chan struct{}
 	// halt ends the watch once, from StopAt or the test's cleanup.
 	halt func()
 }
@@ -571,8 +572,8 @@ func TestE2EUnhealthyNodeRolledBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	node3 := h.l.Nodes[2]
-	port := "veth-node3"
-	under := h.l.cfg.Prefix + "rmlab-underlay"
+	port := netlab.BridgePort(3)
+	under := h.l.state.Underlay
 	if _, err := run("ip", "-n", under, "link", "set", port, "down"); err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,9 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/routemode/routemode/agent/nsutil"
+	"github.com/routemode/routemode/internal/netlab"
 )
 
 // Namespace is where the lab's service accounts live, as in config/default.
@@ -52,9 +55,11 @@ type Config struct {
 	AgentArgs []string
 }
 
-// State is what Down needs to remove everything: saved as state.json.
+// State is what Down needs to remove everything: saved as state.json. The
+// nodes and the underlay are internal/netlab's, recorded in netlab.json.
 type State struct {
 	Prefix     string     `json:"prefix"`
+	Underlay   string     `json:"underlay"`
 	Namespaces []string   `json:"namespaces"`
 	PIDs       []int      `json:"pids"`
 	PinDirs    []string   `json:"pinDirs"`
@@ -86,14 +91,9 @@ type Node struct {
 	PodCIDR netip.Prefix `json:"podCIDR"`
 }
 
-// NodeIP is the underlay address of node i (1-based), as in the seed:
-// node-1 192.168.0.120, node-2 192.168.0.130.
-func NodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 168, 0, byte(110 + 10*i)}) }
-
-// PodCIDR is node i's podCIDR: 10.0.0.0/24 for node-1, 10.0.1.0/24 for node-2.
-func PodCIDR(i int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i - 1), 0}), 24)
-}
+// netlabState is where internal/netlab records the nodes, in the lab's
+// directory.
+const netlabState = "netlab.json"
 
 func (l *Lab) path(parts ...string) string {
 	return filepath.Join(append([]string{l.cfg.Dir}, parts...)...)
@@ -167,12 +167,12 @@ func Down(dir string) error {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
 	for _, ns := range st.Namespaces {
-		if _, err := os.Stat(filepath.Join("/var/run/netns", ns)); err != nil {
-			continue
-		}
-		if _, err := run("ip", "netns", "delete", ns); err != nil {
+		if err := nsutil.Delete(ns); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := netlab.Down(filepath.Join(dir, netlabState)); err != nil {
+		errs = append(errs, err)
 	}
 	for _, d := range st.PinDirs {
 		if err := os.RemoveAll(d); err != nil {
@@ -219,14 +219,18 @@ func (l *Lab) checkFree() error {
 	return nil
 }
 
+// namespaceNames are the namespaces the lab makes itself, besides
+// netlab's (which netlab refuses to take over).
 func (l *Lab) namespaceNames() []string {
-	names := []string{l.cfg.Prefix + "rmlab-underlay"}
+	var names []string
 	for i := 1; i <= l.cfg.Nodes; i++ {
 		names = append(names, l.nodeName(i), l.podName(i))
 	}
 	return names
 }
 
+// nodeName is the namespace netlab gives node i, also its Node object's
+// name.
 func (l *Lab) nodeName(i int) string { return fmt.Sprintf("%snode-%d", l.cfg.Prefix, i) }
 func (l *Lab) podName(i int) string  { return fmt.Sprintf("%spod-%d", l.cfg.Prefix, i) }
 

@@ -4,63 +4,46 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/routemode/routemode/agent/nsutil"
+	"github.com/routemode/routemode/internal/netlab"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
-// buildUnderlay makes the underlay: a bridge in a namespace of its own and
-// one node namespace per node, each with eth0 on the bridge. The veth pairs
-// are created directly in their namespaces, never in the host's.
-func (l *Lab) buildUnderlay() error {
-	under := l.cfg.Prefix + "rmlab-underlay"
-	if err := l.addNamespace(under); err != nil {
+// buildNodes makes the nodes with internal/netlab: one namespace per node
+// on a bridge in a namespace of its own, with strict reverse-path
+// filtering, as many distributions ship it, to show whether the agent
+// loosens it where the mixed phase needs that. netlab records them in the
+// lab's directory, for Down; the lab's processes keep them after Up
+// returns.
+func (l *Lab) buildNodes() error {
+	nl, err := netlab.Build(netlab.Spec{Nodes: l.cfg.Nodes, RPFilter: 1, Prefix: l.cfg.Prefix,
+		StateFile: l.path(netlabState), Dir: l.path("nodes")})
+	if err != nil {
 		return err
 	}
-	for _, args := range [][]string{
-		{"-n", under, "link", "add", "br0", "type", "bridge"},
-		{"-n", under, "link", "set", "br0", "up"},
-	} {
-		if _, err := run("ip", args...); err != nil {
-			return err
-		}
+	defer nl.Detach()
+	l.state.Underlay = nl.UnderlayNS
+	for _, n := range nl.Nodes {
+		l.Nodes = append(l.Nodes, Node{Name: n.NSName, NS: n.NSName, IP: n.IP, PodCIDR: n.PodCIDR})
 	}
-	for i := 1; i <= l.cfg.Nodes; i++ {
-		n := Node{Name: l.nodeName(i), NS: l.nodeName(i), IP: NodeIP(i), PodCIDR: PodCIDR(i)}
-		if err := l.addNamespace(n.NS); err != nil {
-			return err
-		}
-		port := fmt.Sprintf("veth-node%d", i)
-		for _, args := range [][]string{
-			{"link", "add", "eth0", "netns", n.NS, "type", "veth", "peer", "name", port, "netns", under},
-			{"-n", under, "link", "set", port, "master", "br0", "up"},
-			{"-n", n.NS, "link", "set", "lo", "up"},
-			{"-n", n.NS, "addr", "add", n.IP.String() + "/24", "dev", "eth0"},
-			{"-n", n.NS, "link", "set", "eth0", "up"},
-		} {
-			if _, err := run("ip", args...); err != nil {
-				return err
-			}
-		}
-		// A node forwards for its pods; strict reverse-path filtering, as
-		// many distributions ship it, shows whether the agent loosens it
-		// where the mixed phase needs that.
-		for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1"} {
-			if _, err := run("ip", "netns", "exec", n.NS, "sysctl", "-qw", kv); err != nil {
-				return err
-			}
-		}
-		l.Nodes = append(l.Nodes, n)
-	}
-	return nil
+	return l.saveState()
 }
 
+// addNamespace creates a pod's namespace, recorded first so that Down
+// removes it.
 func (l *Lab) addNamespace(name string) error {
-	if _, err := run("ip", "netns", "add", name); err != nil {
+	l.state.Namespaces = append(l.state.Namespaces, name)
+	if err := l.saveState(); err != nil {
 		return err
 	}
-	l.state.Namespaces = append(l.state.Namespaces, name)
-	return l.saveState()
+	n, err := nsutil.Create(name)
+	if err != nil {
+		return err
+	}
+	return n.Close()
 }
 
 // registerNodes creates the Node objects as a kubelet and the node IPAM

@@ -79,8 +79,8 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := ensureServiceAccounts(ctx, cs); err != nil {
 		return nil, err
 	}
-	if err := l.buildUnderlay(); err != nil {
-		return nil, fmt.Errorf("building the underlay: %w", err)
+	if err := l.buildNodes(); err != nil {
+		return nil, fmt.Errorf("building the nodes: %w", err)
 	}
 	if err := l.registerNodes(ctx, cs); err != nil {
 		return nil, err

@@ -240,6 +240,45 @@ func TestSocketDropsAreCounted(t *testing.T) {
 	t.Logf("responder counted %d socket drops", e.Drops())
 }
 
+// A connected stream counts only answers from its target: an echo on the
+// wildcard address answers a probe to 127.0.0.2 from 127.0.0.1, which an
+// unconnected stream counts and a connected one must not.
+func TestStreamConnect(t *testing.T) {
+	e, err := StartEcho("", netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	port := e.Addr().Port()
+	for _, tc := range []struct {
+		name     string
+		target   string
+		connect  bool
+		answered bool
+	}{
+		{"connected to the answering address", "127.0.0.1", true, true},
+		{"unconnected, answered from another address", "127.0.0.2", false, true},
+		{"connected, answered from another address", "127.0.0.2", true, false},
+	} {
+		// Stop returns once every probe is answered; a stream that must
+		// get no answer needs to wait only briefly for one to show.
+		drain := time.Duration(0)
+		if !tc.answered {
+			drain = 100 * time.Millisecond
+		}
+		s, err := StartStream(StreamConfig{Target: netip.AddrPortFrom(netip.MustParseAddr(tc.target), port), Connect: tc.connect,
+			Rate: 1000, Drain: drain})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the stream's sending window
+		st := s.Stop()
+		if got := st.Sent > 0 && st.Received == st.Sent; got != tc.answered || (!tc.answered && st.Received != 0) {
+			t.Errorf("%s: %s", tc.name, st)
+		}
+	}
+}
+
 // eventually fails t unless ok holds within 30 s: generous, so a loaded
 // machine only makes the test slower, never red.
 func eventually(t *testing.T, what string, ok func() bool) {

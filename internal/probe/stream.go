@@ -33,6 +33,11 @@ type StreamConfig struct {
 	// DontFragment sets DF and refuses to send datagrams larger than the
 	// path MTU known to the sender (IP_PMTUDISC_DO).
 	DontFragment bool
+	// Connect connects the sender's socket to Target, so that only
+	// answers from Target itself count: an answer from the address behind
+	// it (a Service's backend whose reply was not translated back) is
+	// dropped by the kernel and shows as lost.
+	Connect bool
 }
 
 func (c *StreamConfig) defaults() error {
@@ -138,6 +143,12 @@ func StartStream(cfg StreamConfig) (*Stream, error) {
 			return nil, err
 		}
 	}
+	if cfg.Connect {
+		if err := connect(conn, cfg.Target); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("probe stream: connecting to %s: %w", cfg.Target, err)
+		}
+	}
 	s := &Stream{
 		cfg:       cfg,
 		conn:      conn,
@@ -152,6 +163,20 @@ func StartStream(cfg StreamConfig) (*Stream, error) {
 	go s.receive()
 	go s.send()
 	return s, nil
+}
+
+func connect(c *net.UDPConn, to netip.AddrPort) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cerr = unix.Connect(int(fd), &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()})
+	}); err != nil {
+		return err
+	}
+	return cerr
 }
 
 func setDontFragment(c *net.UDPConn) error {

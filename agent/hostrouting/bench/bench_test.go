@@ -22,10 +22,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/routemode/routemode/agent/bpfhost"
+	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/hostrouting"
-	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
-	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/netlab"
+	"github.com/routemode/routemode/internal/privileged"
 )
 
 var (
@@ -46,7 +48,7 @@ type path struct {
 	node   bool // node-to-node over the underlay, no pods
 	tunnel bool
 	mode   v1alpha1.HostRouting
-	rules  *hrlab.KubeProxyOptions
+	rules  *netlab.KubeProxyOptions
 	// fibOnly leaves the direct-route map empty: every packet leaving a pod
 	// takes bpf_fib_lookup, as the hand-built prototype did.
 	fibOnly bool
@@ -56,8 +58,8 @@ type path struct {
 }
 
 func paths() []path {
-	kp := &hrlab.KubeProxyOptions{Services: *services}
-	kpPP := &hrlab.KubeProxyOptions{Services: *services, PerPacket: true}
+	kp := &netlab.KubeProxyOptions{Services: *services}
+	kpPP := &netlab.KubeProxyOptions{Services: *services, PerPacket: true}
 	return []path{
 		{name: "node", desc: "node-to-node, underlay IPs", node: true},
 		{name: "legacy", desc: "native, legacy host routing, no netfilter rules", mode: v1alpha1.HostRoutingLegacy},
@@ -79,31 +81,32 @@ var kinds = []Kind{TCPRR, TCPRRPoll, UDP64, UDP64Batch, TCPStream}
 // so that samples taken close together in time can be compared even on a
 // machine whose background load drifts.
 type rig struct {
-	path    path
-	lab     *hrlab.Lab
-	handles [2]nlsafe.Handle
-	mgrs    [2]*hostrouting.Manager
-	cfgs    [2]hostrouting.Config
+	path path
+	lab  *netlab.Lab
+	mgrs [2]*hostrouting.Manager
+	cfgs [2]hostrouting.Config
 	// prototype holds the prototype path's programs and links.
 	prototype []io.Closer
 }
 
-func newRig(b *testing.B, i int, p path) *rig {
-	lab := hrlab.New(b, hrlab.Options{PodsPerNode: 1, Prefix: fmt.Sprintf("rmb%d", i)})
+func newRig(b *testing.B, p path) *rig {
+	lab := netlab.New(b, netlab.Spec{Underlay: netlab.PointToPoint})
 	r := &rig{path: p, lab: lab}
-	pinRoot := filepath.Join(hostrouting.BPFFSRoot, "routemode-bench", lab.ID)
+	pinRoot, err := lab.RecordDir(filepath.Join(hostrouting.BPFFSRoot, "routemode-bench", lab.ID))
+	if err != nil {
+		b.Fatal(err)
+	}
 	for i, n := range lab.Nodes {
-		r.cfgs[i] = hostrouting.Config{
-			Underlay: hrlab.UnderlayDev, TunnelDevice: hrlab.TunnelDev,
-			NativeRoutingCIDR: hrlab.NativeRoutingCIDR, PinDir: filepath.Join(pinRoot, n.Name),
-		}
-		h, err := nlsafe.NewHandleAtPath(n.NSPath)
-		if err != nil {
+		if _, err := n.AddPodDirect("p1"); err != nil {
 			b.Fatal(err)
 		}
-		r.handles[i] = h
-		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{Handle: h, NetNS: n.NSPath})
+		r.cfgs[i] = hostrouting.Config{
+			Underlay: netlab.UnderlayDev, TunnelDevice: datapath.TunnelDevice,
+			NativeRoutingCIDR: netlab.PodPrefix, PinDir: filepath.Join(pinRoot, n.Name),
+		}
+		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{Handle: n.Handle, NetNS: n.Path()})
 	}
+	// Runs before the lab's own cleanup (LIFO), while the namespaces exist.
 	b.Cleanup(func() {
 		for _, c := range r.prototype {
 			_ = c.Close()
@@ -111,9 +114,7 @@ func newRig(b *testing.B, i int, p path) *rig {
 		for i, m := range r.mgrs {
 			_ = m.Remove(r.cfgs[i].PinDir)
 			m.Close()
-			r.handles[i].Close()
 		}
-		_ = os.RemoveAll(pinRoot)
 		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other lab uses it
 	})
 	if err := r.setup(b.Context()); err != nil {
@@ -122,28 +123,29 @@ func newRig(b *testing.B, i int, p path) *rig {
 	return r
 }
 
+// setup routes the lab as the path says (routes, tunnel device, pods'
+// route MTU: the agent's own datapath operations) and attaches what the
+// path measures.
 func (r *rig) setup(ctx context.Context) error {
 	p := r.path
 	if p.node {
 		return nil
 	}
-	mtu := 1500
-	route := r.lab.Native
+	d := netlab.Native
 	if p.tunnel {
-		mtu, route = hrlab.TunnelMTU, r.lab.Tunnel
-	}
-	if err := r.lab.SetPodRouteMTU(mtu); err != nil {
-		return err
-	}
-	if err := route(); err != nil {
-		return err
+		d = netlab.Tunnel
 	}
 	for i, n := range r.lab.Nodes {
-		eps := []hostrouting.Endpoint{{IP: n.Pods[0].IP, ID: uint32(i + 1), IfIndex: n.Pods[0].LXCIndex, MAC: n.Pods[0].MAC, NodeMAC: n.Pods[0].LXCMAC}}
-		if !p.tunnel && !p.fibOnly {
-			r.cfgs[i].DirectRoutes = n.DirectRoutes()
+		routes, err := n.ApplyDatapath(ctx, d)
+		if err != nil {
+			return err
 		}
-		if _, err := r.mgrs[i].Apply(ctx, p.mode, r.cfgs[i], eps); err != nil {
+		if !p.tunnel && !p.fibOnly {
+			r.cfgs[i].DirectRoutes = bpfhost.DirectRoutes(routes, netlab.UnderlayDev, netlab.PodPrefix)
+		}
+	}
+	for i, n := range r.lab.Nodes {
+		if _, err := r.mgrs[i].Apply(ctx, p.mode, r.cfgs[i], bpfhost.Endpoints(n.Endpoints())); err != nil {
 			return err
 		}
 		if p.rules != nil {
@@ -170,11 +172,11 @@ func (r *rig) peers() (client, server Peer) {
 	}
 	n1, n2 := r.lab.Nodes[0], r.lab.Nodes[1]
 	if r.path.node {
-		return Peer{NSPath: n1.NSPath, IP: n1.UnderlayIP, CPU: cpuC, RealTime: *realtime},
-			Peer{NSPath: n2.NSPath, IP: n2.UnderlayIP, CPU: cpuS, RealTime: *realtime}
+		return Peer{NSPath: n1.Path(), IP: n1.IP, CPU: cpuC, RealTime: *realtime},
+			Peer{NSPath: n2.Path(), IP: n2.IP, CPU: cpuS, RealTime: *realtime}
 	}
-	return Peer{NSPath: n1.Pods[0].NSPath, IP: n1.Pods[0].IP, CPU: cpuC, RealTime: *realtime},
-		Peer{NSPath: n2.Pods[0].NSPath, IP: n2.Pods[0].IP, CPU: cpuS, RealTime: *realtime}
+	return Peer{NSPath: n1.Pods[0].Path(), IP: n1.Pods[0].IP, CPU: cpuC, RealTime: *realtime},
+		Peer{NSPath: n2.Pods[0].Path(), IP: n2.Pods[0].IP, CPU: cpuS, RealTime: *realtime}
 }
 
 // forwarded reads Ip ForwDatagrams of both nodes: it must not move on BPF
@@ -182,14 +184,11 @@ func (r *rig) peers() (client, server Peer) {
 func (r *rig) forwarded() (uint64, error) {
 	var total uint64
 	for _, n := range r.lab.Nodes {
-		err := n.Run(func() error {
-			v, err := hrlab.SNMP("Ip:", "ForwDatagrams")
-			total += v
-			return err
-		})
+		v, err := netlab.SNMP(n.Path(), "Ip:", "ForwDatagrams")
 		if err != nil {
 			return 0, err
 		}
+		total += v
 	}
 	return total, nil
 }
@@ -204,11 +203,9 @@ type sample struct {
 // medians and ratios. One invocation is the whole measurement: run it with
 // -benchtime=1x (hack/bpf/bench.sh).
 func BenchmarkDatapath(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
+	privileged.Require(b, "builds network namespaces and loads BPF programs")
 	if caps := hostrouting.Probe(); !caps.BPFHostRouting {
-		b.Skipf("no eBPF host routing: %s", caps.Reason)
+		privileged.Unavailable(b, "eBPF host routing: "+caps.Reason)
 	}
 	// The measurement threads block in raw system calls that keep their P;
 	// leave Ps for everything else.
@@ -228,7 +225,7 @@ func BenchmarkDatapath(b *testing.B) {
 	rigs := make([]*rig, len(ps))
 	res := map[string]map[Kind][]sample{}
 	for i, p := range ps {
-		rigs[i] = newRig(b, i, p)
+		rigs[i] = newRig(b, p)
 		res[p.name] = map[Kind][]sample{}
 	}
 	port := 20000

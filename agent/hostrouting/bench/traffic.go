@@ -7,7 +7,7 @@ Licensed under the Apache License, Version 2.0.
 */
 
 // Package bench measures the pod datapath of routemode's host-routing modes
-// on a two-node namespace lab (agent/hostrouting/internal/hrlab): TCP
+// on a two-node namespace lab (internal/netlab, point-to-point underlay): TCP
 // request/response rate, 64-byte UDP packet rate and TCP bulk throughput,
 // for node-to-node traffic and for pod-to-pod traffic in each mode.
 //

@@ -15,12 +15,12 @@ import (
 	"github.com/routemode/routemode/agent/masq"
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
-	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/netlab"
 )
 
 // restart replaces n's agent by a new instance, as a restarted agent
 // process, and reconciles once; it returns the changes the new agent made.
-func restart(t *testing.T, n *nslab.Node) []string {
+func restart(t *testing.T, n *netlab.Node) []string {
 	t.Helper()
 	// A resync of the running agent first: it refreshes the status (pods
 	// were added since) and must change nothing either.
@@ -53,21 +53,22 @@ func restart(t *testing.T, n *nslab.Node) []string {
 // while traffic flows: a new agent instance reads the kernel back, finds it
 // right and makes zero changes, and no probe is lost.
 func TestRestartChangesNothing(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 2})
-	ctx := nslab.Context(t, time.Minute)
-	pods := podPerNode(ctx, t, l, nslab.Tunnel)
-	streams := l.StartStreams(pods, 1000)
+	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, netlab.Tunnel)
+	streams := netlab.MustStreams(t, pods, 1000)
+	toNative := netlab.MustSteps(t, netlab.Tunnel, netlab.Native)
 
 	states := []struct {
 		name  string
 		apply func()
 	}{
 		{"tunnel", func() {}},
-		{"prepared (loose rp_filter saved)", func() { l.Step(ctx, l.Nodes, nslab.PrepareToNative, stepTimeout) }},
-		{"mixed (node-1 native, node-2 tunnel)", func() { l.Step(ctx, l.Nodes[:1], nslab.SwitchToNative, stepTimeout) }},
+		{"prepared (loose rp_filter saved)", func() { netlab.MustStep(t, ctx, l.Nodes, toNative.Prepare) }},
+		{"mixed (node-1 native, node-2 tunnel)", func() { netlab.MustStep(t, ctx, l.Nodes[:1], toNative.Switch) }},
 		{"native", func() {
-			l.Step(ctx, l.Nodes[1:], nslab.SwitchToNative, stepTimeout)
-			l.Step(ctx, l.Nodes, nslab.Native, stepTimeout)
+			netlab.MustStep(t, ctx, l.Nodes[1:], toNative.Switch)
+			netlab.MustStep(t, ctx, l.Nodes, netlab.Native)
 		}},
 	}
 	for _, st := range states {
@@ -82,23 +83,23 @@ func TestRestartChangesNothing(t *testing.T) {
 		}
 	}
 	stats := streams.Stop()
-	total := nslab.Total(stats)
+	total := netlab.Total(stats)
 	t.Logf("probes across the restarts: %s; echo responder socket drops: %v", total, streams.EchoDrops())
 	if total.Lost != 0 || total.Sent == 0 {
-		t.Errorf("lost %d of %d probes across agent restarts:\n%s", total.Lost, total.Sent, nslab.Report(stats))
+		t.Errorf("lost %d of %d probes across agent restarts:\n%s", total.Lost, total.Sent, netlab.Report(stats))
 	}
 }
 
 // TestDriftRepair deletes what the agent made behind its back and checks
 // that the next reconcile repairs it, touching no route it does not own.
 func TestDriftRepair(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 2})
-	ctx := nslab.Context(t, time.Minute)
-	pods := podPerNode(ctx, t, l, nslab.Tunnel)
+	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, netlab.Tunnel)
 	n1 := l.Nodes[0]
 	run := func(args ...string) {
 		t.Helper()
-		if out, err := n1.IPCmd(args...); err != nil {
+		if out, err := netlab.IP(n1, args...); err != nil {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
@@ -141,22 +142,23 @@ func TestDriftRepair(t *testing.T) {
 
 // snapshot is the node's IPv4 kernel state as ip prints it, without
 // counters, neighbour states that age or IPv6 (whose duplicate address
-// detection finishes on its own schedule).
-func snapshot(t *testing.T, n *nslab.Node) string {
+// detection finishes on its own schedule), and without the tools'
+// complaints about other namespaces, which come and go with other tests.
+func snapshot(t *testing.T, n *netlab.Node) string {
 	t.Helper()
 	var b strings.Builder
 	for _, args := range [][]string{
 		{"-d", "link", "show"}, {"-4", "addr", "show"}, {"-4", "route", "show", "table", "all"},
 		{"-4", "neigh", "show", "nud", "permanent"},
 	} {
-		out, err := n.IPCmd(args...)
+		out, err := netlab.IP(n, args...)
 		if err != nil {
 			t.Fatalf("ip %v: %v", args, err)
 		}
 		b.WriteString(out)
 	}
 	out, err := exec.Command("ip", "netns", "exec", n.NSName, "sh", "-c",
-		"bridge fdb show dev rm_vxlan; grep -H . /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv4/ip_forward").CombinedOutput()
+		"bridge fdb show dev rm_vxlan; grep -H . /proc/sys/net/ipv4/conf/*/rp_filter /proc/sys/net/ipv4/ip_forward").Output()
 	if err != nil {
 		t.Fatalf("snapshot: %v: %s", err, out)
 	}
@@ -167,16 +169,16 @@ func snapshot(t *testing.T, n *nslab.Node) string {
 // TestGeneveRefused asks for a Geneve tunnel, which this kernel cannot
 // build: the agent reports it clearly and changes nothing.
 func TestGeneveRefused(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 2})
-	ctx := nslab.Context(t, time.Minute)
-	pods := podPerNode(ctx, t, l, nslab.Tunnel)
+	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, netlab.Tunnel)
 	n1 := l.Nodes[0]
 	if n1.Status.Capabilities == nil || !n1.Status.Capabilities.VXLAN || n1.Status.Capabilities.Geneve {
 		t.Fatalf("capabilities %+v: this test expects a kernel with VXLAN and without Geneve", n1.Status.Capabilities)
 	}
 	before := snapshot(t, n1)
 
-	geneve := nslab.Tunnel
+	geneve := netlab.Tunnel
 	geneve.Tunnel = v1alpha1.TunnelGeneve
 	geneve.TunnelPort = 6081
 	n1.SetDatapath(geneve)
@@ -203,18 +205,18 @@ func TestGeneveRefused(t *testing.T) {
 // TestPeersChange covers peers joining and leaving, a peer whose node IP
 // changes, and a peer that is not directly reachable.
 func TestPeersChange(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 3})
-	ctx := nslab.Context(t, time.Minute)
+	l := netlab.New(t, netlab.Spec{Nodes: 3, CNI: true, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, time.Minute)
 	n1, n2, n3 := l.Nodes[0], l.Nodes[1], l.Nodes[2]
 	l.Hide(n3, true)
-	l.Step(ctx, l.Nodes[:2], nslab.Tunnel, stepTimeout)
+	netlab.MustStep(t, ctx, l.Nodes[:2], netlab.Tunnel)
 	if got := routeTo(t, n1, "10.0.2.0/24"); got != "" {
 		t.Fatalf("route to a node that has not joined: %q", got)
 	}
 
 	// node-3 joins.
 	l.Hide(n3, false)
-	l.Step(ctx, l.Nodes, nslab.Tunnel, stepTimeout)
+	netlab.MustStep(t, ctx, l.Nodes, netlab.Tunnel)
 	if got := routeTo(t, n1, "10.0.2.0/24"); !strings.Contains(got, "dev rm_vxlan") {
 		t.Errorf("no tunnel route to the joined node-3: %q", got)
 	}
@@ -224,7 +226,7 @@ func TestPeersChange(t *testing.T) {
 
 	// node-3 leaves: its route, neighbour and FDB entry go.
 	l.Hide(n3, true)
-	l.Converge(ctx, l.Nodes[:2], stepTimeout)
+	netlab.MustConverge(t, ctx, l.Nodes[:2])
 	if got := routeTo(t, n1, "10.0.2.0/24"); got != "" {
 		t.Errorf("route to node-3 after it left: %q", got)
 	}
@@ -234,12 +236,12 @@ func TestPeersChange(t *testing.T) {
 
 	// node-2's InternalIP changes: its tunnel device follows, node-1's FDB
 	// entry follows, pods still talk.
-	p1, p2 := n1.AddPod(ctx, "pod1"), n2.AddPod(ctx, "pod2")
+	p1, p2 := netlab.MustAddPod(t, ctx, n1, "pod1"), netlab.MustAddPod(t, ctx, n2, "pod2")
 	newIP := netip.MustParseAddr("192.168.0.131")
 	if err := n2.Readdress(newIP); err != nil {
 		t.Fatal(err)
 	}
-	l.Converge(ctx, l.Nodes[:2], stepTimeout)
+	netlab.MustConverge(t, ctx, l.Nodes[:2])
 	out, _ := exec.Command("ip", "netns", "exec", n1.NSName, "bridge", "fdb", "show", "dev", "rm_vxlan").CombinedOutput()
 	if !strings.Contains(string(out), "dst 192.168.0.131") {
 		t.Errorf("node-1's FDB does not follow node-2's new IP: %s", out)
@@ -250,11 +252,11 @@ func TestPeersChange(t *testing.T) {
 
 	// A peer behind a gateway: reported not direct; with a tunnel it is
 	// reached through the tunnel, without one it gets no route.
-	if out, err := n1.IPCmd("route", "add", "192.168.5.0/24", "via", "192.168.0.1"); err != nil {
+	if out, err := netlab.IP(n1, "route", "add", "192.168.5.0/24", "via", "192.168.0.1"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	l.SetExtraPeers(node.Peer{Name: "node-9", IP: netip.MustParseAddr("192.168.5.9"), PodCIDR: netip.MustParsePrefix("10.0.9.0/24")})
-	n1.SetDatapath(nslab.SwitchToNative)
+	n1.SetDatapath(netlab.MustSteps(t, netlab.Tunnel, netlab.Native).Switch)
 	res := n1.Reconcile(ctx)
 	if c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied); c == nil || c.Status != metav1.ConditionTrue {
 		t.Fatalf("DatapathApplied = %+v", c)
@@ -270,7 +272,7 @@ func TestPeersChange(t *testing.T) {
 	if c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionPeersHealthy); c == nil || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "node-9") {
 		t.Errorf("PeersHealthy = %+v, want False naming node-9", c)
 	}
-	n1.SetDatapath(nslab.Native)
+	n1.SetDatapath(netlab.Native)
 	res = n1.Reconcile(ctx)
 	if got := routeTo(t, n1, "10.0.9.0/24"); got != "" {
 		t.Errorf("route to node-9 without a tunnel: %q", got)

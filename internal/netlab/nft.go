@@ -1,12 +1,4 @@
-//go:build linux
-
-/*
-Copyright 2026 The routemode Authors.
-
-Licensed under the Apache License, Version 2.0.
-*/
-
-package hrlab
+package netlab
 
 import (
 	"encoding/binary"
@@ -27,7 +19,7 @@ const (
 
 // withNFT runs fn with an nftables connection inside the node's namespace.
 func (n *Node) withNFT(fn func(c *nftables.Conn) error) error {
-	ns, err := netns.GetFromPath(n.NSPath)
+	ns, err := netns.GetFromPath(n.Path())
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package nslab
+package netlab
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/internal/probe"
 )
@@ -21,9 +22,8 @@ type Streams struct {
 
 // StartStreams starts a probe stream from every pod to every pod on
 // another node (answered by the target's echo responder) at rate probes
-// per second each.
-func (l *Lab) StartStreams(pods []*Pod, rate int) *Streams {
-	l.T.Helper()
+// per second each. The caller stops them.
+func StartStreams(pods []*Pod, rate int) (*Streams, error) {
 	s := &Streams{pods: pods}
 	for _, a := range pods {
 		for _, b := range pods {
@@ -33,14 +33,13 @@ func (l *Lab) StartStreams(pods []*Pod, rate int) *Streams {
 			st, err := probe.StartStream(probe.StreamConfig{NSPath: a.Path(), Target: b.EchoAddr(), Rate: rate})
 			if err != nil {
 				s.Stop()
-				l.T.Fatalf("starting stream %s→%s: %v", a.Name, b.Name, err)
+				return nil, fmt.Errorf("starting stream %s→%s: %w", a.Name, b.Name, err)
 			}
 			s.names = append(s.names, fmt.Sprintf("%s(%s)→%s(%s)", a.Name, a.IP, b.Name, b.IP))
 			s.streams = append(s.streams, st)
 		}
 	}
-	l.T.Cleanup(func() { s.Stop() })
-	return s
+	return s, nil
 }
 
 // Stop stops every stream (concurrently, so their drains overlap) and
@@ -68,9 +67,7 @@ func (s *Streams) Stop() map[string]probe.Stats {
 func (s *Streams) EchoDrops() map[string]uint32 {
 	out := map[string]uint32{}
 	for _, p := range s.pods {
-		if p.echo != nil {
-			out[p.Name] = p.echo.Drops()
-		}
+		out[p.Name] = p.EchoDrops()
 	}
 	return out
 }
@@ -106,15 +103,9 @@ func Report(stats map[string]probe.Stats) string {
 
 // Capture starts counting frames on the underlay bridge's ports:
 // encapsulated (UDP to the tunnel port carrying pod addresses) and plain
-// pod packets.
-func (l *Lab) Capture() *probe.Capture {
-	l.T.Helper()
-	c, err := probe.StartCapture(probe.CaptureConfig{NSPath: l.UnderlayPath(), TunnelPort: v1alpha1.DefaultTunnelPort, Inner: PodPrefix})
-	if err != nil {
-		l.T.Fatalf("starting capture: %v", err)
-	}
-	l.T.Cleanup(func() { c.Stop() })
-	return c
+// pod packets. The caller stops it.
+func (l *Lab) Capture() (*probe.Capture, error) {
+	return probe.StartCapture(probe.CaptureConfig{NSPath: l.UnderlayPath(), TunnelPort: v1alpha1.DefaultTunnelPort, Inner: PodPrefix})
 }
 
 // UnresolvedDiscards is the kernel's count of packets dropped while waiting
@@ -144,4 +135,33 @@ func UnresolvedDiscards() uint64 {
 		}
 	}
 	return total
+}
+
+// SNMP reads one counter of /proc/net/snmp (proto "Ip:", "Udp:", ...) in
+// the namespace at nsPath.
+func SNMP(nsPath, proto, field string) (uint64, error) {
+	var v uint64
+	err := nsutil.RunIn(nsPath, func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var head []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != proto {
+				continue
+			}
+			if head == nil {
+				head = f
+				continue
+			}
+			if i := slices.Index(head, field); i > 0 && i < len(f) {
+				v, err = strconv.ParseUint(f[i], 10, 64)
+				return err
+			}
+		}
+		return fmt.Errorf("no %s %s in /proc/net/snmp", proto, field)
+	})
+	return v, err
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/routemode/routemode/agent/cniconf"
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
-	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/netlab"
 	"github.com/routemode/routemode/internal/probe"
 )
 
@@ -50,15 +50,15 @@ func sourceSeen(t *testing.T, from, at string, to netip.AddrPort) netip.Addr {
 // TestMasquerade: pod traffic to the outside leaves with the node IP, pod
 // traffic inside nativeRoutingCIDR keeps the pod IP, in both modes.
 func TestMasquerade(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 2})
-	ctx := nslab.Context(t, time.Minute)
-	pods := podPerNode(ctx, t, l, nslab.Tunnel)
-	outside := netip.AddrPortFrom(nslab.OutsideIP, 7100)
+	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, netlab.Tunnel)
+	outside := netip.AddrPortFrom(netlab.OutsideIP, 7100)
 	for _, mode := range []struct {
 		name string
 		d    v1alpha1.NodeDatapath
-	}{{"tunnel", nslab.Tunnel}, {"native", nslab.Native}} {
-		l.Step(ctx, l.Nodes, mode.d, stepTimeout)
+	}{{"tunnel", netlab.Tunnel}, {"native", netlab.Native}} {
+		netlab.MustStep(t, ctx, l.Nodes, mode.d)
 		if src := sourceSeen(t, pods[0].Path(), pods[1].Path(), netip.AddrPortFrom(pods[1].IP, 7100)); src != pods[0].IP {
 			t.Errorf("%s: pod1→pod2 arrives from %s, want pod1's %s (no masquerade inside the pod network)", mode.name, src, pods[0].IP)
 		}
@@ -71,8 +71,8 @@ func TestMasquerade(t *testing.T) {
 // TestNoDatapathLeavesKernelAlone: before the operator sets a datapath the
 // agent changes nothing and reports only what the preflight needs.
 func TestNoDatapathLeavesKernelAlone(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 2, NoCNI: true})
-	ctx := nslab.Context(t, time.Minute)
+	l := netlab.New(t, netlab.Spec{Nodes: 2, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, time.Minute)
 	n1 := l.Nodes[0]
 	before := snapshot(t, n1)
 	res := n1.Reconcile(ctx)
@@ -110,18 +110,18 @@ func TestNoDatapathLeavesKernelAlone(t *testing.T) {
 // (rp_filter stays strict) must lose probes, proving the lab and the probe
 // counters can see a broken switch.
 func TestStrictRPFilterLosesProbes(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 2})
-	ctx := nslab.Context(t, time.Minute)
-	pods := podPerNode(ctx, t, l, nslab.Tunnel)
-	streams := l.StartStreams(pods, 1000)
+	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, time.Minute)
+	pods := podPerNode(ctx, t, l, netlab.Tunnel)
+	streams := netlab.MustStreams(t, pods, 1000)
 	time.Sleep(200 * time.Millisecond)
-	unprepared := nslab.SwitchToNative
+	unprepared := netlab.MustSteps(t, netlab.Tunnel, netlab.Native).Switch
 	unprepared.LooseRPFilter = false
 	l.Nodes[0].SetDatapath(unprepared)
 	l.Nodes[0].Reconcile(ctx)
 	time.Sleep(500 * time.Millisecond)
 	stats := streams.Stop()
-	total := nslab.Total(stats)
+	total := netlab.Total(stats)
 	t.Logf("node-1 native, node-2 tunnel, strict rp_filter: %s", total)
 	if total.Lost == 0 {
 		t.Errorf("no probe lost with strict rp_filter in the mixed state; the lab cannot see a broken switch")

@@ -7,44 +7,44 @@ import (
 	"time"
 
 	"github.com/routemode/routemode/api/v1alpha1"
-	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/netlab"
 	"github.com/routemode/routemode/internal/probe"
 )
 
-const stepTimeout = 20 * time.Second
-
 // podPerNode brings the lab up in mode d and adds one pod per node.
-func podPerNode(ctx context.Context, t *testing.T, l *nslab.Lab, d v1alpha1.NodeDatapath) []*nslab.Pod {
+func podPerNode(ctx context.Context, t *testing.T, l *netlab.Lab, d v1alpha1.NodeDatapath) []*netlab.Pod {
 	t.Helper()
-	l.Step(ctx, l.Nodes, d, stepTimeout)
-	var pods []*nslab.Pod
+	netlab.MustStep(t, ctx, l.Nodes, d)
+	var pods []*netlab.Pod
 	for i, n := range l.Nodes {
-		pods = append(pods, n.AddPod(ctx, "pod"+string(rune('1'+i))))
+		pods = append(pods, netlab.MustAddPod(t, ctx, n, "pod"+string(rune('1'+i))))
 	}
 	return pods
 }
 
-// rollout moves every node from the mode it is in to the other one, as the
-// operator orders it: prepare all, switch node by node, finalize all.
-func rollout(ctx context.Context, t *testing.T, l *nslab.Lab, prepare, sw, final v1alpha1.NodeDatapath) {
+// rollout moves every node from steady mode from to steady mode to with
+// the steps the operator's planner writes: prepare all, switch node by
+// node, finalize all.
+func rollout(ctx context.Context, t *testing.T, l *netlab.Lab, from, to v1alpha1.NodeDatapath) {
 	t.Helper()
-	step := func(name string, nodes []*nslab.Node, d v1alpha1.NodeDatapath) {
+	steps := netlab.MustSteps(t, from, to)
+	step := func(name string, nodes []*netlab.Node, d v1alpha1.NodeDatapath) {
 		t.Helper()
 		start := time.Now()
-		l.Step(ctx, nodes, d, stepTimeout)
+		netlab.MustStep(t, ctx, nodes, d)
 		t.Logf("%s: %s took %s", time.Now().Format("15:04:05.000"), name, time.Since(start).Round(time.Millisecond))
 	}
-	step("prepare all", l.Nodes, prepare)
+	step("prepare all", l.Nodes, steps.Prepare)
 	for _, n := range l.Nodes {
-		step("switch "+n.Name, []*nslab.Node{n}, sw)
+		step("switch "+n.Name, []*netlab.Node{n}, steps.Switch)
 		time.Sleep(500 * time.Millisecond) // let traffic run in the mixed state
 	}
-	step("finalize all", l.Nodes, final)
+	step("finalize all", l.Nodes, steps.Final)
 }
 
-func routeTo(t *testing.T, n *nslab.Node, dst string) string {
+func routeTo(t *testing.T, n *netlab.Node, dst string) string {
 	t.Helper()
-	out, err := n.IPCmd("route", "show", dst)
+	out, err := netlab.IP(n, "route", "show", dst)
 	if err != nil {
 		t.Fatalf("ip route show %s: %v: %s", dst, err, out)
 	}
@@ -63,10 +63,10 @@ func window(c *probe.Capture, d time.Duration) probe.CaptureStats {
 // probes to every pod on another node and a TCP connection stays open; not
 // a single probe may be lost.
 func TestLiveSwitchZeroLoss(t *testing.T) {
-	l := nslab.New(t, nslab.Options{Nodes: 3})
-	ctx := nslab.Context(t, 2*time.Minute)
-	pods := podPerNode(ctx, t, l, nslab.Tunnel)
-	capture := l.Capture()
+	l := netlab.New(t, netlab.Spec{Nodes: 3, CNI: true, Agents: true, RPFilter: 1})
+	ctx := netlab.Context(t, 2*time.Minute)
+	pods := podPerNode(ctx, t, l, netlab.Tunnel)
+	capture := netlab.MustCapture(t, l)
 
 	tcpEcho, err := probe.StartTCPEcho(pods[1].Path(), pods[1].EchoAddr())
 	if err != nil {
@@ -77,8 +77,8 @@ func TestLiveSwitchZeroLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	discards := nslab.UnresolvedDiscards()
-	streams := l.StartStreams(pods, 1000)
+	discards := netlab.UnresolvedDiscards()
+	streams := netlab.MustStreams(t, pods, 1000)
 	t.Logf("%s: streams started", time.Now().Format("15:04:05.000"))
 
 	tun := window(capture, 300*time.Millisecond)
@@ -87,7 +87,7 @@ func TestLiveSwitchZeroLoss(t *testing.T) {
 		t.Errorf("tunnel mode: want only encapsulated pod packets on the underlay, got %s", tun)
 	}
 
-	rollout(ctx, t, l, nslab.PrepareToNative, nslab.SwitchToNative, nslab.Native)
+	rollout(ctx, t, l, netlab.Tunnel, netlab.Native)
 	nat := window(capture, 300*time.Millisecond)
 	t.Logf("native mode on the underlay: %s", nat)
 	if nat.TunnelUDP != 0 || nat.Plain == 0 {
@@ -96,15 +96,15 @@ func TestLiveSwitchZeroLoss(t *testing.T) {
 	if got := routeTo(t, l.Nodes[0], "10.0.1.0/24"); !strings.Contains(got, "via 192.168.0.130 dev eth0") {
 		t.Errorf("node-1 route to node-2's pods: %q, want via 192.168.0.130 dev eth0", got)
 	}
-	if out, _ := l.Nodes[0].IPCmd("link", "show", "rm_vxlan"); !strings.Contains(out, "does not exist") {
-		t.Errorf("native mode keeps rm_vxlan: %s", out)
+	if out, err := netlab.IP(l.Nodes[0], "link", "show", "rm_vxlan"); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("native mode keeps rm_vxlan: %s %v", out, err)
 	}
 	// Full-size packets with DF pass in native mode.
 	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 1500-28, true); err != nil {
 		t.Errorf("native mode: 1472-byte DF probe: %v", err)
 	}
 
-	rollout(ctx, t, l, nslab.PrepareToTunnel, nslab.SwitchToTunnel, nslab.Tunnel)
+	rollout(ctx, t, l, netlab.Native, netlab.Tunnel)
 	back := window(capture, 300*time.Millisecond)
 	t.Logf("back in tunnel mode on the underlay: %s", back)
 	if back.Encapsulated == 0 || back.Plain != 0 {
@@ -123,11 +123,11 @@ func TestLiveSwitchZeroLoss(t *testing.T) {
 
 	stats := streams.Stop()
 	tcpStats := tcp.Stop()
-	total := nslab.Total(stats)
-	t.Logf("probe streams during tunnel→native→tunnel (%d streams at 1000/s):\n%s", len(stats), nslab.Report(stats))
+	total := netlab.Total(stats)
+	t.Logf("probe streams during tunnel→native→tunnel (%d streams at 1000/s):\n%s", len(stats), netlab.Report(stats))
 	t.Logf("total: %s; echo responder socket drops: %v", total, streams.EchoDrops())
 	t.Logf("tcp connection pod1→pod2: %s", tcpStats)
-	t.Logf("machine-wide packets discarded awaiting neighbour resolution meanwhile: %d", nslab.UnresolvedDiscards()-discards)
+	t.Logf("machine-wide packets discarded awaiting neighbour resolution meanwhile: %d", netlab.UnresolvedDiscards()-discards)
 	for name, s := range stats {
 		if s.Lost != 0 || s.Sent == 0 {
 			t.Errorf("stream %s: sent %d, lost %d; want 0 lost", name, s.Sent, s.Lost)

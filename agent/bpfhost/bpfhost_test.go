@@ -74,11 +74,8 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
-	for i, n := range l.Nodes {
-		if got := forwarded(t, fwd)[i]; got == 0 {
-			t.Errorf("%s's forward hook saw no pod packet with legacy host routing", n.Name)
-		}
+	if got := forwardedOnEvery(t, fwd, make([]uint64, len(fwd))); got != nil {
+		t.Errorf("with legacy host routing the nodes' forward hooks saw %v pod packets; want some on every node", got)
 	}
 	withBPF := netlab.Native
 	withBPF.HostRouting = v1alpha1.HostRoutingBPF
@@ -159,9 +156,9 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	}
 	for _, n := range l.Nodes {
 		netlab.MustStep(t, ctx, []*netlab.Node{n}, netlab.Native)
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // traffic runs with this node back in legacy
 	}
-	if back := forwarded(t, fwd); back[0] == fwdAfter[0] || back[1] == fwdAfter[1] {
+	if back := forwardedOnEvery(t, fwd, fwdAfter); back != nil {
 		t.Errorf("back in legacy, the forward hooks saw no pod packet: %v -> %v", fwdAfter, back)
 	}
 	if mode := hostrouting.InForce(routers["node-1"].PinDir); mode != v1alpha1.HostRoutingLegacy {
@@ -213,6 +210,28 @@ func forwarded(t *testing.T, fwd []*fwdcount.Counter) []uint64 {
 		out[i] = n
 	}
 	return out
+}
+
+// forwardedOnEvery waits until every node's forward hook has counted
+// packets beyond from; it returns nil then, or the last counts if that does
+// not happen within 30 s.
+func forwardedOnEvery(t *testing.T, fwd []*fwdcount.Counter, from []uint64) []uint64 {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := forwarded(t, fwd)
+		all := true
+		for i := range got {
+			all = all && got[i] > from[i]
+		}
+		if all {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // bpfForwarded sums a node's packets delivered with redirect_peer and

@@ -81,6 +81,9 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 	}
 	for _, pr := range pairs {
 		key := pr[0].Name + "->" + pr[1].Name
+		if err := probe.Warm(ctx, nsPath(pr[0].Name), netip.AddrPortFrom(pr[1].IP, udpEchoPort), 30); err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
 		s, err := probe.StartStream(probe.StreamConfig{NSPath: nsPath(pr[0].Name), Target: netip.AddrPortFrom(pr[1].IP, udpEchoPort), Rate: max(1, rate/len(pairs))})
 		if err != nil {
 			return nil, fmt.Errorf("starting the probe stream %s: %w", key, err)

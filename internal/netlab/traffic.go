@@ -1,6 +1,7 @@
 package netlab
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -22,13 +23,18 @@ type Streams struct {
 
 // StartStreams starts a probe stream from every pod to every pod on
 // another node (answered by the target's echo responder) at rate probes
-// per second each. The caller stops them.
+// per second each, once every pair has answered one probe. The caller
+// stops them.
 func StartStreams(pods []*Pod, rate int) (*Streams, error) {
 	s := &Streams{pods: pods}
 	for _, a := range pods {
 		for _, b := range pods {
 			if a.Node == b.Node {
 				continue
+			}
+			if err := probe.Warm(context.Background(), a.Path(), b.EchoAddr(), 30); err != nil {
+				s.Stop()
+				return nil, fmt.Errorf("%s(%s) → %s(%s): %w", a.Name, a.IP, b.Name, b.IP, err)
 			}
 			st, err := probe.StartStream(probe.StreamConfig{NSPath: a.Path(), Target: b.EchoAddr(), Rate: rate})
 			if err != nil {

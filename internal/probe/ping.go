@@ -146,3 +146,20 @@ func (p *Pinger) PingRetry(ctx context.Context, target netip.AddrPort, attempts 
 	}
 	return 0, err
 }
+
+// Warm pings target from the namespace at nsPath until it answers, at most
+// attempts times a second apart, so that a stream started afterwards finds
+// the neighbour entries on its path resolved: a stream started cold queues
+// its first probes behind ARP, and on a loaded machine an answer slower
+// than the neighbour queue is long costs some of them.
+func Warm(ctx context.Context, nsPath string, target netip.AddrPort, attempts int) error {
+	p, err := NewPinger(nsPath, netip.AddrPort{})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	if _, err := p.PingRetry(ctx, target, attempts, time.Second); err != nil {
+		return fmt.Errorf("no answer from %s in %d tries: %w", target, attempts, err)
+	}
+	return nil
+}

@@ -56,6 +56,20 @@ type hostroutingLastRedirect struct {
 	FibRc   uint32
 }
 
+type hostroutingRmEvent struct {
+	_          structs.HostLayout
+	KtimeNs    uint64
+	Cpu        uint32
+	Prog       uint32
+	Reason     uint32
+	Endpoint   uint32
+	IfindexIn  uint32
+	IfindexOut uint32
+	Len        uint32
+	CapLen     uint32
+	Data       [128]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -63,6 +77,9 @@ const (
 	hostroutingMapRmCounters                = "rm_counters"
 	hostroutingMapRmDirectRoutes            = "rm_direct_routes"
 	hostroutingMapRmEndpoints               = "rm_endpoints"
+	hostroutingMapRmEvents                  = "rm_events"
+	hostroutingMapRmMonitor                 = "rm_monitor"
+	hostroutingMapRmMonitorLost             = "rm_monitor_lost"
 	hostroutingProgRmFromLxc                = "rm_from_lxc"
 	hostroutingProgRmFromNetdev             = "rm_from_netdev"
 	hostroutingProgRmFromOverlay            = "rm_from_overlay"
@@ -71,6 +88,7 @@ const (
 	hostroutingVarCfgFibEnabled             = "cfg_fib_enabled"
 	hostroutingVarCfgFlowbasedTunnelIfindex = "cfg_flowbased_tunnel_ifindex"
 	hostroutingVarCfgRecord                 = "cfg_record"
+	hostroutingVarRmEventBtf                = "rm_event_btf"
 	hostroutingVarRmLast                    = "rm_last"
 )
 
@@ -128,6 +146,9 @@ type hostroutingMapSpecs struct {
 	RmCounters     *ebpf.MapSpec `ebpf:"rm_counters"`
 	RmDirectRoutes *ebpf.MapSpec `ebpf:"rm_direct_routes"`
 	RmEndpoints    *ebpf.MapSpec `ebpf:"rm_endpoints"`
+	RmEvents       *ebpf.MapSpec `ebpf:"rm_events"`
+	RmMonitor      *ebpf.MapSpec `ebpf:"rm_monitor"`
+	RmMonitorLost  *ebpf.MapSpec `ebpf:"rm_monitor_lost"`
 }
 
 // hostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -139,6 +160,7 @@ type hostroutingVariableSpecs struct {
 	CfgFibEnabled             *ebpf.VariableSpec `ebpf:"cfg_fib_enabled"`
 	CfgFlowbasedTunnelIfindex *ebpf.VariableSpec `ebpf:"cfg_flowbased_tunnel_ifindex"`
 	CfgRecord                 *ebpf.VariableSpec `ebpf:"cfg_record"`
+	RmEventBtf                *ebpf.VariableSpec `ebpf:"rm_event_btf"`
 	RmLast                    *ebpf.VariableSpec `ebpf:"rm_last"`
 }
 
@@ -165,6 +187,9 @@ type hostroutingMaps struct {
 	RmCounters     *ebpf.Map `ebpf:"rm_counters"`
 	RmDirectRoutes *ebpf.Map `ebpf:"rm_direct_routes"`
 	RmEndpoints    *ebpf.Map `ebpf:"rm_endpoints"`
+	RmEvents       *ebpf.Map `ebpf:"rm_events"`
+	RmMonitor      *ebpf.Map `ebpf:"rm_monitor"`
+	RmMonitorLost  *ebpf.Map `ebpf:"rm_monitor_lost"`
 }
 
 func (m *hostroutingMaps) Close() error {
@@ -172,6 +197,9 @@ func (m *hostroutingMaps) Close() error {
 		m.RmCounters,
 		m.RmDirectRoutes,
 		m.RmEndpoints,
+		m.RmEvents,
+		m.RmMonitor,
+		m.RmMonitorLost,
 	)
 }
 
@@ -184,6 +212,7 @@ type hostroutingVariables struct {
 	CfgFibEnabled             *ebpf.Variable `ebpf:"cfg_fib_enabled"`
 	CfgFlowbasedTunnelIfindex *ebpf.Variable `ebpf:"cfg_flowbased_tunnel_ifindex"`
 	CfgRecord                 *ebpf.Variable `ebpf:"cfg_record"`
+	RmEventBtf                *ebpf.Variable `ebpf:"rm_event_btf"`
 	RmLast                    *ebpf.Variable `ebpf:"rm_last"`
 }
 

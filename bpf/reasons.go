@@ -21,10 +21,17 @@ const (
 	MapEndpoints    = "rm_endpoints"
 	MapCounters     = "rm_counters"
 	MapDirectRoutes = "rm_direct_routes"
+
+	// MapEvents is the ring buffer of monitor events, MapMonitor the flag
+	// that turns them on, MapMonitorLost the per-CPU count of events the
+	// full ring buffer refused.
+	MapEvents      = "rm_events"
+	MapMonitor     = "rm_monitor"
+	MapMonitorLost = "rm_monitor_lost"
 )
 
 // PinnedMaps are the maps pinned in a node's pin directory.
-var PinnedMaps = []string{MapEndpoints, MapCounters, MapDirectRoutes}
+var PinnedMaps = []string{MapEndpoints, MapCounters, MapDirectRoutes, MapEvents, MapMonitor, MapMonitorLost}
 
 // Program identifies one of the host-routing programs in the counter map.
 // The values are the C enum rm_prog.
@@ -142,6 +149,19 @@ func (r Reason) Verdict() Verdict {
 		return VerdictRedirect
 	}
 	return VerdictPass
+}
+
+// MonitorVerdict is the verdict as `routemodectl monitor` names it, after
+// Cilium's trace points: to-endpoint (into a local pod), to-network (out
+// to the next hop) or to-stack (left to the kernel's routing).
+func (r Reason) MonitorVerdict() string {
+	switch r {
+	case ReasonRedirectPeer:
+		return "to-endpoint"
+	case ReasonRedirectNeigh, ReasonRedirectFIB, ReasonRedirectDirectRoute:
+		return "to-network"
+	}
+	return "to-stack"
 }
 
 // CounterIndex is the key of (program, reason) in the counter map.

@@ -127,6 +127,35 @@ var reasonNames = map[Reason]string{
 	ReasonMTU:                 "mtu",
 }
 
+// reasonWords say why, for people: `routemodectl monitor` prints them.
+var reasonWords = map[Reason]string{
+	ReasonRedirectPeer:        "delivered into the local pod with bpf_redirect_peer",
+	ReasonRedirectNeigh:       "sent to the next hop with bpf_redirect_neigh (neighbour not resolved yet)",
+	ReasonRedirectFIB:         "sent to the next hop with bpf_redirect and the MACs bpf_fib_lookup found",
+	ReasonNotIPv4:             "not IPv4 (ARP, IPv6, VLAN-tagged)",
+	ReasonMalformed:           "truncated or invalid IPv4 header",
+	ReasonNotForHost:          "broadcast, multicast, or unicast for another MAC",
+	ReasonNoEndpoint:          "no local pod has the destination address",
+	ReasonOutsideCIDR:         "destination outside the native routing CIDR, which needs masquerading",
+	ReasonTTL:                 "TTL would expire: the stack sends ICMP time exceeded",
+	ReasonFIB:                 "no forwarding route (local, unreachable, or over the MTU)",
+	ReasonTunnel:              "the route leads into a flow-based tunnel device",
+	ReasonNAT:                 "conntrack translated the flow (Service NAT, masquerade)",
+	ReasonRedirectDirectRoute: "sent to the gateway of the agent's direct route with bpf_redirect_neigh",
+	ReasonNotTCPUDP:           "not TCP or UDP, which conntrack cannot look up for the programs",
+	ReasonFragment:            "an IP fragment, whose ports only the stack's reassembly sees",
+	ReasonIPOptions:           "IP options, which the forwarding code processes",
+	ReasonMTU:                 "over the direct route's MTU, or a GSO packet the program cannot size",
+}
+
+// Words says why a packet got its verdict, in a sentence fragment.
+func (r Reason) Words() string {
+	if w, ok := reasonWords[r]; ok {
+		return w
+	}
+	return r.String()
+}
+
 func (r Reason) String() string {
 	if n, ok := reasonNames[r]; ok {
 		return n

@@ -268,6 +268,9 @@ func (m *Manager) applyBPF(ctx context.Context, j *journal, cfg Config, eps []En
 	if err := syncMap(j, coll.Maps[bpf.MapDirectRoutes], directRouteEntries(cfg.DirectRoutes, underlay), directRouteKey); err != nil {
 		return err
 	}
+	if err := clearStaleMonitor(j, cfg.PinDir, coll.Maps[bpf.MapMonitor]); err != nil {
+		return err
+	}
 
 	// TCX resolves the ifindex in the calling thread's namespace.
 	var podErrs []error

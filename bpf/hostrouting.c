@@ -71,6 +71,8 @@ enum rm_reason {
 	RM_PASS_FRAGMENT = 14,
 	RM_PASS_IP_OPTIONS = 15,
 	RM_PASS_MTU = 16,
+	/* Seen by an observe-only program: legacy host routing, the stack routes. */
+	RM_PASS_LEGACY = 17,
 };
 
 /*
@@ -627,4 +629,34 @@ int rm_from_lxc(struct __sk_buff *skb)
 	record(fib.ifindex, RM_REDIRECT_FIB, fib.ipv4_dst, rc);
 	count(skb, RM_PROG_LXC, RM_REDIRECT_FIB, fib.ifindex);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+/*
+ * Observe-only programs. Legacy host routing has no programs, yet that is
+ * where a monitor is most wanted: while one runs, the agent attaches these
+ * at the same hooks. They report the packet and leave it to the stack,
+ * changing nothing else (not even the counters).
+ */
+static __always_inline int observe(struct __sk_buff *skb, __u32 prog)
+{
+	emit(skb, prog, RM_PASS_LEGACY, 0);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int rm_observe_netdev(struct __sk_buff *skb)
+{
+	return observe(skb, RM_PROG_NETDEV);
+}
+
+SEC("tc")
+int rm_observe_overlay(struct __sk_buff *skb)
+{
+	return observe(skb, RM_PROG_OVERLAY);
+}
+
+SEC("tc")
+int rm_observe_lxc(struct __sk_buff *skb)
+{
+	return observe(skb, RM_PROG_LXC);
 }

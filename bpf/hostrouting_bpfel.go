@@ -83,6 +83,9 @@ const (
 	hostroutingProgRmFromLxc                = "rm_from_lxc"
 	hostroutingProgRmFromNetdev             = "rm_from_netdev"
 	hostroutingProgRmFromOverlay            = "rm_from_overlay"
+	hostroutingProgRmObserveLxc             = "rm_observe_lxc"
+	hostroutingProgRmObserveNetdev          = "rm_observe_netdev"
+	hostroutingProgRmObserveOverlay         = "rm_observe_overlay"
 	hostroutingVarCfgCidrAddr               = "cfg_cidr_addr"
 	hostroutingVarCfgCidrMask               = "cfg_cidr_mask"
 	hostroutingVarCfgFibEnabled             = "cfg_fib_enabled"
@@ -134,9 +137,12 @@ type hostroutingSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hostroutingProgramSpecs struct {
-	RmFromLxc     *ebpf.ProgramSpec `ebpf:"rm_from_lxc"`
-	RmFromNetdev  *ebpf.ProgramSpec `ebpf:"rm_from_netdev"`
-	RmFromOverlay *ebpf.ProgramSpec `ebpf:"rm_from_overlay"`
+	RmFromLxc        *ebpf.ProgramSpec `ebpf:"rm_from_lxc"`
+	RmFromNetdev     *ebpf.ProgramSpec `ebpf:"rm_from_netdev"`
+	RmFromOverlay    *ebpf.ProgramSpec `ebpf:"rm_from_overlay"`
+	RmObserveLxc     *ebpf.ProgramSpec `ebpf:"rm_observe_lxc"`
+	RmObserveNetdev  *ebpf.ProgramSpec `ebpf:"rm_observe_netdev"`
+	RmObserveOverlay *ebpf.ProgramSpec `ebpf:"rm_observe_overlay"`
 }
 
 // hostroutingMapSpecs contains maps before they are loaded into the kernel.
@@ -220,9 +226,12 @@ type hostroutingVariables struct {
 //
 // It can be passed to loadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hostroutingPrograms struct {
-	RmFromLxc     *ebpf.Program `ebpf:"rm_from_lxc"`
-	RmFromNetdev  *ebpf.Program `ebpf:"rm_from_netdev"`
-	RmFromOverlay *ebpf.Program `ebpf:"rm_from_overlay"`
+	RmFromLxc        *ebpf.Program `ebpf:"rm_from_lxc"`
+	RmFromNetdev     *ebpf.Program `ebpf:"rm_from_netdev"`
+	RmFromOverlay    *ebpf.Program `ebpf:"rm_from_overlay"`
+	RmObserveLxc     *ebpf.Program `ebpf:"rm_observe_lxc"`
+	RmObserveNetdev  *ebpf.Program `ebpf:"rm_observe_netdev"`
+	RmObserveOverlay *ebpf.Program `ebpf:"rm_observe_overlay"`
 }
 
 func (p *hostroutingPrograms) Close() error {
@@ -230,6 +239,9 @@ func (p *hostroutingPrograms) Close() error {
 		p.RmFromLxc,
 		p.RmFromNetdev,
 		p.RmFromOverlay,
+		p.RmObserveLxc,
+		p.RmObserveNetdev,
+		p.RmObserveOverlay,
 	)
 }
 

@@ -197,3 +197,53 @@ func TestMonitorCountsLostEvents(t *testing.T) {
 		t.Errorf("events %d + lost %d != runs %d", len(evs), lost, runs)
 	}
 }
+
+// The observe-only programs report the packet while the flag is on and
+// otherwise do nothing: the packet goes on unchanged, nothing is counted.
+func TestObserveOnly(t *testing.T) {
+	tn := newTestNet(t)
+	for _, c := range []struct {
+		prog    string
+		program Program
+		ifindex int
+	}{{ProgObserveNetdev, ProgramNetdev, tn.ul}, {ProgObserveOverlay, ProgramOverlay, tn.ul}, {ProgObserveLXC, ProgramLXC, tn.lxc}} {
+		t.Run(c.prog, func(t *testing.T) {
+			objs := loadObjects(t, Config{})
+			rd := objs.reader(t)
+			frame := udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: localPod2, ttl: 64})
+			for _, on := range []bool{false, true} {
+				objs.monitorOn(t, on)
+				ret, out := objs.run(t, tn, c.prog, c.ifindex, frame, 0)
+				if ret != TCActUnspec || !bytes.Equal(out[:len(frame)], frame) {
+					t.Errorf("monitor %v: verdict %d, packet changed: %v", on, ret, !bytes.Equal(out[:len(frame)], frame))
+				}
+				evs := drain(t, rd)
+				if !on {
+					if len(evs) != 0 {
+						t.Errorf("flag off: %d events", len(evs))
+					}
+					continue
+				}
+				if len(evs) != 1 {
+					t.Fatalf("flag on: %d events, want 1", len(evs))
+				}
+				e := evs[0]
+				// from-lxc names the sender, the network programs the receiver.
+				wantEP := uint32(1580)
+				if c.program == ProgramLXC {
+					wantEP = 1445
+				}
+				if Program(e.Prog) != c.program || Reason(e.Reason) != ReasonLegacy || e.Endpoint != wantEP ||
+					e.IfindexOut != 0 || !bytes.Equal(e.Packet(), frame) {
+					t.Errorf("event %s/%s endpoint %d out %d, want %s/legacy endpoint %d out 0 with the frame",
+						Program(e.Prog), Reason(e.Reason), e.Endpoint, e.IfindexOut, c.program, wantEP)
+				}
+			}
+			for _, r := range Reasons {
+				if n := objs.counter(t, c.program, r); n != 0 {
+					t.Errorf("counter %s/%s = %d, want 0", c.program, r, n)
+				}
+			}
+		})
+	}
+}

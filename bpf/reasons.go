@@ -18,6 +18,12 @@ const (
 	ProgFromOverlay = "rm_from_overlay"
 	ProgFromLXC     = "rm_from_lxc"
 
+	// The observe-only programs, attached in legacy host routing while a
+	// monitor runs: they report packets and leave them to the stack.
+	ProgObserveNetdev  = "rm_observe_netdev"
+	ProgObserveOverlay = "rm_observe_overlay"
+	ProgObserveLXC     = "rm_observe_lxc"
+
 	MapEndpoints    = "rm_endpoints"
 	MapCounters     = "rm_counters"
 	MapDirectRoutes = "rm_direct_routes"
@@ -89,6 +95,9 @@ const (
 	// ReasonMTU: bigger than the agent's direct route allows, or a GSO
 	// packet the program cannot size: the stack applies the route's MTU.
 	ReasonMTU Reason = 16
+	// ReasonLegacy: seen by an observe-only program, in legacy host
+	// routing; never counted.
+	ReasonLegacy Reason = 17
 )
 
 // Slot counts of the counter map, fixed in the C source so that the pinned
@@ -103,7 +112,7 @@ var Reasons = []Reason{
 	ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB,
 	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
 	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonNAT,
-	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions, ReasonMTU,
+	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions, ReasonMTU, ReasonLegacy,
 }
 
 var reasonNames = map[Reason]string{
@@ -125,6 +134,7 @@ var reasonNames = map[Reason]string{
 	ReasonFragment:            "fragment",
 	ReasonIPOptions:           "ip_options",
 	ReasonMTU:                 "mtu",
+	ReasonLegacy:              "legacy",
 }
 
 // reasonWords say why, for people: `routemodectl monitor` prints them.
@@ -146,6 +156,7 @@ var reasonWords = map[Reason]string{
 	ReasonFragment:            "an IP fragment, whose ports only the stack's reassembly sees",
 	ReasonIPOptions:           "IP options, which the forwarding code processes",
 	ReasonMTU:                 "over the direct route's MTU, or a GSO packet the program cannot size",
+	ReasonLegacy:              "legacy host routing: the stack routes every packet",
 }
 
 // Words says why a packet got its verdict, in a sentence fragment.

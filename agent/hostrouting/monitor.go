@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package hostrouting
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 
 	"github.com/routemode/routemode/bpf"
@@ -41,6 +43,7 @@ const lockWait = 2 * time.Second
 // Monitor reads the events of the host-routing programs pinned in a node's
 // pin directory. While it is open the programs emit them.
 type Monitor struct {
+	pinDir             string
 	dir                *os.File
 	events, flag, lost *ebpf.Map
 	rd                 *ringbuf.Reader
@@ -48,19 +51,36 @@ type Monitor struct {
 }
 
 // OpenMonitor turns the events of the programs pinned in pinDir on and
-// attaches a reader to them. Close turns them off. A node that never ran
-// eBPF host routing has no maps: the error then wraps os.ErrNotExist.
-func OpenMonitor(pinDir string) (_ *Monitor, err error) {
-	m := &Monitor{}
+// attaches a reader to them. Close turns them off.
+//
+// In legacy host routing the maps may not exist yet, and no program
+// reports anything: the lock this takes is what tells the agent to load
+// the maps and attach the observe-only programs, on its next resync.
+// OpenMonitor calls waiting, if not nil, and waits for the maps until ctx
+// ends.
+func OpenMonitor(ctx context.Context, pinDir string, waiting func()) (_ *Monitor, err error) {
+	m := &Monitor{pinDir: pinDir}
+	_, statErr := os.Stat(pinDir)
 	defer func() {
 		if err != nil {
 			m.close()
+			// Leave no empty directory behind for a node that is not this
+			// one (a wrong --node); os.Remove refuses a directory in use.
+			if errors.Is(statErr, os.ErrNotExist) {
+				_ = os.Remove(pinDir)
+			}
 		}
 	}()
+	if err := EnsureBPFFS(pinDir); err != nil {
+		return nil, err
+	}
 	if m.dir, err = os.Open(pinDir); err != nil {
 		return nil, fmt.Errorf("open pin directory: %w", err)
 	}
 	if err := lockExclusive(m.dir, lockWait); err != nil {
+		return nil, err
+	}
+	if err := waitForMaps(ctx, pinDir, waiting); err != nil {
 		return nil, err
 	}
 	open := func(name string) (*ebpf.Map, error) {
@@ -90,6 +110,33 @@ func OpenMonitor(pinDir string) (_ *Monitor, err error) {
 		return nil, fmt.Errorf("turn monitor events on: %w", err)
 	}
 	return m, nil
+}
+
+// waitForMaps returns once the monitor's maps are pinned in pinDir.
+func waitForMaps(ctx context.Context, pinDir string, waiting func()) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for told := false; ; {
+		missing := ""
+		for _, name := range []string{bpf.MapEvents, bpf.MapMonitor, bpf.MapMonitorLost} {
+			if _, err := os.Stat(filepath.Join(pinDir, name)); err != nil {
+				missing = name
+				break
+			}
+		}
+		if missing == "" {
+			return nil
+		}
+		if !told && waiting != nil {
+			waiting()
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s in %s: %w", missing, pinDir, context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
 }
 
 func lockExclusive(dir *os.File, wait time.Duration) error {
@@ -143,14 +190,17 @@ func sumLost(mp *ebpf.Map) (uint64, error) {
 	return n, nil
 }
 
-// Close turns the events off, then releases the reader and the lock.
+// Close turns the events off and, in legacy host routing, removes the
+// observe-only programs (the agent does too, on its next resync, should
+// the monitor be killed), then releases the reader and the lock.
 func (m *Monitor) Close() error {
-	err := m.flag.Put(uint32(0), uint32(0))
-	m.close()
-	if err != nil {
-		return fmt.Errorf("turn monitor events off: %w", err)
+	var errs []error
+	if err := m.flag.Put(uint32(0), uint32(0)); err != nil {
+		errs = append(errs, fmt.Errorf("turn monitor events off: %w", err))
 	}
-	return nil
+	errs = append(errs, detachObserve(&journal{log: logr.Discard()}, m.pinDir))
+	m.close()
+	return errors.Join(errs...)
 }
 
 func (m *Monitor) close() {

@@ -10,6 +10,7 @@ package hostrouting_test
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/bpf"
+	"github.com/routemode/routemode/internal/netlab"
 )
 
 // monitorHelperEnv makes the test binary a monitor process for the pin
@@ -40,10 +42,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// monitorHelper reads events until killed, saying "ready" once the events
-// are on and one line per event.
+// monitorHelper reads events until killed, saying "waiting" while it waits
+// for the agent, "ready" once the events are on, and one line per event.
 func monitorHelper(dir string) int {
-	mon, err := hostrouting.OpenMonitor(dir)
+	mon, err := hostrouting.OpenMonitor(context.Background(), dir, func() { fmt.Println("waiting") })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -61,7 +63,7 @@ func monitorHelper(dir string) int {
 
 func openMonitor(t *testing.T, dir string) *hostrouting.Monitor {
 	t.Helper()
-	mon, err := hostrouting.OpenMonitor(dir)
+	mon, err := hostrouting.OpenMonitor(context.Background(), dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,25 +225,9 @@ func TestKilledMonitorIsCleanedUp(t *testing.T) {
 	p1, p2 := e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0]
 	dir := e.cfgs[0].PinDir
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), monitorHelperEnv+"="+dir)
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() || lines.Text() != "ready" {
-		t.Fatalf("monitor process did not start: %q %v", lines.Text(), lines.Err())
-	}
-	if _, err := hostrouting.OpenMonitor(dir); !errors.Is(err, hostrouting.ErrMonitorBusy) {
+	cmd, lines := startMonitorProcess(t, dir)
+	expectLine(t, lines, "ready")
+	if _, err := hostrouting.OpenMonitor(context.Background(), dir, nil); !errors.Is(err, hostrouting.ErrMonitorBusy) {
 		t.Fatalf("second monitor: %v, want ErrMonitorBusy", err)
 	}
 
@@ -249,13 +235,8 @@ func TestKilledMonitorIsCleanedUp(t *testing.T) {
 	if _, err := p1.Ping(t.Context(), p2.EchoAddr(), 64, false); err != nil {
 		t.Fatal(err)
 	}
-	if !lines.Scan() || !strings.HasPrefix(lines.Text(), "event ") {
-		t.Fatalf("monitor process printed %q %v, want an event", lines.Text(), lines.Err())
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+	expectLine(t, lines, "event ")
+	kill(t, cmd)
 	if f := monitorFlag(t, dir); f != 1 {
 		t.Fatalf("monitor flag %d after the kill, want 1 (left on)", f)
 	}
@@ -280,4 +261,173 @@ func containsLine(lines []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// startMonitorProcess starts a monitor process on dir and returns it and
+// its output lines.
+func startMonitorProcess(t *testing.T, dir string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), monitorHelperEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd, bufio.NewScanner(stdout)
+}
+
+// expectLine waits for the monitor process's next line, which must start
+// with prefix.
+func expectLine(t *testing.T, lines *bufio.Scanner, prefix string) {
+	t.Helper()
+	if !lines.Scan() || !strings.HasPrefix(lines.Text(), prefix) {
+		t.Fatalf("monitor process printed %q (%v), want %q", lines.Text(), lines.Err(), prefix)
+	}
+}
+
+func kill(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+}
+
+func observePins(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, "observe"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// Legacy host routing has no programs: while a monitor runs, the agent
+// attaches observe-only ones, which report the packets the stack routes,
+// and they are gone when the monitor ends.
+func TestMonitorInLegacyAttachesObserveOnly(t *testing.T) {
+	e, p1, p2, dir := legacyEnv(t)
+
+	waiting := make(chan struct{})
+	type opened struct {
+		mon *hostrouting.Monitor
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		mon, err := hostrouting.OpenMonitor(t.Context(), dir, func() { close(waiting) })
+		done <- opened{mon, err}
+	}()
+	select {
+	case <-waiting:
+	case o := <-done:
+		t.Fatalf("monitor opened without waiting for the agent: %v", o.err)
+	}
+	changes := e.apply(t, 0, legacyMode)
+	for _, want := range []string{
+		"tcx ingress eth0: attached " + bpf.ProgObserveNetdev,
+		"tcx ingress " + p1.Endpoint.LXCName + ": attached " + bpf.ProgObserveLXC,
+	} {
+		if !containsLine(changes, want) {
+			t.Errorf("apply changes %q lack %q", changes, want)
+		}
+	}
+	o := <-done
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	mon := o.mon
+	t.Cleanup(func() { mon.Close() })
+	if got := hostrouting.InForce(dir); got != legacyMode {
+		t.Errorf("host routing in force with observe-only programs: %s, want legacy", got)
+	}
+
+	if _, err := p1.Ping(t.Context(), p2.EchoAddr(), 64, false); err != nil {
+		t.Fatal(err)
+	}
+	evs := drainEvents(t, mon)
+	t.Logf("node 1: %d events", len(evs))
+	echo := p2.EchoAddr()
+	for _, c := range []struct {
+		prog     bpf.Program
+		src, dst netip.AddrPort
+		what     string
+	}{
+		{bpf.ProgramLXC, netip.AddrPortFrom(p1.IP, 0), echo, "request from-lxc"},
+		{bpf.ProgramNetdev, echo, netip.AddrPortFrom(p1.IP, 0), "reply from-netdev"},
+	} {
+		ev, ip, ok := udpEvent(evs, c.prog, "to-stack", c.src, c.dst)
+		if !ok {
+			t.Errorf("no %s to-stack event", c.what)
+			continue
+		}
+		t.Logf("%s: %s/%s endpoint %d, %s -> %s", c.what, bpf.Program(ev.Prog), bpf.Reason(ev.Reason), ev.Endpoint, ip.SrcIP, ip.DstIP)
+		if bpf.Reason(ev.Reason) != bpf.ReasonLegacy || ev.Endpoint != uint32(p1.Endpoint.ID) {
+			t.Errorf("%s: reason %s endpoint %d, want legacy and %d", c.what, bpf.Reason(ev.Reason), ev.Endpoint, p1.Endpoint.ID)
+		}
+	}
+	if cs := e.counters(t, 0); count(cs, bpf.ProgramLXC, bpf.Reasons...)+count(cs, bpf.ProgramNetdev, bpf.Reasons...) != 0 {
+		t.Error("observe-only programs counted packets")
+	}
+
+	if err := mon.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if pins := observePins(t, dir); len(pins) != 0 {
+		t.Errorf("observe-only programs left after the monitor closed: %v", pins)
+	}
+	if again := e.apply(t, 0, legacyMode); len(again) != 0 {
+		t.Errorf("apply after the monitor closed changed %q, want nothing", again)
+	}
+}
+
+// A monitor killed in legacy host routing leaves the observe-only programs
+// attached until the agent's next Apply removes them.
+func TestKilledMonitorInLegacyLeavesNoProgram(t *testing.T) {
+	e, p1, p2, dir := legacyEnv(t)
+
+	cmd, lines := startMonitorProcess(t, dir)
+	expectLine(t, lines, "waiting")
+	e.apply(t, 0, legacyMode)
+	expectLine(t, lines, "ready")
+	if _, err := p1.Ping(t.Context(), p2.EchoAddr(), 64, false); err != nil {
+		t.Fatal(err)
+	}
+	expectLine(t, lines, "event ")
+	kill(t, cmd)
+	if pins := observePins(t, dir); len(pins) == 0 {
+		t.Fatal("no observe-only program attached before the kill")
+	}
+
+	changes := e.apply(t, 0, legacyMode)
+	t.Logf("apply after the kill: %q", changes)
+	if pins := observePins(t, dir); len(pins) != 0 {
+		t.Errorf("observe-only programs left after apply: %v", pins)
+	}
+	if !containsLine(changes, "tcx ingress eth0: detached") {
+		t.Errorf("apply changes %q lack the observe-only program's detach", changes)
+	}
+}
+
+// legacyEnv is two natively routed nodes in legacy host routing, a pod on
+// each, and node 1's pin directory.
+func legacyEnv(t *testing.T) (e *env, p1, p2 *netlab.Pod, dir string) {
+	t.Helper()
+	e = newEnv(t, 1, hostrouting.Options{})
+	e.native(t)
+	e.apply(t, 0, legacyMode)
+	e.apply(t, 1, legacyMode)
+	return e, e.lab.Nodes[0].Pods[0], e.lab.Nodes[1].Pods[0], e.cfgs[0].PinDir
 }

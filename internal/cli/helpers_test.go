@@ -46,7 +46,7 @@ func noDeps() deps {
 		listEndpoints:    func(string) ([]endpoint, error) { panic("unexpected bpf access") },
 		listDirectRoutes: func(string) ([]directRoute, error) { panic("unexpected bpf access") },
 		listMetrics:      func(string) ([]metric, error) { panic("unexpected bpf access") },
-		openMonitor:      func(string) (eventSource, error) { panic("unexpected bpf access") },
+		openMonitor:      func(context.Context, string, func()) (eventSource, error) { panic("unexpected bpf access") },
 		ifName:           func(int) (string, error) { panic("unexpected interface lookup") },
 		hostname:         func() (string, error) { return "test-node", nil },
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,7 +45,15 @@ type eventSource interface {
 	Close() error
 }
 
-type monitorOpener func(pinDir string) (eventSource, error)
+// monitorOpener opens the event stream of the programs pinned in pinDir,
+// calling waiting if it has to wait for the agent, until ctx ends.
+type monitorOpener func(ctx context.Context, pinDir string, waiting func()) (eventSource, error)
+
+// agentWait bounds the wait for the agent to load the maps: its resync
+// period is 10 s.
+const agentWait = 30 * time.Second
+
+var errNoAgent = errors.New("no agent answered")
 
 // monitorPoll bounds how late the monitor notices Ctrl-C and new losses.
 const monitorPoll = 200 * time.Millisecond
@@ -108,10 +117,16 @@ pinned maps under /sys/fs/bpf/routemode/<node>.`,
 			if err != nil {
 				return err
 			}
-			src, err := g.deps.openMonitor(dir)
+			ctx, cancel := context.WithTimeoutCause(cmd.Context(), agentWait, errNoAgent)
+			defer cancel()
+			src, err := g.deps.openMonitor(ctx, dir, func() {
+				fmt.Fprintf(g.streams.ErrOut, "Waiting for the agent to load the programs' maps in %s (in legacy host routing it attaches observe-only programs on its next resync)\n", dir)
+			})
 			switch {
-			case errors.Is(err, fs.ErrNotExist):
-				return fmt.Errorf("no monitor maps under %s: this node has not run eBPF host routing with a routemode that has the monitor, or the node name is wrong (pass --node NAME or --pin-dir DIR)", dir)
+			case err != nil && cmd.Context().Err() != nil:
+				return nil // Ctrl-C while waiting
+			case errors.Is(err, errNoAgent):
+				return fmt.Errorf("%w: no monitor maps appeared under %s in %s: the agent is not running on this node, runs a routemode without the monitor, or the node name is wrong (pass --node NAME as in kubectl get nodes, or --pin-dir DIR)", err, dir, agentWait)
 			case errors.Is(err, fs.ErrPermission):
 				return fmt.Errorf("not allowed to open the monitor maps under %s: run as root on the node, or in the routemode agent's pod", dir)
 			case err != nil:

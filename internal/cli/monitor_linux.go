@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"context"
 	"net"
 	"time"
 
@@ -14,8 +15,8 @@ import (
 // command decodes them the way the programs wrote them.
 type pinnedMonitor struct{ m *hostrouting.Monitor }
 
-func openPinnedMonitor(pinDir string) (eventSource, error) {
-	m, err := hostrouting.OpenMonitor(pinDir)
+func openPinnedMonitor(ctx context.Context, pinDir string, waiting func()) (eventSource, error) {
+	m, err := hostrouting.OpenMonitor(ctx, pinDir, waiting)
 	if err != nil {
 		return nil, err
 	}

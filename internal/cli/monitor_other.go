@@ -2,9 +2,12 @@
 
 package cli
 
-import "errors"
+import (
+	"context"
+	"errors"
+)
 
-func openPinnedMonitor(string) (eventSource, error) {
+func openPinnedMonitor(context.Context, string, func()) (eventSource, error) {
 	return nil, errors.New("monitor reads a Linux node's eBPF programs: run it on the node")
 }
 

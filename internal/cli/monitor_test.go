@@ -61,7 +61,7 @@ func icmpFrame(t *testing.T, src, dst string) []byte {
 func monitorDeps(t *testing.T, src *fakeSource) (deps, *string) {
 	d := noDeps()
 	var opened string
-	d.openMonitor = func(dir string) (eventSource, error) { opened = dir; return src, nil }
+	d.openMonitor = func(_ context.Context, dir string, _ func()) (eventSource, error) { opened = dir; return src, nil }
 	d.ifName = func(i int) (string, error) {
 		switch i {
 		case 34:

@@ -258,3 +258,28 @@ func clearStaleMonitor(j *journal, pinDir string, flag *ebpf.Map) error {
 	j.add("monitor events: turned off (the monitor that turned them on is gone)")
 	return nil
 }
+
+// MonitorState is what the agent's metrics say about a node's monitor:
+// whether the events are on, and how many the full ring buffer refused
+// since the maps were created.
+func MonitorState(pinDir string) (active bool, lost uint64, err error) {
+	open := func(name string) (*ebpf.Map, error) {
+		return ebpf.LoadPinnedMap(filepath.Join(pinDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+	}
+	flag, err := open(bpf.MapMonitor)
+	if err != nil {
+		return false, 0, fmt.Errorf("open %s in %s: %w", bpf.MapMonitor, pinDir, err)
+	}
+	defer flag.Close()
+	lm, err := open(bpf.MapMonitorLost)
+	if err != nil {
+		return false, 0, fmt.Errorf("open %s in %s: %w", bpf.MapMonitorLost, pinDir, err)
+	}
+	defer lm.Close()
+	var on uint32
+	if err := flag.Lookup(uint32(0), &on); err != nil {
+		return false, 0, fmt.Errorf("read %s: %w", bpf.MapMonitor, err)
+	}
+	lost, err = sumLost(lm)
+	return on != 0, lost, err
+}

@@ -25,6 +25,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/bpf"
@@ -213,6 +215,23 @@ func TestMonitorReportsLostEvents(t *testing.T) {
 	t.Logf("%s; monitor read %d events, lost %d", st, len(evs), lost)
 	if len(evs) == 0 {
 		t.Error("no event read from the full buffer")
+	}
+
+	// The agent's metrics say so too.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(hostrouting.NewCollector("node-2", e.cfgs[1].PinDir))
+	if n, err := testutil.GatherAndCount(reg, "routemode_monitor_lost_events_total"); err != nil || n != 1 {
+		t.Fatalf("lost events metric: %d series, %v", n, err)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
+# HELP routemode_monitor_active 1 while the host-routing programs report events to a routemodectl monitor.
+# TYPE routemode_monitor_active gauge
+routemode_monitor_active{node="node-2"} 1
+# HELP routemode_monitor_lost_events_total Monitor events the programs could not write because the ring buffer was full.
+# TYPE routemode_monitor_lost_events_total counter
+routemode_monitor_lost_events_total{node="node-2"} %d
+`, lost)), "routemode_monitor_active", "routemode_monitor_lost_events_total"); err != nil {
+		t.Error(err)
 	}
 }
 

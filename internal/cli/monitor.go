@@ -288,8 +288,10 @@ func writeEvent(w io.Writer, o monitorOptions, ev monitorEvent, p packet, names 
 	var sb strings.Builder
 	if o.verbose >= 2 {
 		sb.WriteString("------------------------------------------------------------------------------\n")
+		// LayerString is "<type>\t{fields}", as cilium monitor prints it.
 		for _, l := range p.Layers() {
-			fmt.Fprintf(&sb, "%s\t%s\n", l.LayerType(), gopacket.LayerString(l))
+			sb.WriteString(gopacket.LayerString(l))
+			sb.WriteByte('\n')
 		}
 	}
 	sb.WriteString(eventLine(ev, p, o.verbose, names))

@@ -116,9 +116,9 @@ func TestMonitorVeryVerboseDecodes(t *testing.T) {
 	d, _ := monitorDeps(t, src)
 	r := runCtx(t, ctx, d, "", "monitor", "--node", "n", "-vv")
 	mustContain(t, "-vv output", r.out,
-		"Ethernet\t{Contents=[..14..] Payload=[..84..] SrcMAC=c6:6d:95:cd:34:a2 DstMAC=2a:0a:d9:17:44:22 EthernetType=IPv4",
-		"IPv4\t{", "SrcIP=10.0.0.85 DstIP=10.0.1.124",
-		"ICMPv4\t{", "TypeCode=EchoRequest",
+		"\nEthernet\t{Contents=[..14..] Payload=[..84..] SrcMAC=c6:6d:95:cd:34:a2 DstMAC=2a:0a:d9:17:44:22 EthernetType=IPv4",
+		"\nIPv4\t{", "SrcIP=10.0.0.85 DstIP=10.0.1.124",
+		"\nICMPv4\t{", "TypeCode=EchoRequest",
 		"CPU 03: FROM 1580 to-endpoint: 98 bytes, interface lxc5f949d4fd7fa, orig-ip 10.0.0.85, to endpoint 1580, program from-netdev, in eth0, out lxc5f949d4fd7fa, 10.0.0.85 -> 10.0.1.124")
 }
 

@@ -12,4 +12,4 @@ Licensed under the Apache License, Version 2.0.
 // fails when the committed output differs from a fresh build.
 package bpf
 
-//go:generate go tool bpf2go -target bpfel -tags linux -go-package bpf -cflags "-O2 -g -Wall -Werror" hostrouting hostrouting.c -- -I./include
+//go:generate go tool bpf2go -target bpfel -tags linux -go-package bpf -type rm_event -cflags "-O2 -g -Wall -Werror" hostrouting hostrouting.c -- -I./include

@@ -19,6 +19,9 @@
  *                   get bpf_fib_lookup + bpf_redirect (bpf_redirect_neigh
  *                   while the next hop is unresolved).
  *
+ * While `routemodectl monitor` runs, every decision is also reported as an
+ * event in the rm_events ring buffer (see emit()).
+ *
  * Anything the programs do not handle goes on untouched (TC_ACT_UNSPEC:
  * to the next tc program or filter on the device, then the stack), so
  * attaching them can never break what legacy routing already delivers: it
@@ -68,6 +71,8 @@ enum rm_reason {
 	RM_PASS_FRAGMENT = 14,
 	RM_PASS_IP_OPTIONS = 15,
 	RM_PASS_MTU = 16,
+	/* Seen by an observe-only program: legacy host routing, the stack routes. */
+	RM_PASS_LEGACY = 17,
 };
 
 /*
@@ -114,6 +119,34 @@ struct counter {
 	__u64 bytes;
 };
 
+/*
+ * One decision, as `routemodectl monitor` shows it: the reason says the
+ * verdict (redirect_peer: to-endpoint; the other redirects: to-network;
+ * the rest: to-stack). data holds the first cap_len bytes of the packet as
+ * the program hands it on (MACs and TTL rewritten for a redirect). Layout
+ * is ABI with bpf/monitor.go: append only.
+ */
+#define RM_EVENT_DATA 128
+
+struct rm_event {
+	__u64 ktime_ns;
+	__u32 cpu;
+	__u32 prog;
+	__u32 reason;
+	__u32 endpoint; /* destination endpoint for to-endpoint and the network programs, source for from-lxc; 0: none */
+	__u32 ifindex_in;
+	__u32 ifindex_out; /* redirect target; 0 for to-stack */
+	__u32 len;         /* skb->len */
+	__u32 cap_len;     /* bytes of data that are the packet's */
+	__u8 data[RM_EVENT_DATA];
+};
+
+/*
+ * The programs only use rm_event through pointers the verifier inlines, so
+ * nothing else puts it in the BTF that bpf2go's -type rm_event reads.
+ */
+const struct rm_event *rm_event_btf __attribute__((unused));
+
 /* Last redirect decision, written only when cfg_record is set (tests). */
 struct last_redirect {
 	__u32 ifindex;
@@ -156,6 +189,39 @@ struct {
 } rm_counters SEC(".maps");
 
 /*
+ * Monitor events. 1 MiB holds about 6000 events: a reader that falls
+ * further behind loses events, which rm_monitor_lost counts.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rm_events SEC(".maps");
+
+/*
+ * Slot 0 non-zero while a monitor reads rm_events: a pinned map rather
+ * than a load-time constant, so a reader can turn events on and off
+ * without reloading the programs, and the programs pay one array lookup
+ * per packet (inlined by the verifier) while nobody watches.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rm_monitor SEC(".maps");
+
+/* Events that found the ring buffer full, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rm_monitor_lost SEC(".maps");
+
+/*
  * Load-time configuration, set from Go with VariableSpec.Set. The verifier
  * sees them as constants, so disabled branches cost nothing.
  */
@@ -195,7 +261,66 @@ extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_
 					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
 extern void bpf_ct_release(struct nf_conn *ct) __ksym;
 
-static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reason)
+/*
+ * The endpoint an event is about, found from the copied header: the
+ * destination pod for to-endpoint and for the network programs, the
+ * sending pod for everything else from-lxc sees.
+ */
+static __always_inline __u32 event_endpoint(const struct rm_event *e)
+{
+	struct endpoint_key key = {};
+	struct endpoint_info *ep;
+	/* IPv4 source at 26, destination at 30, behind the Ethernet header. */
+	__u32 off = (e->reason == RM_REDIRECT_PEER || e->prog != RM_PROG_LXC) ? 30 : 26;
+
+	if (e->cap_len < ETH_HLEN + sizeof(struct iphdr) || e->data[12] != 0x08 || e->data[13] != 0x00)
+		return 0;
+	__builtin_memcpy(&key.ip, &e->data[off], 4);
+	ep = bpf_map_lookup_elem(&rm_endpoints, &key);
+	return ep ? ep->id : 0;
+}
+
+/*
+ * Reports the decision to a running monitor. The flag is checked before
+ * anything else, so with no monitor the cost is one array lookup.
+ */
+static __always_inline void emit(struct __sk_buff *skb, __u32 prog, __u32 reason, __u32 ifindex_out)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&rm_monitor, &zero);
+	struct rm_event *e;
+	__u32 cap;
+
+	if (!on || !*on)
+		return;
+	e = bpf_ringbuf_reserve(&rm_events, sizeof(*e), 0);
+	if (!e) {
+		__u64 *lost = bpf_map_lookup_elem(&rm_monitor_lost, &zero);
+
+		if (lost)
+			(*lost)++;
+		return;
+	}
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->cpu = bpf_get_smp_processor_id();
+	e->prog = prog;
+	e->reason = reason;
+	e->ifindex_in = skb->ifindex;
+	e->ifindex_out = ifindex_out;
+	e->len = skb->len;
+	e->cap_len = 0;
+	cap = skb->len;
+	if (cap > RM_EVENT_DATA)
+		cap = RM_EVENT_DATA;
+	/* bpf_skb_load_bytes needs a length the verifier can bound, and not 0. */
+	if (cap > 0 && cap <= RM_EVENT_DATA && !bpf_skb_load_bytes(skb, 0, e->data, cap))
+		e->cap_len = cap;
+	e->endpoint = event_endpoint(e);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Counts the decision and reports it to a running monitor. */
+static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reason, __u32 ifindex_out)
 {
 	__u32 key = prog * RM_REASON_SLOTS + reason;
 	struct counter *c = bpf_map_lookup_elem(&rm_counters, &key);
@@ -204,6 +329,7 @@ static __always_inline void count(struct __sk_buff *skb, __u32 prog, __u32 reaso
 		c->packets++;
 		c->bytes += skb->len;
 	}
+	emit(skb, prog, reason, ifindex_out);
 }
 
 static __always_inline void record(__u32 ifindex, __u32 reason, __be32 nexthop, __u32 fib_rc)
@@ -218,7 +344,7 @@ static __always_inline void record(__u32 ifindex, __u32 reason, __be32 nexthop, 
 
 static __always_inline int pass(struct __sk_buff *skb, __u32 prog, __u32 reason)
 {
-	count(skb, prog, reason);
+	count(skb, prog, reason, 0);
 	record(0, reason, 0, 0);
 	return TC_ACT_UNSPEC;
 }
@@ -348,7 +474,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, __u32 prog, stru
 	__builtin_memcpy(eth->h_source, ep->node_mac, ETH_ALEN);
 	ip_decrease_ttl(ip);
 	record(ifindex, RM_REDIRECT_PEER, 0, 0);
-	count(skb, prog, RM_REDIRECT_PEER);
+	count(skb, prog, RM_REDIRECT_PEER, ifindex);
 	/*
 	 * With flags 0 the helper only records the target; an ifindex that is
 	 * gone by then makes the core drop the packet.
@@ -408,7 +534,7 @@ static __always_inline int redirect_direct_route(struct __sk_buff *skb, struct i
 
 	ip_decrease_ttl(ip);
 	record(rt->ifindex, RM_REDIRECT_DIRECT_ROUTE, rt->gateway, 0);
-	count(skb, RM_PROG_LXC, RM_REDIRECT_DIRECT_ROUTE);
+	count(skb, RM_PROG_LXC, RM_REDIRECT_DIRECT_ROUTE, rt->ifindex);
 	return bpf_redirect_neigh(rt->ifindex, &nh, sizeof(nh), 0);
 }
 
@@ -477,7 +603,7 @@ int rm_from_lxc(struct __sk_buff *skb)
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/* Unreachable, local, too big: the stack answers with ICMP. */
-		count(skb, RM_PROG_LXC, RM_PASS_FIB);
+		count(skb, RM_PROG_LXC, RM_PASS_FIB, 0);
 		record(0, RM_PASS_FIB, 0, rc);
 		return TC_ACT_UNSPEC;
 	}
@@ -493,7 +619,7 @@ int rm_from_lxc(struct __sk_buff *skb)
 
 		ip_decrease_ttl(ip);
 		record(fib.ifindex, RM_REDIRECT_NEIGH, fib.ipv4_dst, rc);
-		count(skb, RM_PROG_LXC, RM_REDIRECT_NEIGH);
+		count(skb, RM_PROG_LXC, RM_REDIRECT_NEIGH, fib.ifindex);
 		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 	}
 
@@ -501,6 +627,36 @@ int rm_from_lxc(struct __sk_buff *skb)
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	ip_decrease_ttl(ip);
 	record(fib.ifindex, RM_REDIRECT_FIB, fib.ipv4_dst, rc);
-	count(skb, RM_PROG_LXC, RM_REDIRECT_FIB);
+	count(skb, RM_PROG_LXC, RM_REDIRECT_FIB, fib.ifindex);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+/*
+ * Observe-only programs. Legacy host routing has no programs, yet that is
+ * where a monitor is most wanted: while one runs, the agent attaches these
+ * at the same hooks. They report the packet and leave it to the stack,
+ * changing nothing else (not even the counters).
+ */
+static __always_inline int observe(struct __sk_buff *skb, __u32 prog)
+{
+	emit(skb, prog, RM_PASS_LEGACY, 0);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int rm_observe_netdev(struct __sk_buff *skb)
+{
+	return observe(skb, RM_PROG_NETDEV);
+}
+
+SEC("tc")
+int rm_observe_overlay(struct __sk_buff *skb)
+{
+	return observe(skb, RM_PROG_OVERLAY);
+}
+
+SEC("tc")
+int rm_observe_lxc(struct __sk_buff *skb)
+{
+	return observe(skb, RM_PROG_LXC);
 }

@@ -56,6 +56,20 @@ type hostroutingLastRedirect struct {
 	FibRc   uint32
 }
 
+type hostroutingRmEvent struct {
+	_          structs.HostLayout
+	KtimeNs    uint64
+	Cpu        uint32
+	Prog       uint32
+	Reason     uint32
+	Endpoint   uint32
+	IfindexIn  uint32
+	IfindexOut uint32
+	Len        uint32
+	CapLen     uint32
+	Data       [128]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -63,14 +77,21 @@ const (
 	hostroutingMapRmCounters                = "rm_counters"
 	hostroutingMapRmDirectRoutes            = "rm_direct_routes"
 	hostroutingMapRmEndpoints               = "rm_endpoints"
+	hostroutingMapRmEvents                  = "rm_events"
+	hostroutingMapRmMonitor                 = "rm_monitor"
+	hostroutingMapRmMonitorLost             = "rm_monitor_lost"
 	hostroutingProgRmFromLxc                = "rm_from_lxc"
 	hostroutingProgRmFromNetdev             = "rm_from_netdev"
 	hostroutingProgRmFromOverlay            = "rm_from_overlay"
+	hostroutingProgRmObserveLxc             = "rm_observe_lxc"
+	hostroutingProgRmObserveNetdev          = "rm_observe_netdev"
+	hostroutingProgRmObserveOverlay         = "rm_observe_overlay"
 	hostroutingVarCfgCidrAddr               = "cfg_cidr_addr"
 	hostroutingVarCfgCidrMask               = "cfg_cidr_mask"
 	hostroutingVarCfgFibEnabled             = "cfg_fib_enabled"
 	hostroutingVarCfgFlowbasedTunnelIfindex = "cfg_flowbased_tunnel_ifindex"
 	hostroutingVarCfgRecord                 = "cfg_record"
+	hostroutingVarRmEventBtf                = "rm_event_btf"
 	hostroutingVarRmLast                    = "rm_last"
 )
 
@@ -116,9 +137,12 @@ type hostroutingSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hostroutingProgramSpecs struct {
-	RmFromLxc     *ebpf.ProgramSpec `ebpf:"rm_from_lxc"`
-	RmFromNetdev  *ebpf.ProgramSpec `ebpf:"rm_from_netdev"`
-	RmFromOverlay *ebpf.ProgramSpec `ebpf:"rm_from_overlay"`
+	RmFromLxc        *ebpf.ProgramSpec `ebpf:"rm_from_lxc"`
+	RmFromNetdev     *ebpf.ProgramSpec `ebpf:"rm_from_netdev"`
+	RmFromOverlay    *ebpf.ProgramSpec `ebpf:"rm_from_overlay"`
+	RmObserveLxc     *ebpf.ProgramSpec `ebpf:"rm_observe_lxc"`
+	RmObserveNetdev  *ebpf.ProgramSpec `ebpf:"rm_observe_netdev"`
+	RmObserveOverlay *ebpf.ProgramSpec `ebpf:"rm_observe_overlay"`
 }
 
 // hostroutingMapSpecs contains maps before they are loaded into the kernel.
@@ -128,6 +152,9 @@ type hostroutingMapSpecs struct {
 	RmCounters     *ebpf.MapSpec `ebpf:"rm_counters"`
 	RmDirectRoutes *ebpf.MapSpec `ebpf:"rm_direct_routes"`
 	RmEndpoints    *ebpf.MapSpec `ebpf:"rm_endpoints"`
+	RmEvents       *ebpf.MapSpec `ebpf:"rm_events"`
+	RmMonitor      *ebpf.MapSpec `ebpf:"rm_monitor"`
+	RmMonitorLost  *ebpf.MapSpec `ebpf:"rm_monitor_lost"`
 }
 
 // hostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -139,6 +166,7 @@ type hostroutingVariableSpecs struct {
 	CfgFibEnabled             *ebpf.VariableSpec `ebpf:"cfg_fib_enabled"`
 	CfgFlowbasedTunnelIfindex *ebpf.VariableSpec `ebpf:"cfg_flowbased_tunnel_ifindex"`
 	CfgRecord                 *ebpf.VariableSpec `ebpf:"cfg_record"`
+	RmEventBtf                *ebpf.VariableSpec `ebpf:"rm_event_btf"`
 	RmLast                    *ebpf.VariableSpec `ebpf:"rm_last"`
 }
 
@@ -165,6 +193,9 @@ type hostroutingMaps struct {
 	RmCounters     *ebpf.Map `ebpf:"rm_counters"`
 	RmDirectRoutes *ebpf.Map `ebpf:"rm_direct_routes"`
 	RmEndpoints    *ebpf.Map `ebpf:"rm_endpoints"`
+	RmEvents       *ebpf.Map `ebpf:"rm_events"`
+	RmMonitor      *ebpf.Map `ebpf:"rm_monitor"`
+	RmMonitorLost  *ebpf.Map `ebpf:"rm_monitor_lost"`
 }
 
 func (m *hostroutingMaps) Close() error {
@@ -172,6 +203,9 @@ func (m *hostroutingMaps) Close() error {
 		m.RmCounters,
 		m.RmDirectRoutes,
 		m.RmEndpoints,
+		m.RmEvents,
+		m.RmMonitor,
+		m.RmMonitorLost,
 	)
 }
 
@@ -184,6 +218,7 @@ type hostroutingVariables struct {
 	CfgFibEnabled             *ebpf.Variable `ebpf:"cfg_fib_enabled"`
 	CfgFlowbasedTunnelIfindex *ebpf.Variable `ebpf:"cfg_flowbased_tunnel_ifindex"`
 	CfgRecord                 *ebpf.Variable `ebpf:"cfg_record"`
+	RmEventBtf                *ebpf.Variable `ebpf:"rm_event_btf"`
 	RmLast                    *ebpf.Variable `ebpf:"rm_last"`
 }
 
@@ -191,9 +226,12 @@ type hostroutingVariables struct {
 //
 // It can be passed to loadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hostroutingPrograms struct {
-	RmFromLxc     *ebpf.Program `ebpf:"rm_from_lxc"`
-	RmFromNetdev  *ebpf.Program `ebpf:"rm_from_netdev"`
-	RmFromOverlay *ebpf.Program `ebpf:"rm_from_overlay"`
+	RmFromLxc        *ebpf.Program `ebpf:"rm_from_lxc"`
+	RmFromNetdev     *ebpf.Program `ebpf:"rm_from_netdev"`
+	RmFromOverlay    *ebpf.Program `ebpf:"rm_from_overlay"`
+	RmObserveLxc     *ebpf.Program `ebpf:"rm_observe_lxc"`
+	RmObserveNetdev  *ebpf.Program `ebpf:"rm_observe_netdev"`
+	RmObserveOverlay *ebpf.Program `ebpf:"rm_observe_overlay"`
 }
 
 func (p *hostroutingPrograms) Close() error {
@@ -201,6 +239,9 @@ func (p *hostroutingPrograms) Close() error {
 		p.RmFromLxc,
 		p.RmFromNetdev,
 		p.RmFromOverlay,
+		p.RmObserveLxc,
+		p.RmObserveNetdev,
+		p.RmObserveOverlay,
 	)
 }
 

@@ -272,17 +272,10 @@ func (o *objects) last(t *testing.T) LastRedirect {
 // gsoSize makes the frame a GSO skb of that segment payload size.
 func (o *objects) run(t *testing.T, tn *testNet, prog string, ifindex int, frame []byte, gsoSize uint32) (uint32, []byte) {
 	t.Helper()
-	// A zero __sk_buff except the device the packet arrives on: the
-	// kernel sets pkt_type from that device's MAC, and bpf_fib_lookup
-	// uses it as the input interface.
-	ctx := make([]byte, 256)
-	binary.NativeEndian.PutUint32(ctx[36:], uint32(ifindex)) // ingress_ifindex
-	binary.NativeEndian.PutUint32(ctx[40:], uint32(ifindex)) // ifindex
-	binary.NativeEndian.PutUint32(ctx[176:], gsoSize)        // gso_size
 	opts := &ebpf.RunOptions{
 		Data:    frame,
 		DataOut: make([]byte, len(frame)+256+2),
-		Context: ctx,
+		Context: runContext(ifindex, gsoSize),
 	}
 	var ret uint32
 	err := inNS(tn.ns, func() error {
@@ -297,6 +290,17 @@ func (o *objects) run(t *testing.T, tn *testNet, prog string, ifindex int, frame
 		t.Fatalf("run %s: %v", prog, err)
 	}
 	return ret, opts.DataOut
+}
+
+// runContext is a zero __sk_buff except the device the packet arrives on
+// (the kernel sets pkt_type from that device's MAC, and bpf_fib_lookup
+// uses it as the input interface) and the GSO segment size.
+func runContext(ifindex int, gsoSize uint32) []byte {
+	ctx := make([]byte, 256)
+	binary.NativeEndian.PutUint32(ctx[36:], uint32(ifindex)) // ingress_ifindex
+	binary.NativeEndian.PutUint32(ctx[40:], uint32(ifindex)) // ifindex
+	binary.NativeEndian.PutUint32(ctx[176:], gsoSize)        // gso_size
+	return ctx
 }
 
 type ipv4 struct {

@@ -18,13 +18,26 @@ const (
 	ProgFromOverlay = "rm_from_overlay"
 	ProgFromLXC     = "rm_from_lxc"
 
+	// The observe-only programs, attached in legacy host routing while a
+	// monitor runs: they report packets and leave them to the stack.
+	ProgObserveNetdev  = "rm_observe_netdev"
+	ProgObserveOverlay = "rm_observe_overlay"
+	ProgObserveLXC     = "rm_observe_lxc"
+
 	MapEndpoints    = "rm_endpoints"
 	MapCounters     = "rm_counters"
 	MapDirectRoutes = "rm_direct_routes"
+
+	// MapEvents is the ring buffer of monitor events, MapMonitor the flag
+	// that turns them on, MapMonitorLost the per-CPU count of events the
+	// full ring buffer refused.
+	MapEvents      = "rm_events"
+	MapMonitor     = "rm_monitor"
+	MapMonitorLost = "rm_monitor_lost"
 )
 
 // PinnedMaps are the maps pinned in a node's pin directory.
-var PinnedMaps = []string{MapEndpoints, MapCounters, MapDirectRoutes}
+var PinnedMaps = []string{MapEndpoints, MapCounters, MapDirectRoutes, MapEvents, MapMonitor, MapMonitorLost}
 
 // Program identifies one of the host-routing programs in the counter map.
 // The values are the C enum rm_prog.
@@ -82,6 +95,9 @@ const (
 	// ReasonMTU: bigger than the agent's direct route allows, or a GSO
 	// packet the program cannot size: the stack applies the route's MTU.
 	ReasonMTU Reason = 16
+	// ReasonLegacy: seen by an observe-only program, in legacy host
+	// routing; never counted.
+	ReasonLegacy Reason = 17
 )
 
 // Slot counts of the counter map, fixed in the C source so that the pinned
@@ -96,7 +112,7 @@ var Reasons = []Reason{
 	ReasonRedirectPeer, ReasonRedirectNeigh, ReasonRedirectFIB,
 	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
 	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonNAT,
-	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions, ReasonMTU,
+	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions, ReasonMTU, ReasonLegacy,
 }
 
 var reasonNames = map[Reason]string{
@@ -118,6 +134,37 @@ var reasonNames = map[Reason]string{
 	ReasonFragment:            "fragment",
 	ReasonIPOptions:           "ip_options",
 	ReasonMTU:                 "mtu",
+	ReasonLegacy:              "legacy",
+}
+
+// reasonWords say why, for people: `routemodectl monitor` prints them.
+var reasonWords = map[Reason]string{
+	ReasonRedirectPeer:        "delivered into the local pod with bpf_redirect_peer",
+	ReasonRedirectNeigh:       "sent to the next hop with bpf_redirect_neigh (neighbour not resolved yet)",
+	ReasonRedirectFIB:         "sent to the next hop with bpf_redirect and the MACs bpf_fib_lookup found",
+	ReasonNotIPv4:             "not IPv4 (ARP, IPv6, VLAN-tagged)",
+	ReasonMalformed:           "truncated or invalid IPv4 header",
+	ReasonNotForHost:          "broadcast, multicast, or unicast for another MAC",
+	ReasonNoEndpoint:          "no local pod has the destination address",
+	ReasonOutsideCIDR:         "destination outside the native routing CIDR, which needs masquerading",
+	ReasonTTL:                 "TTL would expire: the stack sends ICMP time exceeded",
+	ReasonFIB:                 "no forwarding route (local, unreachable, or over the MTU)",
+	ReasonTunnel:              "the route leads into a flow-based tunnel device",
+	ReasonNAT:                 "conntrack translated the flow (Service NAT, masquerade)",
+	ReasonRedirectDirectRoute: "sent to the gateway of the agent's direct route with bpf_redirect_neigh",
+	ReasonNotTCPUDP:           "not TCP or UDP, which conntrack cannot look up for the programs",
+	ReasonFragment:            "an IP fragment, whose ports only the stack's reassembly sees",
+	ReasonIPOptions:           "IP options, which the forwarding code processes",
+	ReasonMTU:                 "over the direct route's MTU, or a GSO packet the program cannot size",
+	ReasonLegacy:              "legacy host routing: the stack routes every packet",
+}
+
+// Words says why a packet got its verdict, in a sentence fragment.
+func (r Reason) Words() string {
+	if w, ok := reasonWords[r]; ok {
+		return w
+	}
+	return r.String()
 }
 
 func (r Reason) String() string {
@@ -142,6 +189,19 @@ func (r Reason) Verdict() Verdict {
 		return VerdictRedirect
 	}
 	return VerdictPass
+}
+
+// MonitorVerdict is the verdict as `routemodectl monitor` names it, after
+// Cilium's trace points: to-endpoint (into a local pod), to-network (out
+// to the next hop) or to-stack (left to the kernel's routing).
+func (r Reason) MonitorVerdict() string {
+	switch r {
+	case ReasonRedirectPeer:
+		return "to-endpoint"
+	case ReasonRedirectNeigh, ReasonRedirectFIB, ReasonRedirectDirectRoute:
+		return "to-network"
+	}
+	return "to-stack"
 }
 
 // CounterIndex is the key of (program, reason) in the counter map.

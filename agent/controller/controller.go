@@ -17,6 +17,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -78,7 +79,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 		return ctrl.Result{}, err
 	}
 	req := BuildRequest(r.NodeName, &rn, nodes.Items, rns.Items)
+	start := time.Now()
 	res := r.Agent.Reconcile(ctx, req)
+	record(time.Since(start), res)
 	if !StatusEqual(rn.Status, res.Status) {
 		patch := client.MergeFrom(rn.DeepCopy())
 		rn.Status = res.Status

@@ -85,8 +85,8 @@ func Sum(cs []Counter, p bpf.Program, v bpf.Verdict) uint64 {
 	return n
 }
 
-// Collector exports a node's host-routing counters and endpoint count as
-// Prometheus metrics, read from the pins at every scrape, so it keeps
+// Collector exports a node's host-routing counters, endpoint count and
+// monitor state as Prometheus metrics, read from the pins at every scrape, so it keeps
 // working across Manager restarts and reports nothing while the node has
 // never run BPF host routing.
 type Collector struct {
@@ -95,6 +95,9 @@ type Collector struct {
 	bytes     *prometheus.Desc
 	endpoints *prometheus.Desc
 	errors    *prometheus.Desc
+	// The monitor's: whether its events are on, and those it lost.
+	monitorActive *prometheus.Desc
+	monitorLost   *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -115,6 +118,10 @@ func NewCollector(node, pinDir string) *Collector {
 			"Entries in the host-routing endpoint map.", nil, cl),
 		errors: prometheus.NewDesc("routemode_hostrouting_scrape_errors",
 			"1 if the pinned host-routing maps exist but could not be read.", nil, cl),
+		monitorActive: prometheus.NewDesc("routemode_monitor_active",
+			"1 while the host-routing programs report events to a routemodectl monitor.", nil, cl),
+		monitorLost: prometheus.NewDesc("routemode_monitor_lost_events_total",
+			"Monitor events the programs could not write because the ring buffer was full.", nil, cl),
 	}
 }
 
@@ -124,6 +131,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.bytes
 	ch <- c.endpoints
 	ch <- c.errors
+	ch <- c.monitorActive
+	ch <- c.monitorLost
 }
 
 // Collect implements prometheus.Collector.
@@ -148,6 +157,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		failed = 1
 	default:
 		ch <- prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(len(eps)))
+	}
+	active, lost, err := MonitorState(c.pinDir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		failed = 1
+	default:
+		ch <- prometheus.MustNewConstMetric(c.monitorActive, prometheus.GaugeValue, map[bool]float64{false: 0, true: 1}[active])
+		ch <- prometheus.MustNewConstMetric(c.monitorLost, prometheus.CounterValue, float64(lost))
 	}
 	ch <- prometheus.MustNewConstMetric(c.errors, prometheus.GaugeValue, failed)
 }

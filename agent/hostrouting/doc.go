@@ -114,6 +114,12 @@ Licensed under the Apache License, Version 2.0.
 //	<pin dir>/rm_counters       per-CPU counters per (program, reason)
 //	<pin dir>/links/<dev>_ingress  pinned TCX link per device
 //	<pin dir>/tc/<dev>_ingress     empty dir: the classic tc filter on <dev> is ours (kernels < 6.6)
+//	<pin dir>/rm_events, rm_monitor, rm_monitor_lost  monitor ring buffer, its on flag, lost events
+//	<pin dir>/observe/<dev>_ingress  TCX link of an observe-only program (legacy, while a monitor runs)
+//
+// A monitor (OpenMonitor) holds an exclusive flock on the pin dir itself
+// while it runs; Apply reads that lock to turn a killed monitor's events
+// off and, in legacy, to attach or remove the observe-only programs.
 //
 // The pins keep the datapath running while the agent is down. A restarted
 // agent (a new Manager) loads its programs and swaps them into the pinned

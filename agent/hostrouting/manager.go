@@ -134,7 +134,11 @@ func (m *Manager) Apply(ctx context.Context, mode v1alpha1.HostRouting, cfg Conf
 			return nil, fmt.Errorf("%w: %s", ErrUnsupported, caps.Reason)
 		}
 		err := m.applyBPF(ctx, j, cfg, eps, !m.classicTC())
-		return j.lines, err
+		if err != nil && !errors.Is(err, ErrEndpointSkipped) {
+			return j.lines, err
+		}
+		// The forwarding programs report to a monitor themselves.
+		return j.lines, errors.Join(err, detachObserve(j, cfg.PinDir))
 	case v1alpha1.HostRoutingLegacy, "":
 		if err := m.detach(ctx, j, cfg.PinDir, false); err != nil {
 			return j.lines, err
@@ -146,6 +150,10 @@ func (m *Manager) Apply(ctx context.Context, mode v1alpha1.HostRouting, cfg Conf
 		// must never make it fail.
 		if err := m.prepareClassicTC(j, cfg, eps); err != nil {
 			m.log.Error(err, "Failed to prepare clsact qdiscs for a later switch to bpf")
+		}
+		// Nor must a monitor: it waits, and says so, until this works.
+		if err := m.applyObserve(ctx, j, cfg, eps); err != nil {
+			m.log.Error(err, "Failed to attach or detach the monitor's observe-only programs")
 		}
 		return j.lines, nil
 	}
@@ -211,7 +219,11 @@ func (m *Manager) Remove(pinDir string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.detach(context.Background(), &journal{log: m.log}, pinDir, true)
+	j := &journal{log: m.log}
+	if err := detachObserve(j, pinDir); err != nil {
+		return err
+	}
+	return m.detach(context.Background(), j, pinDir, true)
 }
 
 // InForce is the host routing a node's pin directory shows: bpf while any
@@ -266,6 +278,9 @@ func (m *Manager) applyBPF(ctx context.Context, j *journal, cfg Config, eps []En
 		return err
 	}
 	if err := syncMap(j, coll.Maps[bpf.MapDirectRoutes], directRouteEntries(cfg.DirectRoutes, underlay), directRouteKey); err != nil {
+		return err
+	}
+	if err := clearStaleMonitor(j, cfg.PinDir, coll.Maps[bpf.MapMonitor]); err != nil {
 		return err
 	}
 
@@ -506,7 +521,7 @@ func (m *Manager) detach(ctx context.Context, j *journal, pinDir string, purge b
 			return err
 		}
 	}
-	for _, d := range []string{linksDir(pinDir), tcDir(pinDir), pinDir} {
+	for _, d := range []string{linksDir(pinDir), tcDir(pinDir), observeDir(pinDir), pinDir} {
 		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -32,6 +32,25 @@ func defaultPinDir(node string) string {
 	return "/sys/fs/bpf/routemode/" + sanitizeNode(node)
 }
 
+// resolvePinDir is --pin-dir, else the pin directory of --node, $NODE_NAME
+// or the host name, in that order.
+func resolvePinDir(g *globalOptions, node, pinDir string) (string, error) {
+	if pinDir != "" {
+		return pinDir, nil
+	}
+	if node == "" {
+		node = os.Getenv("NODE_NAME")
+	}
+	if node == "" {
+		h, err := g.deps.hostname()
+		if err != nil {
+			return "", fmt.Errorf("cannot tell this node's name (%v): pass --node NAME or --pin-dir DIR", err)
+		}
+		node = h
+	}
+	return defaultPinDir(node), nil
+}
+
 func sanitizeNode(node string) string {
 	out := []rune(node)
 	for i, r := range out {
@@ -150,19 +169,9 @@ func newPinnedListCommand[T interface{ line() string }](g *globalOptions, pl pin
 			if err := outputFormat(output, "text", "json", "yaml"); err != nil {
 				return err
 			}
-			dir := pinDir
-			if dir == "" {
-				if node == "" {
-					node = os.Getenv("NODE_NAME")
-				}
-				if node == "" {
-					h, err := g.deps.hostname()
-					if err != nil {
-						return fmt.Errorf("cannot tell this node's name (%v): pass --node NAME or --pin-dir DIR", err)
-					}
-					node = h
-				}
-				dir = defaultPinDir(node)
+			dir, err := resolvePinDir(g, node, pinDir)
+			if err != nil {
+				return err
 			}
 			items, err := pl.list(dir)
 			switch {

@@ -23,12 +23,18 @@ type result struct {
 // run executes routemodectl in-process with fake dependencies.
 func run(t *testing.T, d deps, stdin string, args ...string) result {
 	t.Helper()
+	return runCtx(t, context.Background(), d, stdin, args...)
+}
+
+// runCtx is run until ctx ends, for commands that run until interrupted.
+func runCtx(t *testing.T, ctx context.Context, d deps, stdin string, args ...string) result {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	s := Streams{In: strings.NewReader(stdin), Out: &out, ErrOut: &errOut}
 	cmd := NewRootCommand(s, d)
 	cmd.SetArgs(args)
 	code := 0
-	if err := cmd.ExecuteContext(context.Background()); err != nil {
+	if err := cmd.ExecuteContext(ctx); err != nil {
 		errOut.WriteString("Error: " + err.Error() + "\n")
 		code = 1
 	}
@@ -40,6 +46,8 @@ func noDeps() deps {
 		listEndpoints:    func(string) ([]endpoint, error) { panic("unexpected bpf access") },
 		listDirectRoutes: func(string) ([]directRoute, error) { panic("unexpected bpf access") },
 		listMetrics:      func(string) ([]metric, error) { panic("unexpected bpf access") },
+		openMonitor:      func(context.Context, string, func()) (eventSource, error) { panic("unexpected bpf access") },
+		ifName:           func(int) (string, error) { panic("unexpected interface lookup") },
 		hostname:         func() (string, error) { return "test-node", nil },
 	}
 }

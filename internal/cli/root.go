@@ -44,11 +44,16 @@ type deps struct {
 	listEndpoints    endpointLister
 	listDirectRoutes directRouteLister
 	listMetrics      metricLister
+	openMonitor      monitorOpener
+	ifName           func(ifindex int) (string, error)
 	hostname         func() (string, error)
 }
 
 func defaultDeps() deps {
-	return deps{listEndpoints: listPinnedEndpoints, listDirectRoutes: listPinnedDirectRoutes, listMetrics: listPinnedMetrics, hostname: os.Hostname}
+	return deps{
+		listEndpoints: listPinnedEndpoints, listDirectRoutes: listPinnedDirectRoutes, listMetrics: listPinnedMetrics,
+		openMonitor: openPinnedMonitor, ifName: interfaceName, hostname: os.Hostname,
+	}
 }
 
 // globalOptions are the flags every command has.
@@ -86,6 +91,7 @@ Install it as kubectl-routemode on your PATH to use it as "kubectl routemode".`,
 		newExportCommand(g),
 		newRolloutCommand(g),
 		newBPFCommand(g),
+		newMonitorCommand(g),
 	)
 	return root
 }

@@ -10,6 +10,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,6 +22,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/routemode/routemode/agent/bpfhost"
 	"github.com/routemode/routemode/agent/datapath"
@@ -55,6 +58,9 @@ type path struct {
 	// prototype runs the hand-built prototype (bpf/prototype; see
 	// docs/host-routing.md) instead of routemode's programs.
 	prototype bool
+	// monitor runs a monitor on both nodes for the whole run, reading
+	// every event as routemodectl monitor does: the cost of watching.
+	monitor bool
 }
 
 func paths() []path {
@@ -66,6 +72,7 @@ func paths() []path {
 		{name: "legacy+kp", desc: fmt.Sprintf("native, legacy, kube-proxy ruleset (%d services, nat + conntrack)", *services), mode: v1alpha1.HostRoutingLegacy, rules: kp},
 		{name: "legacy+kp-pp", desc: fmt.Sprintf("native, legacy, kube-proxy ruleset walked per packet (%d rules)", 2**services), mode: v1alpha1.HostRoutingLegacy, rules: kpPP},
 		{name: "bpf", desc: "native, eBPF host routing, no netfilter rules", mode: v1alpha1.HostRoutingBPF},
+		{name: "bpf+monitor", desc: "native, eBPF host routing with a monitor reading every event", mode: v1alpha1.HostRoutingBPF, monitor: true},
 		{name: "bpf-fib", desc: "native, eBPF host routing without the direct-route map (FIB lookup per packet)", mode: v1alpha1.HostRoutingBPF, fibOnly: true},
 		{name: "prototype", desc: "native, the hand-built prototype rebuilt (bpf/prototype): no conntrack check, FIB lookup per packet", mode: v1alpha1.HostRoutingLegacy, prototype: true},
 		{name: "bpf+kp-pp", desc: "native, eBPF host routing, per-packet kube-proxy ruleset installed", mode: v1alpha1.HostRoutingBPF, rules: kpPP},
@@ -87,6 +94,8 @@ type rig struct {
 	cfgs [2]hostrouting.Config
 	// prototype holds the prototype path's programs and links.
 	prototype []io.Closer
+	// monitors are the bpf+monitor path's readers.
+	monitors []*hostrouting.Monitor
 }
 
 func newRig(b *testing.B, p path) *rig {
@@ -110,6 +119,9 @@ func newRig(b *testing.B, p path) *rig {
 	b.Cleanup(func() {
 		for _, c := range r.prototype {
 			_ = c.Close()
+		}
+		for _, m := range r.monitors {
+			_ = m.Close() // ends its reader's Read
 		}
 		for i, m := range r.mgrs {
 			_ = m.Remove(r.cfgs[i].PinDir)
@@ -157,6 +169,20 @@ func (r *rig) setup(ctx context.Context) error {
 			if err := r.attachPrototype(n); err != nil {
 				return err
 			}
+		}
+		if p.monitor {
+			mon, err := hostrouting.OpenMonitor(ctx, r.cfgs[i].PinDir, nil)
+			if err != nil {
+				return err
+			}
+			r.monitors = append(r.monitors, mon)
+			go func() {
+				for {
+					if _, err := mon.Read(time.Time{}); errors.Is(err, ringbuf.ErrClosed) {
+						return
+					}
+				}
+			}()
 		}
 	}
 	return nil
@@ -312,7 +338,7 @@ var comparisons = [][2]string{
 	{"bpf", "node"}, {"legacy", "node"}, {"legacy+kp", "node"}, {"tunnel", "node"}, {"tunnel+bpf", "node"},
 	{"bpf", "legacy"}, {"bpf-fib", "legacy"}, {"legacy+kp", "legacy"}, {"tunnel", "legacy"},
 	{"prototype", "legacy"}, {"bpf", "prototype"},
-	{"bpf", "bpf-fib"}, {"bpf", "legacy+kp"}, {"bpf", "legacy+kp-pp"},
+	{"bpf", "bpf-fib"}, {"bpf", "legacy+kp"}, {"bpf", "legacy+kp-pp"}, {"bpf+monitor", "bpf"},
 	{"bpf+kp-pp", "legacy+kp-pp"}, {"tunnel+bpf", "tunnel"},
 }
 

@@ -490,7 +490,7 @@ func TestBulkTCPWithDirectRoutes(t *testing.T) {
 		t.Helper()
 		before = e.counters(t, 0)
 		r, err := bench.Measure(bench.TCPStream, bench.Peer{NSPath: p1.Path(), IP: p1.IP, CPU: -1},
-			bench.Peer{NSPath: p2.Path(), IP: p2.IP, CPU: -1}, port, 50*time.Millisecond, 300*time.Millisecond)
+			bench.Peer{NSPath: p2.Path(), IP: p2.IP, CPU: -1}, port, 50*time.Millisecond, time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

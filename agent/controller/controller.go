@@ -14,7 +14,6 @@ package controller
 
 import (
 	"context"
-	"math/bits"
 	"net/netip"
 	"slices"
 
@@ -146,21 +145,11 @@ func PodCIDR(n corev1.Node) netip.Prefix {
 	return netip.Prefix{}
 }
 
-// StatusEqual compares two statuses, treating round trips of the same
-// power-of-two bucket as equal, so an RTT that jitters does not rewrite the
-// status on every resync.
+// StatusEqual compares two statuses semantically. The status holds no
+// round-trip times (the per-peer table with RTTs stays on the node), so a
+// resync whose probes jitter compares equal and writes nothing.
 func StatusEqual(a, b v1alpha1.RoutingNodeStatus) bool {
-	return equality.Semantic.DeepEqual(bucketRTT(a), bucketRTT(b))
-}
-
-func bucketRTT(s v1alpha1.RoutingNodeStatus) v1alpha1.RoutingNodeStatus {
-	s.Peers = slices.Clone(s.Peers)
-	for i := range s.Peers {
-		if rtt := s.Peers[i].RTTMicroseconds; rtt > 0 {
-			s.Peers[i].RTTMicroseconds = int64(bits.Len64(uint64(rtt)))
-		}
-	}
-	return s
+	return equality.Semantic.DeepEqual(a, b)
 }
 
 // SetupWithManager registers the reconciler.

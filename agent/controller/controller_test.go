@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 }
 
 // fakeAgent answers like the agent: observed generation, a condition and
-// the peers it was given, with an RTT that jitters.
+// the summary of a peer table whose RTTs jitter on every reconcile.
 type fakeAgent struct {
 	mu   sync.Mutex
 	reqs []node.Request
@@ -48,9 +48,11 @@ func (f *fakeAgent) Reconcile(_ context.Context, req node.Request) node.Result {
 		Conditions: req.Previous.Conditions}
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionDatapathApplied, Status: metav1.ConditionTrue,
 		Reason: "Applied", Message: "ok", ObservedGeneration: req.Generation})
+	var table []node.PeerReport
 	for _, p := range req.Peers {
-		st.Peers = append(st.Peers, v1alpha1.PeerStatus{Node: p.Name, NodeIP: p.IP.String(), Direct: true, Reachable: true, RTTMicroseconds: 400 + f.rtt})
+		table = append(table, node.PeerReport{Node: p.Name, NodeIP: p.IP.String(), Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 400 + f.rtt})
 	}
+	st.PeerSummary = node.Summarize(table)
 	return node.Result{Status: st, RequeueAfter: time.Hour}
 }
 
@@ -125,7 +127,7 @@ func TestReconcileWritesStatusOnlyWhenChanged(t *testing.T) {
 	if err := env.Client.Get(ctx, client.ObjectKey{Name: "a-1"}, &rn); err != nil {
 		t.Fatal(err)
 	}
-	if rn.Status.ObservedGeneration != rn.Generation || len(rn.Status.Peers) != 1 {
+	if rn.Status.ObservedGeneration != rn.Generation || rn.Status.PeerSummary == nil || rn.Status.PeerSummary.Total != 1 {
 		t.Fatalf("status %+v", rn.Status)
 	}
 	// Same status but for RTT jitter: no write.

@@ -39,6 +39,7 @@ import (
 	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/agent/podnet"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // Condition reasons.
@@ -87,6 +88,8 @@ type Agent struct {
 	kernel *kernel.Kernel
 	health *health.Endpoint
 	caps   *caps.Result
+	// peerTable is the full per-peer table, served on request.
+	peerTable peerTable
 }
 
 // New returns an Agent; it touches nothing until Reconcile.
@@ -185,7 +188,6 @@ func (a *Agent) Reconcile(ctx context.Context, req Request) Result {
 	r.status = v1alpha1.RoutingNodeStatus{
 		ObservedGeneration: req.Generation,
 		Conditions:         slices.Clone(req.Previous.Conditions),
-		Peers:              []v1alpha1.PeerStatus{},
 	}
 	r.do(ctx)
 	requeue := a.cfg.ResyncPeriod
@@ -193,9 +195,6 @@ func (a *Agent) Reconcile(ctx context.Context, req Request) Result {
 		if c.Status != metav1.ConditionTrue {
 			requeue = min(requeue, 2*time.Second)
 		}
-	}
-	if len(r.status.Peers) == 0 {
-		r.status.Peers = nil
 	}
 	return Result{Status: r.status, Changes: r.changes, RequeueAfter: requeue}
 }
@@ -212,7 +211,7 @@ type run struct {
 
 func (r *run) setCondition(typ string, st metav1.ConditionStatus, reason, msg string) {
 	meta.SetStatusCondition(&r.status.Conditions, metav1.Condition{
-		Type: typ, Status: st, Reason: reason, Message: msg, ObservedGeneration: r.req.Generation,
+		Type: typ, Status: st, Reason: reason, Message: bounded.Message(msg), ObservedGeneration: r.req.Generation,
 	})
 }
 
@@ -506,49 +505,6 @@ func (r *run) probe(ctx context.Context) {
 	default:
 		slices.Sort(unreachable)
 		r.setCondition(v1alpha1.ConditionPeersHealthy, metav1.ConditionFalse, ReasonPeersUnreachable,
-			fmt.Sprintf("%d of %d peers do not answer on the pod network: %v", len(unreachable), len(targets), unreachable))
+			fmt.Sprintf("%d of %d peers do not answer on the pod network: %s", len(unreachable), len(targets), bounded.Names(unreachable, bounded.DefaultNames)))
 	}
-}
-
-// peerStatus fills status.peers; probes is nil when nothing was probed.
-func (r *run) peerStatus(probes map[string]health.Result) {
-	r.status.Peers = r.status.Peers[:0]
-	for _, p := range r.peers {
-		ps := v1alpha1.PeerStatus{Node: p.Name, Direct: p.Direct}
-		if p.IP.IsValid() {
-			ps.NodeIP = p.IP.String()
-		}
-		var msgs []string
-		if rt, ok := r.routes[p.Name]; ok && rt.Message != "" {
-			msgs = append(msgs, rt.Message)
-		} else if !p.Direct && p.Why != "" {
-			msgs = append(msgs, "not directly reachable: "+p.Why)
-		}
-		if res, ok := probes[p.Name]; ok {
-			ps.Reachable = res.Reachable
-			if res.Reachable {
-				ps.RTTMicroseconds = max(res.RTT.Microseconds(), 1)
-			} else {
-				msgs = append(msgs, fmt.Sprintf("health endpoint %s does not answer", healthIP(p.PodCIDR)))
-			}
-		} else if !p.PodCIDR.IsValid() {
-			msgs = append(msgs, "no podCIDR")
-		}
-		for i, m := range msgs {
-			if i > 0 {
-				ps.Message += "; "
-			}
-			ps.Message += m
-		}
-		r.status.Peers = append(r.status.Peers, ps)
-	}
-	slices.SortFunc(r.status.Peers, func(a, b v1alpha1.PeerStatus) int {
-		switch {
-		case a.Node < b.Node:
-			return -1
-		case a.Node > b.Node:
-			return 1
-		}
-		return 0
-	})
 }

@@ -2,12 +2,12 @@ package rollout
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // DefaultHealthCheckTimeout applies when the spec leaves it unset.
@@ -268,7 +268,7 @@ func switchBatches(d Decision, in Input, target v1alpha1.NodeDatapath, done func
 	for _, u := range d.Updates {
 		names = append(names, u.Node)
 	}
-	d.Waiting = fmt.Sprintf("switching %s (%d of %d nodes left)", strings.Join(names, ", "), len(todo), len(in.Nodes))
+	d.Waiting = fmt.Sprintf("switching %s (%d of %d nodes left)", bounded.Names(names, bounded.DefaultNames), len(todo), len(in.Nodes))
 	return d
 }
 

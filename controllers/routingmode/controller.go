@@ -34,6 +34,7 @@ import (
 
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/controllers/rollout"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // ControllerName names the controller in logs, events and metrics.
@@ -50,6 +51,10 @@ const (
 	// AnnotationRollbackReason says why a node was rolled back.
 	AnnotationRollbackReason = "routemode.io/rollback-reason"
 )
+
+// ReasonStatusRefused is Ready's reason when the API server refused the
+// status the operator computed.
+const ReasonStatusRefused = "StatusRefused"
 
 // Reconciler drives the RoutingMode rollout.
 type Reconciler struct {
@@ -118,7 +123,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		return ctrl.Result{}, err
 	}
 	if d.Stall != nil && in.Stalled == nil {
-		r.Recorder.Eventf(rm, nil, corev1.EventTypeWarning, d.Stall.Reason, "Halt", "%s", d.Stall.Message)
+		r.Recorder.Eventf(rm, nil, corev1.EventTypeWarning, d.Stall.Reason, "Halt", "%s", bounded.Message(d.Stall.Message))
 	}
 	if d.Phase == v1alpha1.PhaseComplete {
 		if err := r.recordCompletedSpec(ctx, rm); err != nil {
@@ -316,15 +321,34 @@ func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.Routi
 	return nil
 }
 
-// patchStatus writes status only when it changed.
+// patchStatus writes status only when it changed. A status the API server
+// refuses (a message over its limits, say) must not leave the previous one
+// standing as if it were current, so the refusal itself is written instead:
+// Ready Unknown with the API server's reason, every other message cleared.
 func (r *Reconciler) patchStatus(ctx context.Context, original, rm *v1alpha1.RoutingMode) error {
 	if apiequality.Semantic.DeepEqual(original.Status, rm.Status) {
 		return nil
 	}
-	if err := r.Status().Patch(ctx, rm, client.MergeFrom(original)); err != nil {
+	err := r.Status().Patch(ctx, rm, client.MergeFrom(original))
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsInvalid(err) && !apierrors.IsRequestEntityTooLargeError(err) {
 		return fmt.Errorf("writing routingmode status: %w", err)
 	}
-	return nil
+	refused := rm.DeepCopy()
+	for i := range refused.Status.Conditions {
+		refused.Status.Conditions[i].Message = ""
+	}
+	meta.SetStatusCondition(&refused.Status.Conditions, metav1.Condition{
+		Type: v1alpha1.ConditionReady, Status: metav1.ConditionUnknown, Reason: ReasonStatusRefused,
+		ObservedGeneration: rm.Generation,
+		Message:            bounded.Message("the API server refused the operator's status: " + err.Error()),
+	})
+	if ferr := r.Status().Patch(ctx, refused, client.MergeFrom(original)); ferr != nil {
+		return fmt.Errorf("writing routingmode status: %w; writing that it was refused: %w", err, ferr)
+	}
+	return fmt.Errorf("writing routingmode status: %w", err)
 }
 
 // SetupWithManager registers the controller. Every event maps to the one

@@ -152,12 +152,10 @@ func (a *agents) report(ctx context.Context, rn *v1alpha1.RoutingNode, all []v1a
 	base := rn.DeepCopy()
 	st := &rn.Status
 	st.Capabilities = &a.caps
-	st.Peers = nil
 	healthy := !(a.failing[rn.Name] && rn.Spec.Step == v1alpha1.StepSwitch)
-	for _, p := range all {
-		if p.Name != rn.Name {
-			st.Peers = append(st.Peers, v1alpha1.PeerStatus{Node: p.Name, Direct: true, Reachable: healthy})
-		}
+	st.PeerSummary = &v1alpha1.PeerSummary{Total: int32(len(all) - 1)}
+	if !healthy {
+		st.PeerSummary.Probed, st.PeerSummary.Unreachable = st.PeerSummary.Total, st.PeerSummary.Total
 	}
 	// A node held at a step still reports its kernel and peers, like an
 	// agent that is slow to apply.

@@ -146,8 +146,9 @@ type Peer struct {
 	Name    string
 	IP      netip.Addr
 	PodCIDR netip.Prefix
-	// VTEPMAC is from the peer's RoutingNode status; empty means derive it
-	// from IP (datapath.VTEPMAC), which is what every agent publishes.
+	// VTEPMAC overrides the MAC derived from IP (datapath.VTEPMAC); empty,
+	// as the agent's controller leaves it, means derive it, which is what
+	// every agent sets on its own tunnel device.
 	VTEPMAC string
 }
 

@@ -135,6 +135,7 @@ func run(o options) error {
 		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress: o.probeAddr,
 		LeaderElection:         false,
+		Cache:                  agentcontroller.CacheOptions(o.nodeName),
 	})
 	if err != nil {
 		return err

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -35,6 +36,7 @@ import (
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/controllers/rollout"
 	"github.com/routemode/routemode/internal/bounded"
+	"github.com/routemode/routemode/internal/nodefacts"
 )
 
 // ControllerName names the controller in logs, events and metrics.
@@ -349,6 +351,15 @@ func (r *Reconciler) patchStatus(ctx context.Context, original, rm *v1alpha1.Rou
 		return fmt.Errorf("writing routingmode status: %w; writing that it was refused: %w", err, ferr)
 	}
 	return fmt.Errorf("writing routingmode status: %w", err)
+}
+
+// CacheOptions is the operator manager's cache: Nodes stripped to the facts
+// the planner reads (name, UID, InternalIP, podCIDR), so the operator does
+// not hold every Node's images and conditions.
+func CacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Node{}: {Transform: nodefacts.Transform},
+	}}
 }
 
 // SetupWithManager registers the controller. Every event maps to the one

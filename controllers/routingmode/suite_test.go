@@ -36,6 +36,7 @@ func startOperator(t *testing.T) (stop func()) {
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:   CacheOptions(),
 	})
 	if err != nil {
 		t.Fatal(err)

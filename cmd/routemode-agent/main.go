@@ -60,7 +60,7 @@ func main() {
 	fs.StringVar(&o.stateDir, "state-dir", "/var/run/routemode", "agent state: saved sysctls, endpoint records (endpoints/), address allocations (ipam/)")
 	fs.StringVar(&o.healthNS, "health-netns", "", "name of the health endpoint's network namespace (default rmhealth-<node>)")
 	fs.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often the node is reconciled without any event")
-	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, 0 to disable")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, also serving the full peer table on /peers (routemodectl status --node NODE --peers); 0 to disable both")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
 	fs.StringVar(&nsutil.ProcSys, "proc-sys", "/proc/sys", "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
@@ -144,6 +144,10 @@ func run(o options) error {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	// The full peer table, beside the metrics (see agentcontroller.PeersPath).
+	if err := mgr.AddMetricsServerExtraHandler(agentcontroller.PeersPath, agentcontroller.PeerTableHandler(agent.PeerTable)); err != nil {
 		return err
 	}
 	kernel := make(chan event.GenericEvent, 1)

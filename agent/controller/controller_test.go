@@ -22,6 +22,7 @@ import (
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/internal/nodefacts"
+	"github.com/routemode/routemode/internal/peertable"
 	"github.com/routemode/routemode/internal/testenv"
 )
 
@@ -49,11 +50,11 @@ func (f *fakeAgent) Reconcile(_ context.Context, req node.Request) node.Result {
 		Conditions: req.Previous.Conditions}
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionDatapathApplied, Status: metav1.ConditionTrue,
 		Reason: "Applied", Message: "ok", ObservedGeneration: req.Generation})
-	var table []node.PeerReport
+	var table []peertable.Row
 	for _, p := range req.Peers {
-		table = append(table, node.PeerReport{Node: p.Name, NodeIP: p.IP.String(), Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 400 + f.rtt})
+		table = append(table, peertable.Row{Node: p.Name, NodeIP: p.IP.String(), Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 400 + f.rtt})
 	}
-	st.PeerSummary = node.Summarize(table)
+	st.PeerSummary = peertable.Summarize(table)
 	return node.Result{Status: st, RequeueAfter: time.Hour}
 }
 

@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 // PeersPath is where the agent serves its full peer table, on its metrics
@@ -14,7 +14,7 @@ import (
 const PeersPath = "/peers"
 
 // PeerTableHandler serves table() as a JSON array, sorted by node name.
-func PeerTableHandler(table func() []node.PeerReport) http.Handler {
+func PeerTableHandler(table func() []peertable.Row) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			http.Error(w, "only GET", http.StatusMethodNotAllowed)
@@ -22,7 +22,7 @@ func PeerTableHandler(table func() []node.PeerReport) http.Handler {
 		}
 		rows := table()
 		if rows == nil {
-			rows = []node.PeerReport{}
+			rows = []peertable.Row{}
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(rows) // a client gone away is no error of ours

@@ -16,6 +16,7 @@ import (
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/internal/nslab"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 // restart replaces n's agent by a new instance, as a restarted agent
@@ -283,11 +284,11 @@ func TestPeersChange(t *testing.T) {
 }
 
 // peerRow finds a peer in the agent's full peer table.
-func peerRow(a *node.Agent, name string) (node.PeerReport, bool) {
+func peerRow(a *node.Agent, name string) (peertable.Row, bool) {
 	for _, p := range a.PeerTable() {
 		if p.Node == name {
 			return p, true
 		}
 	}
-	return node.PeerReport{}, false
+	return peertable.Row{}, false
 }

@@ -1,4 +1,4 @@
-package node
+package peertable
 
 import (
 	"encoding/json"
@@ -14,10 +14,10 @@ import (
 
 // table is n peers with realistic cloud node names, every one direct and
 // answering except those in unreachable; rtt sets every round trip.
-func table(n int, unreachable map[int]bool, rtt int64) []PeerReport {
-	rows := make([]PeerReport, n)
+func table(n int, unreachable map[int]bool, rtt int64) []Row {
+	rows := make([]Row, n)
 	for i := range rows {
-		rows[i] = PeerReport{Node: fmt.Sprintf("ip-10-%d-%d-%d.eu-west-1.compute.internal", i/65536, i/256%256, i%256),
+		rows[i] = Row{Node: fmt.Sprintf("ip-10-%d-%d-%d.eu-west-1.compute.internal", i/65536, i/256%256, i%256),
 			NodeIP: fmt.Sprintf("10.%d.%d.%d", i/65536, i/256%256, i%256), Direct: true, Probed: true, Reachable: !unreachable[i],
 			RTTMicroseconds: rtt + int64(i%7)}
 		if unreachable[i] {
@@ -56,9 +56,9 @@ func TestSummaryStaysUnder4KBWith5000Peers(t *testing.T) {
 			Capabilities: &v1alpha1.NodeCapabilities{Kernel: "6.18.44-generic", VXLAN: true, BPFHostRouting: true, TCX: true},
 			Datapath:     v1alpha1.NodeDatapathStatus{TunnelDevice: "rm_vxlan", SendMode: v1alpha1.SendNative, RouteMTU: 1450, HostRouting: v1alpha1.HostRoutingBPF, Endpoints: 110},
 			Conditions: []metav1.Condition{
-				{Type: v1alpha1.ConditionDatapathApplied, Status: metav1.ConditionTrue, Reason: ReasonApplied, ObservedGeneration: 42, LastTransitionTime: metav1.Now(),
+				{Type: v1alpha1.ConditionDatapathApplied, Status: metav1.ConditionTrue, Reason: "Applied", ObservedGeneration: 42, LastTransitionTime: metav1.Now(),
 					Message: "tunnel vxlan, sending Native, route MTU 1450, host routing bpf"},
-				{Type: v1alpha1.ConditionPeersHealthy, Status: metav1.ConditionFalse, Reason: ReasonPeersUnreachable, ObservedGeneration: 42, LastTransitionTime: metav1.Now(),
+				{Type: v1alpha1.ConditionPeersHealthy, Status: metav1.ConditionFalse, Reason: "PeersUnreachable", ObservedGeneration: 42, LastTransitionTime: metav1.Now(),
 					Message: "20 of 5000 peers do not answer on the pod network: ip-10-0-0-0.eu-west-1.compute.internal, ip-10-0-0-250.eu-west-1.compute.internal, ip-10-0-1-244.eu-west-1.compute.internal and 17 more"}},
 			PeerSummary: s},
 	}

@@ -33,8 +33,8 @@ type Router struct {
 var _ node.HostRouter = (*Router)(nil)
 
 // New returns a Router pinning under pinDir
-// (hostrouting.DefaultPinDir(node)), for the node whose namespace is
-// opts.NetNS ("" for the caller's).
+// (hostrouting.DefaultPinDir(node)), for the node whose netlink handle is
+// opts.Handle and whose namespace is opts.NetNS ("" for the caller's).
 func New(pinDir string, opts hostrouting.Options) *Router {
 	log := opts.Logger
 	if log.GetSink() == nil {
@@ -55,7 +55,7 @@ func (r *Router) Capabilities(context.Context) (bool, bool, string) {
 // Apply runs the Manager with the node's devices and endpoints. Endpoints
 // it had to skip (a pod going away) are logged, not failed: the next
 // reconcile sees the endpoint list without them.
-func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1.HostRouting, []string, error) {
+func (r *Router) Apply(ctx context.Context, req node.HostRoutingRequest) (v1alpha1.HostRouting, []string, error) {
 	cfg := hostrouting.Config{
 		Underlay:          req.Underlay,
 		TunnelDevice:      req.TunnelDevice,
@@ -63,7 +63,7 @@ func (r *Router) Apply(_ context.Context, req node.HostRoutingRequest) (v1alpha1
 		PinDir:            r.PinDir,
 		DirectRoutes:      DirectRoutes(req.Routes, req.Underlay, req.NativeRoutingCIDR),
 	}
-	changes, err := r.Manager.Apply(req.Mode, cfg, Endpoints(req.Endpoints))
+	changes, err := r.Manager.Apply(ctx, req.Mode, cfg, Endpoints(req.Endpoints))
 	if errors.Is(err, hostrouting.ErrEndpointSkipped) {
 		r.Log.Info("Skipped endpoints in host routing", "reason", err.Error())
 		err = nil

@@ -38,7 +38,7 @@ func TestAgentTogglesBPFHostRouting(t *testing.T) {
 	const legacyOnlyReason = "the agent runs with --legacy-host-routing-only"
 	l := nslab.New(t, nslab.Options{Nodes: 2, HostRouter: func(n *nslab.Node) node.HostRouter {
 		pin := filepath.Join(hostrouting.BPFFSRoot, "routemode", n.Lab.ID+"-"+n.Name)
-		opts := hostrouting.Options{NetNS: n.Path(), Logger: n.Logger()}
+		opts := hostrouting.Options{Handle: n.Handle, NetNS: n.Path(), Logger: n.Logger()}
 		if legacyOnly[n.Name] {
 			opts.Disabled = legacyOnlyReason
 		}

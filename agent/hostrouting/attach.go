@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/bpf"
 )
 
@@ -143,7 +144,7 @@ func pinDevice(path string) string {
 // is transmitting then, so this is done ahead of the first switch (see
 // Manager.Apply for legacy) rather than during it; an existing qdisc is left
 // alone, and detaching never removes it.
-func ensureClsact(h *netlink.Handle, ifindex int) (added bool, err error) {
+func ensureClsact(h nlsafe.Handle, ifindex int) (added bool, err error) {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{
 			LinkIndex: ifindex,
@@ -164,7 +165,7 @@ func ensureClsact(h *netlink.Handle, ifindex int) (added bool, err error) {
 
 // upsertTC installs prog as a direct-action filter on the clsact ingress
 // hook of ifindex, replacing our previous filter atomically.
-func upsertTC(h *netlink.Handle, record string, ifindex int, prog *ebpf.Program, name string) (change, error) {
+func upsertTC(h nlsafe.Handle, record string, ifindex int, prog *ebpf.Program, name string) (change, error) {
 	if _, err := ensureClsact(h, ifindex); err != nil {
 		return unchanged, err
 	}
@@ -192,16 +193,15 @@ func upsertTC(h *netlink.Handle, record string, ifindex int, prog *ebpf.Program,
 
 // removeOwnedTCFilters deletes the ingress filters on ifindex whose BPF
 // program name has our prefix; anything else on the device stays.
-func removeOwnedTCFilters(h *netlink.Handle, dev string) error {
+func removeOwnedTCFilters(h nlsafe.Handle, dev string) error {
 	l, err := h.LinkByName(dev)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+		if nlsafe.IsNotFound(err) {
 			return nil
 		}
 		return err
 	}
-	filters, err := filterList(h, l)
+	filters, err := h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 			return nil // no clsact qdisc
@@ -220,21 +220,8 @@ func removeOwnedTCFilters(h *netlink.Handle, dev string) error {
 	return nil
 }
 
-// filterList retries a dump that a concurrent change interrupted.
-func filterList(h *netlink.Handle, l netlink.Link) ([]netlink.Filter, error) {
-	var err error
-	for range 30 {
-		var fs []netlink.Filter
-		fs, err = h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return fs, err
-		}
-	}
-	return nil, err
-}
-
 // detachTC removes the filter a record stands for, then the record.
-func detachTC(h *netlink.Handle, record string) error {
+func detachTC(h nlsafe.Handle, record string) error {
 	if err := removeOwnedTCFilters(h, pinDevice(record)); err != nil {
 		return err
 	}

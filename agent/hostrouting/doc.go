@@ -46,9 +46,10 @@ Licensed under the Apache License, Version 2.0.
 //
 // # API
 //
-//	m := hostrouting.NewManager(hostrouting.Options{NetNS: "/var/run/netns/node-1"})
+//	h, err := nlsafe.NewHandleAtPath("/var/run/netns/node-1")
+//	m := hostrouting.NewManager(hostrouting.Options{Handle: h, NetNS: "/var/run/netns/node-1"})
 //	defer m.Close()
-//	changes, err := m.Apply(v1alpha1.HostRoutingBPF, hostrouting.Config{
+//	changes, err := m.Apply(ctx, v1alpha1.HostRoutingBPF, hostrouting.Config{
 //		Underlay: "eth0", TunnelDevice: "rm_vxlan",
 //		NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/16"),
 //		PinDir: hostrouting.DefaultPinDir("node-1"),
@@ -59,6 +60,7 @@ Licensed under the Apache License, Version 2.0.
 //
 // Apply is idempotent and level-based: call it with the full desired state
 // (mode, devices, every local endpoint) on every change and periodically.
+// A cancelled context stops it between two kernel changes.
 // It syncs the endpoint and direct-route maps, attaches or atomically
 // updates the programs, and detaches programs from devices no longer
 // wanted; it returns what it changed, one line each ("tcx ingress eth0:
@@ -92,12 +94,14 @@ Licensed under the Apache License, Version 2.0.
 //
 // # Namespaces
 //
-// TCX and netlink resolve interface indexes in the calling thread's network
-// namespace. With Options.NetNS set, every kernel call runs on a dedicated
-// OS thread inside that namespace, which Go discards afterwards. With it
-// empty, calls run in the caller's namespace: call from the node's process,
-// or from a goroutine that has locked its OS thread and entered the node's
-// namespace.
+// Netlink calls (devices, clsact qdiscs, classic tc filters) go through
+// Options.Handle, the agent's retried netlink handle (agent/nlsafe) in the
+// node's namespace. TCX resolves interface indexes in the calling thread's
+// network namespace instead: with Options.NetNS set, attaching runs on a
+// dedicated OS thread inside that namespace, which Go discards afterwards.
+// With it empty, attaching runs in the caller's namespace: call from the
+// node's process, or from a goroutine that has locked its OS thread and
+// entered the node's namespace.
 //
 // # Pins and restarts
 //

@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package hostrouting
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"net"
@@ -19,6 +20,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
+	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 )
@@ -185,10 +189,10 @@ func TestDefaultPinDir(t *testing.T) {
 // A kernel without the helpers gets a clear refusal, before anything is
 // created or attached.
 func TestApplyRefusesBPFWithoutKernelSupport(t *testing.T) {
-	m := NewManager(Options{NetNS: "/nonexistent/netns"})
+	m := NewManager(Options{Handle: callerHandle(t), NetNS: "/nonexistent/netns"})
 	m.probe = func() Capabilities { return Capabilities{Reason: "helper FnRedirectPeer not supported by the kernel"} }
 	pinDir := filepath.Join(t.TempDir(), "node-1")
-	changes, err := m.Apply(v1alpha1.HostRoutingBPF, Config{Underlay: "eth0", PinDir: pinDir}, nil)
+	changes, err := m.Apply(t.Context(), v1alpha1.HostRoutingBPF, Config{Underlay: "eth0", PinDir: pinDir}, nil)
 	if !errors.Is(err, ErrUnsupported) || len(changes) != 0 || !strings.Contains(err.Error(), "FnRedirectPeer") {
 		t.Fatalf("err = %v, changes %q; want ErrUnsupported naming the helper, and no change", err, changes)
 	}
@@ -196,7 +200,38 @@ func TestApplyRefusesBPFWithoutKernelSupport(t *testing.T) {
 		t.Errorf("pin dir touched: %v", err)
 	}
 	// Legacy needs nothing from the kernel and nothing is attached.
-	if changes, err := m.Apply(v1alpha1.HostRoutingLegacy, Config{PinDir: pinDir}, nil); err != nil || len(changes) != 0 {
+	if changes, err := m.Apply(t.Context(), v1alpha1.HostRoutingLegacy, Config{PinDir: pinDir}, nil); err != nil || len(changes) != 0 {
 		t.Errorf("legacy: changes %q, error %v; want neither", changes, err)
 	}
+}
+
+// A cancelled Apply changes nothing, and a Manager without a netlink
+// handle refuses to start.
+func TestApplyHonoursContextAndNeedsHandle(t *testing.T) {
+	pinDir := filepath.Join(t.TempDir(), "node-1")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	m := NewManager(Options{Handle: callerHandle(t)})
+	for _, mode := range []v1alpha1.HostRouting{v1alpha1.HostRoutingBPF, v1alpha1.HostRoutingLegacy} {
+		if changes, err := m.Apply(ctx, mode, Config{Underlay: "eth0", PinDir: pinDir}, nil); !errors.Is(err, context.Canceled) || len(changes) != 0 {
+			t.Errorf("%s with a cancelled context: changes %q, error %v; want context.Canceled and no change", mode, changes, err)
+		}
+	}
+	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir touched: %v", err)
+	}
+	if _, err := NewManager(Options{}).Apply(t.Context(), v1alpha1.HostRoutingLegacy, Config{PinDir: pinDir}, nil); !errors.Is(err, errNoHandle) {
+		t.Errorf("without a handle: %v, want errNoHandle", err)
+	}
+}
+
+// callerHandle is a netlink handle in the test's own namespace, which the
+// tests above never change.
+func callerHandle(t *testing.T) nlsafe.Handle {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return nlsafe.Wrap(h)
 }

@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package hostrouting
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
@@ -28,8 +30,12 @@ import (
 
 // Options configure a Manager.
 type Options struct {
+	// Handle is a netlink handle in the node's network namespace, the one
+	// the rest of the agent uses; required. The caller closes it.
+	Handle nlsafe.Handle
 	// NetNS is the path of the node's network namespace
-	// (e.g. /var/run/netns/node-1); empty means the caller's.
+	// (e.g. /var/run/netns/node-1), where TCX links are attached; empty
+	// means the caller's.
 	NetNS string
 	// Logger receives one line per change; the zero value discards.
 	Logger logr.Logger
@@ -101,15 +107,24 @@ func (m *Manager) dropCollection() {
 // record is unusable are skipped and reported in the returned error after
 // everything else was applied (errors.Is(err, ErrEndpointSkipped)).
 //
+// A cancelled ctx stops Apply between two kernel changes; every change is
+// whole, and the next Apply carries on from the state it left.
+//
 // It returns the changes it made to the kernel, one line each, as logged;
 // none when the node already matched. Changes made before an error are
 // returned with it.
-func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) ([]string, error) {
+func (m *Manager) Apply(ctx context.Context, mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) ([]string, error) {
 	if err := cfg.validate(mode == v1alpha1.HostRoutingBPF); err != nil {
 		return nil, fmt.Errorf("host routing config: %w", err)
 	}
+	if m.opts.Handle.Handle == nil {
+		return nil, errNoHandle
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	m.lastPinDir = cfg.PinDir
 	j := &journal{log: m.log}
 	switch mode {
@@ -118,10 +133,10 @@ func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) (
 		if !caps.BPFHostRouting {
 			return nil, fmt.Errorf("%w: %s", ErrUnsupported, caps.Reason)
 		}
-		err := m.applyBPF(j, cfg, eps, !m.classicTC())
+		err := m.applyBPF(ctx, j, cfg, eps, !m.classicTC())
 		return j.lines, err
 	case v1alpha1.HostRoutingLegacy, "":
-		if err := m.detach(j, cfg.PinDir, false); err != nil {
+		if err := m.detach(ctx, j, cfg.PinDir, false); err != nil {
 			return j.lines, err
 		}
 		if err := clearDirectRoutes(j, cfg.PinDir); err != nil {
@@ -136,6 +151,8 @@ func (m *Manager) Apply(mode v1alpha1.HostRouting, cfg Config, eps []Endpoint) (
 	}
 	return nil, fmt.Errorf("unknown host routing mode %q", mode)
 }
+
+var errNoHandle = errors.New("host routing: the Manager has no netlink handle (Options.Handle)")
 
 // journal collects the kernel changes of one Apply.
 type journal struct {
@@ -158,27 +175,21 @@ func (m *Manager) prepareClassicTC(j *journal, cfg Config, eps []Endpoint) error
 	if cfg.Underlay == "" || !m.classicTC() {
 		return nil
 	}
-	return nsutil.RunIn(m.opts.NetNS, func() error {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return err
+	h := m.opts.Handle
+	underlay, tunnel, links, err := resolveDevices(h, cfg)
+	if err != nil {
+		return err
+	}
+	_, lxcs, _ := endpointEntries(eps, links)
+	var errs []error
+	for _, a := range plan(underlay, tunnel, lxcs) {
+		added, err := ensureClsact(h, a.Ifindex)
+		if added {
+			j.add("qdisc add dev %s clsact", a.Dev)
 		}
-		defer h.Close()
-		underlay, tunnel, links, err := resolveDevices(h, cfg)
-		if err != nil {
-			return err
-		}
-		_, lxcs, _ := endpointEntries(eps, links)
-		var errs []error
-		for _, a := range plan(underlay, tunnel, lxcs) {
-			added, err := ensureClsact(h, a.Ifindex)
-			if added {
-				j.add("qdisc add dev %s clsact", a.Dev)
-			}
-			errs = append(errs, err)
-		}
-		return errors.Join(errs...)
-	})
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // classicTC reports whether programs go in as classic tc filters.
@@ -195,9 +206,12 @@ var ErrEndpointSkipped = errors.New("endpoint skipped")
 // for uninstalling, not for switching to legacy (which keeps the maps for
 // the next switch and for `bpf endpoint list`).
 func (m *Manager) Remove(pinDir string) error {
+	if m.opts.Handle.Handle == nil {
+		return errNoHandle
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.detach(&journal{log: m.log}, pinDir, true)
+	return m.detach(context.Background(), &journal{log: m.log}, pinDir, true)
 }
 
 // InForce is the host routing a node's pin directory shows: bpf while any
@@ -212,7 +226,7 @@ func InForce(pinDir string) v1alpha1.HostRouting {
 	return v1alpha1.HostRoutingLegacy
 }
 
-func (m *Manager) applyBPF(j *journal, cfg Config, eps []Endpoint, useTCX bool) error {
+func (m *Manager) applyBPF(ctx context.Context, j *journal, cfg Config, eps []Endpoint, useTCX bool) error {
 	if err := EnsureBPFFS(cfg.PinDir); err != nil {
 		return err
 	}
@@ -221,65 +235,55 @@ func (m *Manager) applyBPF(j *journal, cfg Config, eps []Endpoint, useTCX bool) 
 			return err
 		}
 	}
-	var skipped []error
-	err := nsutil.RunIn(m.opts.NetNS, func() error {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return err
-		}
-		defer h.Close()
-
-		underlay, tunnel, links, err := resolveDevices(h, cfg)
-		if err != nil {
-			return err
-		}
-		entries, lxcs, problems := endpointEntries(eps, links)
-		skipped = problems
-
-		bcfg := bpf.Config{NativeRoutingCIDR: cfg.NativeRoutingCIDR}
-		if tunnel != nil && tunnel.FlowBased {
-			bcfg.FlowBasedTunnelIfindex = uint32(tunnel.Index)
-		}
-		coll, fresh, err := m.programs(j, cfg.PinDir, bcfg)
-		if err != nil {
-			return err
-		}
-		if fresh {
-			// Until the links point at the new programs the old ones keep
-			// serving; if anything below fails, drop the new ones.
-			defer func() {
-				if coll != m.coll {
-					coll.Close()
-				}
-			}()
-		}
-
-		// Maps first: a program must never redirect to a pod the map does
-		// not know yet, nor to one whose entry is stale.
-		if err := syncMap(j, coll.Maps[bpf.MapEndpoints], entries, endpointKey); err != nil {
-			return err
-		}
-		if err := syncMap(j, coll.Maps[bpf.MapDirectRoutes], directRouteEntries(cfg.DirectRoutes, underlay), directRouteKey); err != nil {
-			return err
-		}
-
-		atts := plan(underlay, tunnel, lxcs)
-		podErrs, err := m.attachAll(j, h, cfg.PinDir, coll, atts, useTCX)
-		if err != nil {
-			return err
-		}
-		// A pod whose device refused its program keeps the stack's path,
-		// like a skipped endpoint; the others have theirs, and the new
-		// programs are in force.
-		skipped = append(skipped, podErrs...)
-		if fresh {
-			m.dropCollection()
-			m.coll, m.loaded, m.pinDir = coll, bcfg, cfg.PinDir
-		}
-		return nil
-	})
+	h := m.opts.Handle
+	underlay, tunnel, links, err := resolveDevices(h, cfg)
 	if err != nil {
 		return err
+	}
+	entries, lxcs, skipped := endpointEntries(eps, links)
+
+	bcfg := bpf.Config{NativeRoutingCIDR: cfg.NativeRoutingCIDR}
+	if tunnel != nil && tunnel.FlowBased {
+		bcfg.FlowBasedTunnelIfindex = uint32(tunnel.Index)
+	}
+	coll, fresh, err := m.programs(j, cfg.PinDir, bcfg)
+	if err != nil {
+		return err
+	}
+	if fresh {
+		// Until the links point at the new programs the old ones keep
+		// serving; if anything below fails, drop the new ones.
+		defer func() {
+			if coll != m.coll {
+				coll.Close()
+			}
+		}()
+	}
+
+	// Maps first: a program must never redirect to a pod the map does
+	// not know yet, nor to one whose entry is stale.
+	if err := syncMap(j, coll.Maps[bpf.MapEndpoints], entries, endpointKey); err != nil {
+		return err
+	}
+	if err := syncMap(j, coll.Maps[bpf.MapDirectRoutes], directRouteEntries(cfg.DirectRoutes, underlay), directRouteKey); err != nil {
+		return err
+	}
+
+	// TCX resolves the ifindex in the calling thread's namespace.
+	var podErrs []error
+	if err := nsutil.RunIn(m.opts.NetNS, func() (err error) {
+		podErrs, err = m.attachAll(ctx, j, h, cfg.PinDir, coll, plan(underlay, tunnel, lxcs), useTCX)
+		return err
+	}); err != nil {
+		return err
+	}
+	// A pod whose device refused its program keeps the stack's path,
+	// like a skipped endpoint; the others have theirs, and the new
+	// programs are in force.
+	skipped = append(skipped, podErrs...)
+	if fresh {
+		m.dropCollection()
+		m.coll, m.loaded, m.pinDir = coll, bcfg, cfg.PinDir
 	}
 	if len(skipped) > 0 {
 		return fmt.Errorf("%w: %w", ErrEndpointSkipped, errors.Join(skipped...))
@@ -289,14 +293,8 @@ func (m *Manager) applyBPF(j *journal, cfg Config, eps []Endpoint, useTCX bool) 
 
 // resolveDevices looks up the configured devices and indexes all links by
 // ifindex for the endpoints.
-func resolveDevices(h *netlink.Handle, cfg Config) (underlay device, tunnel *device, byIndex map[int]device, err error) {
-	var all []netlink.Link
-	for range 30 {
-		all, err = h.LinkList()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+func resolveDevices(h nlsafe.Handle, cfg Config) (underlay device, tunnel *device, byIndex map[int]device, err error) {
+	all, err := h.LinkList()
 	if err != nil {
 		return device{}, nil, nil, fmt.Errorf("list links: %w", err)
 	}
@@ -389,9 +387,12 @@ func progFor(coll *ebpf.Collection, r role) (*ebpf.Program, string) {
 // attachments that are no longer wanted (and those of the other attach
 // flavour). Pods' devices that fail are returned apart (podErrs): they must
 // not keep the others from their programs.
-func (m *Manager) attachAll(j *journal, h *netlink.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) (podErrs []error, err error) {
+func (m *Manager) attachAll(ctx context.Context, j *journal, h nlsafe.Handle, pinDir string, coll *ebpf.Collection, atts []attachment, useTCX bool) (podErrs []error, err error) {
 	want := make(map[string]bool, len(atts))
 	for _, a := range atts {
+		if err := ctx.Err(); err != nil {
+			return podErrs, err
+		}
 		prog, name := progFor(coll, a.Role)
 		pin := a.pinName()
 		want[pin] = true
@@ -468,7 +469,7 @@ func (j *journal) detached(errs *[]error, err error, tcx bool, pin string) {
 
 // detach removes every attachment recorded under pinDir, pods' devices
 // first so that pods' traffic returns to the stack before its replies do.
-func (m *Manager) detach(j *journal, pinDir string, purge bool) error {
+func (m *Manager) detach(ctx context.Context, j *journal, pinDir string, purge bool) error {
 	m.dropCollection()
 	lks, err := pinned(linksDir(pinDir))
 	if err != nil {
@@ -478,32 +479,21 @@ func (m *Manager) detach(j *journal, pinDir string, purge bool) error {
 	if err != nil {
 		return err
 	}
-	// Unpinning a TCX link is a bpffs operation: it works even when the
-	// node's namespace is already gone.
+	// Unpinning a TCX link is a bpffs operation and a classic filter is
+	// deleted through the handle: neither needs the caller in the node's
+	// namespace.
 	var errs []error
 	for _, l := range orderForDetach(lks) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		j.detached(&errs, detachTCX(filepath.Join(linksDir(pinDir), l)), true, l)
 	}
-	if len(tcs) > 0 {
-		err := nsutil.RunIn(m.opts.NetNS, func() error {
-			h, err := netlink.NewHandle()
-			if err != nil {
-				return err
-			}
-			defer h.Close()
-			for _, r := range orderForDetach(tcs) {
-				j.detached(&errs, detachTC(h, filepath.Join(tcDir(pinDir), r)), false, r)
-			}
-			return nil
-		})
-		if errors.Is(err, os.ErrNotExist) {
-			// The namespace and its qdiscs are gone; only the records remain.
-			for _, r := range tcs {
-				errs = append(errs, os.Remove(filepath.Join(tcDir(pinDir), r)))
-			}
-		} else if err != nil {
-			errs = append(errs, err)
+	for _, r := range orderForDetach(tcs) {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
+		j.detached(&errs, detachTC(m.opts.Handle, filepath.Join(tcDir(pinDir), r)), false, r)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err

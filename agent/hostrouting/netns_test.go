@@ -34,6 +34,7 @@ import (
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/hostrouting/bench"
 	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
+	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/fwdcount"
@@ -48,10 +49,11 @@ const (
 
 // env is a two-node lab with one Manager per node.
 type env struct {
-	lab  *hrlab.Lab
-	mgrs [2]*hostrouting.Manager
-	cfgs [2]hostrouting.Config
-	opts hostrouting.Options
+	lab     *hrlab.Lab
+	handles [2]nlsafe.Handle
+	mgrs    [2]*hostrouting.Manager
+	cfgs    [2]hostrouting.Config
+	opts    hostrouting.Options
 }
 
 func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
@@ -70,9 +72,12 @@ func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
 			NativeRoutingCIDR: hrlab.NativeRoutingCIDR,
 			PinDir:            filepath.Join(pinRoot, n.Name),
 		}
-		o := opts
-		o.NetNS = n.NSPath
-		e.mgrs[i] = hostrouting.NewManager(o)
+		h, err := nlsafe.NewHandleAtPath(n.NSPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.handles[i] = h
+		e.mgrs[i] = hostrouting.NewManager(e.nodeOpts(i))
 	}
 	// Runs before the lab's own cleanup (LIFO), while the namespaces exist.
 	t.Cleanup(func() {
@@ -81,6 +86,7 @@ func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
 				t.Errorf("remove node %d pins: %v", i, err)
 			}
 			m.Close()
+			e.handles[i].Close()
 		}
 		if err := os.RemoveAll(pinRoot); err != nil {
 			t.Errorf("remove %s: %v", pinRoot, err)
@@ -88,6 +94,14 @@ func newEnv(t *testing.T, podsPerNode int, opts hostrouting.Options) *env {
 		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other run uses it
 	})
 	return e
+}
+
+// nodeOpts are the Manager options of node i: the env's, in the node's
+// namespace.
+func (e *env) nodeOpts(i int) hostrouting.Options {
+	o := e.opts
+	o.Handle, o.NetNS = e.handles[i], e.lab.Nodes[i].NSPath
+	return o
 }
 
 func endpoints(n *hrlab.Node) []hostrouting.Endpoint {
@@ -102,7 +116,7 @@ func endpoints(n *hrlab.Node) []hostrouting.Endpoint {
 
 func (e *env) apply(t *testing.T, node int, mode v1alpha1.HostRouting) []string {
 	t.Helper()
-	changes, err := e.mgrs[node].Apply(mode, e.cfgs[node], endpoints(e.lab.Nodes[node]))
+	changes, err := e.mgrs[node].Apply(t.Context(), mode, e.cfgs[node], endpoints(e.lab.Nodes[node]))
 	if err != nil {
 		t.Fatalf("node %d: apply %s: %v", node+1, mode, err)
 	}
@@ -562,9 +576,7 @@ func TestRestartUpdatesInPlace(t *testing.T) {
 		t.Errorf("programs stopped with the Manager: redirects %d -> %d", redirects, after)
 	}
 
-	o := e.opts
-	o.NetNS = e.lab.Nodes[0].NSPath
-	e.mgrs[0] = hostrouting.NewManager(o)
+	e.mgrs[0] = hostrouting.NewManager(e.nodeOpts(0))
 	e.apply(t, 0, bpfMode)
 	time.Sleep(200 * time.Millisecond)
 	st := s.Stop(drain)
@@ -635,7 +647,7 @@ func TestTunnelAndRouteSwitch(t *testing.T) {
 				return err
 			}
 			e.cfgs[i].DirectRoutes = direct
-			_, err := e.mgrs[i].Apply(bpfMode, e.cfgs[i], endpoints(n))
+			_, err := e.mgrs[i].Apply(t.Context(), bpfMode, e.cfgs[i], endpoints(n))
 			return err
 		}
 	}
@@ -743,13 +755,13 @@ func TestApplyReconciles(t *testing.T) {
 		t.Fatal(err)
 	}
 	n1 := e.lab.Nodes[0]
-	if changes, err := e.mgrs[1].Apply(legacyMode, e.cfgs[1], nil); err != nil || len(changes) != 0 {
+	if changes, err := e.mgrs[1].Apply(t.Context(), legacyMode, e.cfgs[1], nil); err != nil || len(changes) != 0 {
 		t.Errorf("legacy on a fresh node: changes %q, error %v; want neither", changes, err)
 	}
 
 	bad := e.cfgs[0]
 	bad.Underlay = "nope0"
-	if changes, err := e.mgrs[0].Apply(bpfMode, bad, endpoints(n1)); err == nil || len(changes) != 0 {
+	if changes, err := e.mgrs[0].Apply(t.Context(), bpfMode, bad, endpoints(n1)); err == nil || len(changes) != 0 {
 		t.Errorf("apply with a missing underlay: changes %q, error %v; want an error and no change", changes, err)
 	}
 	if _, err := os.Stat(filepath.Join(bad.PinDir, bpf.MapEndpoints)); !errors.Is(err, os.ErrNotExist) {
@@ -790,7 +802,7 @@ func TestApplyReconciles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	changes, err := e.mgrs[0].Apply(bpfMode, e.cfgs[0], endpoints(n1))
+	changes, err := e.mgrs[0].Apply(t.Context(), bpfMode, e.cfgs[0], endpoints(n1))
 	if !errors.Is(err, hostrouting.ErrEndpointSkipped) || !strings.Contains(err.Error(), gone.IP.String()) {
 		t.Errorf("apply with a vanished pod: %v", err)
 	}

@@ -40,6 +40,8 @@ type Kernel struct {
 	H nlsafe.Handle
 	// NS is the node's namespace, for sysctls; nil means the caller's.
 	NS ns.NetNS
+	// Sysctls is the /proc/sys mount sysctls are read and written through.
+	Sysctls nsutil.Sysctls
 	// StateDir holds SavedSysctlsFile.
 	StateDir string
 	Log      logr.Logger
@@ -192,7 +194,7 @@ func (k *Kernel) Read(req ReadRequest) (datapath.State, error) {
 	}
 
 	for _, key := range req.SysctlKeys {
-		v, err := nsutil.ReadSysctl(k.NS, key)
+		v, err := k.Sysctls.Read(k.NS, key)
 		if err == nil {
 			st.Sysctls[key] = v
 		}
@@ -496,7 +498,7 @@ func (k *Kernel) setSysctl(s datapath.Sysctl) error {
 			return err
 		}
 		if _, ok := saved[s.Key]; !ok {
-			cur, err := nsutil.ReadSysctl(k.NS, s.Key)
+			cur, err := k.Sysctls.Read(k.NS, s.Key)
 			if err != nil {
 				return err
 			}
@@ -506,7 +508,7 @@ func (k *Kernel) setSysctl(s datapath.Sysctl) error {
 			}
 		}
 	}
-	err := nsutil.WriteSysctl(k.NS, s.Key, s.Value)
+	err := k.Sysctls.Write(k.NS, s.Key, s.Value)
 	if err != nil && errors.Is(err, os.ErrNotExist) && !s.Save {
 		return nil // restoring a device that is gone
 	}

@@ -42,6 +42,17 @@ func NewHandleAt(ns netns.NsHandle) (Handle, error) {
 	return Handle{Handle: h}, nil
 }
 
+// NewHandleAtPath opens a handle in the namespace bind-mounted at path
+// (/var/run/netns/<name>). The handle keeps the namespace alive.
+func NewHandleAtPath(path string) (Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return Handle{}, err
+	}
+	defer ns.Close()
+	return NewHandleAt(ns)
+}
+
 // Retry runs dump until it returns something other than
 // ErrDumpInterrupted, at most Attempts times.
 func Retry[T any](dump func() (T, error)) (T, error) {
@@ -96,6 +107,11 @@ func (h Handle) RouteListFiltered(family int, filter *netlink.Route, mask uint64
 // entries of the link with index linkIndex.
 func (h Handle) NeighList(linkIndex, family int) ([]netlink.Neigh, error) {
 	return Retry(func() ([]netlink.Neigh, error) { return h.Handle.NeighList(linkIndex, family) })
+}
+
+// FilterList lists the tc filters of link under parent.
+func (h Handle) FilterList(link netlink.Link, parent uint32) ([]netlink.Filter, error) {
+	return Retry(func() ([]netlink.Filter, error) { return h.Handle.FilterList(link, parent) })
 }
 
 // IsNotFound reports whether err says the object is already gone: ENOENT,

@@ -5,11 +5,8 @@ import (
 	"errors"
 	"net/netip"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
 	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/endpoint"
-	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
@@ -31,34 +28,22 @@ type HostRouter interface {
 	Apply(ctx context.Context, req HostRoutingRequest) (inForce v1alpha1.HostRouting, changes []string, err error)
 }
 
-// HostRoutingRequest is everything host routing needs to know about the
-// node.
+// HostRoutingRequest is what host routing needs to know about the node.
 type HostRoutingRequest struct {
 	// Mode is the host routing asked for.
 	Mode v1alpha1.HostRouting
-	// NodeNS is the node's network namespace (attach programs from a
-	// thread in it); Handle is a netlink handle in it.
-	NodeNS ns.NetNS
-	Handle nlsafe.Handle
-	// Underlay is the device holding NodeIP; TunnelDevice is the VXLAN
+	// Underlay is the device towards the peers; TunnelDevice is the VXLAN
 	// device, "" when there is none.
 	Underlay     string
 	TunnelDevice string
-	NodeIP       netip.Addr
-	PodCIDR      netip.Prefix
-	RouterIP     netip.Addr
 	// NativeRoutingCIDR holds every pod address (the node's podCIDR when
 	// the spec leaves it empty).
 	NativeRoutingCIDR netip.Prefix
-	// SendMode is how the node sends to peers now.
-	SendMode v1alpha1.SendMode
 	// Endpoints are the local endpoints, the health endpoint included.
 	Endpoints []endpoint.Endpoint
 	// Routes are the routes to peers' pod CIDRs the agent has just
 	// installed, through the tunnel or the underlay.
 	Routes []datapath.Route
-	// StateDir is the agent's state directory.
-	StateDir string
 }
 
 // LegacyHostRouter leaves forwarding to the kernel stack and refuses bpf.

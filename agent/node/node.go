@@ -10,8 +10,11 @@
 // health endpoint → read the kernel → plan → write the CNI configuration
 // first if the route MTU goes down → apply → masquerade → CNI configuration
 // → host routing → read back and re-plan (anything left means not
-// converged) → probe every peer → status. status.observedGeneration is the
-// generation applied and probed, all in one status.
+// converged) → probe every peer. Each step records what it saw in one
+// observation and returns its error; the first error ends the reconcile.
+// The status is then computed once from the observation (status.go, a
+// function per condition), with status.observedGeneration the generation
+// applied and probed.
 package node
 
 import (
@@ -26,8 +29,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/go-logr/logr"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/routemode/routemode/agent/caps"
 	"github.com/routemode/routemode/agent/cniconf"
@@ -37,22 +38,9 @@ import (
 	"github.com/routemode/routemode/agent/kernel"
 	"github.com/routemode/routemode/agent/masq"
 	"github.com/routemode/routemode/agent/nlsafe"
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/agent/podnet"
 	"github.com/routemode/routemode/api/v1alpha1"
-	"github.com/routemode/routemode/internal/bounded"
-)
-
-// Condition reasons.
-const (
-	ReasonApplied           = "Applied"
-	ReasonNoDatapath        = "NoDatapath"
-	ReasonApplyFailed       = "ApplyFailed"
-	ReasonNotConverged      = "NotConverged"
-	ReasonHostRoutingFailed = "HostRoutingFailed"
-	ReasonAllReachable      = "AllPeersReachable"
-	ReasonNoPeers           = "NoPeers"
-	ReasonPeersUnreachable  = "PeersUnreachable"
-	ReasonNotApplied        = "DatapathNotApplied"
 )
 
 // Config configures an Agent.
@@ -65,6 +53,9 @@ type Config struct {
 	// UnderlayDevice is the device to the peers; "" picks the device that
 	// holds the node IP.
 	UnderlayDevice string
+	// ProcSys is the /proc/sys mount sysctls are written through; "" means
+	// nsutil.DefaultProcSys.
+	ProcSys string
 	// StateDir holds saved-sysctls.json, endpoints/ and ipam/.
 	StateDir string
 	// CNIConfDir receives cniconf.FileName.
@@ -113,10 +104,11 @@ func New(cfg Config) (*Agent, error) {
 		cfg.ProbeTimeout = 500 * time.Millisecond
 	}
 	a := &Agent{cfg: cfg}
-	a.kernel = &kernel.Kernel{H: cfg.Handle, NS: cfg.NodeNS, StateDir: cfg.StateDir, Log: cfg.Log}
+	sysctls := nsutil.Sysctls{ProcSys: cfg.ProcSys}
+	a.kernel = &kernel.Kernel{H: cfg.Handle, NS: cfg.NodeNS, Sysctls: sysctls, StateDir: cfg.StateDir, Log: cfg.Log}
 	a.health = &health.Endpoint{
 		NSName: cfg.HealthNS,
-		Node:   podnet.Node{Handle: cfg.Handle, NS: cfg.NodeNS},
+		Node:   podnet.Node{Handle: cfg.Handle, NS: cfg.NodeNS, Sysctls: sysctls},
 		Store:  a.Endpoints(),
 		Log:    cfg.Log,
 	}
@@ -183,136 +175,125 @@ func (a *Agent) capabilities(ctx context.Context) caps.Result {
 	return *a.caps
 }
 
-// Reconcile makes the node match req and reports the status.
+// Reconcile makes the node match req and reports the status. The steps
+// record what they see in one observation and stop at the first error;
+// the status is computed from it once, at the end (status.go).
 func (a *Agent) Reconcile(ctx context.Context, req Request) Result {
 	r := &run{a: a, req: req, log: a.cfg.Log.WithValues("generation", req.Generation)}
-	r.status = v1alpha1.RoutingNodeStatus{
-		ObservedGeneration: req.Generation,
-		Conditions:         slices.Clone(req.Previous.Conditions),
+	r.obs = observation{Generation: req.Generation, Spec: req.Datapath, Self: req.Self}
+	if err := r.reconcile(ctx); err != nil {
+		r.obs.Err = err
+		r.log.Error(err, "Failed to apply datapath", "reason", failureReason(err))
 	}
-	r.do(ctx)
-	requeue := a.cfg.ResyncPeriod
-	for _, c := range r.status.Conditions {
-		if c.Status != metav1.ConditionTrue {
-			requeue = min(requeue, 2*time.Second)
-		}
-	}
-	return Result{Status: r.status, Changes: r.changes, RequeueAfter: requeue}
+	st := computeStatus(req.Previous, r.obs)
+	a.peerTable.set(peerRows(r.obs))
+	return Result{Status: st, Changes: r.changes, RequeueAfter: requeueAfter(st, a.cfg.ResyncPeriod)}
 }
 
+// run is one reconcile.
 type run struct {
 	a       *Agent
 	req     Request
 	log     logr.Logger
-	status  v1alpha1.RoutingNodeStatus
+	obs     observation
 	changes []string
-	peers   []datapath.Peer
-	routes  map[string]datapath.PeerRoute
 }
 
-func (r *run) setCondition(typ string, st metav1.ConditionStatus, reason, msg string) {
-	meta.SetStatusCondition(&r.status.Conditions, metav1.Condition{
-		Type: typ, Status: st, Reason: reason, Message: bounded.Message(msg), ObservedGeneration: r.req.Generation,
-	})
+// target is what one reconcile applies, as prepare works it out.
+type target struct {
+	underlay    string
+	underlayMTU int
+	rendered    datapath.Rendered
+	endpoints   []endpoint.Endpoint
+	byKey       map[string]endpoint.Endpoint
+	read        kernel.ReadRequest
 }
 
-func (r *run) fail(reason string, err error) {
-	r.setCondition(v1alpha1.ConditionDatapathApplied, metav1.ConditionFalse, reason, err.Error())
-	r.setCondition(v1alpha1.ConditionPeersHealthy, metav1.ConditionUnknown, ReasonNotApplied, "peers are probed once the datapath is applied")
-	r.log.Error(err, "Failed to apply datapath", "reason", reason)
+func (r *run) reconcile(ctx context.Context) error {
+	r.obs.Capabilities = r.a.capabilities(ctx).NodeCapabilities
+	r.obs.Peers = r.classifyPeers()
+	if r.req.Datapath == nil {
+		return nil
+	}
+	t, err := r.prepare()
+	if err != nil {
+		return err
+	}
+	if err := r.applyKernel(ctx, t); err != nil {
+		return err
+	}
+	if err := r.applyHostRouting(ctx, t); err != nil {
+		return failed(ReasonHostRoutingFailed, err)
+	}
+	if err := r.verify(t); err != nil {
+		return err
+	}
+	r.obs.Probes = r.probe(ctx)
+	return nil
 }
 
-func (r *run) do(ctx context.Context) {
-	a, req := r.a, r.req
-	c := a.capabilities(ctx)
-	r.status.Capabilities = &c.NodeCapabilities
-	self := req.Self
-	if self.IP.IsValid() {
-		r.status.NodeIP = self.IP.String()
-		r.status.VTEPMAC = datapath.VTEPMAC(self.IP).String()
-	}
-	if self.PodCIDR.IsValid() {
-		r.status.PodCIDR = self.PodCIDR.String()
-	}
-	r.classifyPeers()
-
-	if req.Datapath == nil {
-		r.setCondition(v1alpha1.ConditionDatapathApplied, metav1.ConditionUnknown, ReasonNoDatapath, "spec.datapath is unset: the kernel is left alone")
-		r.setCondition(v1alpha1.ConditionPeersHealthy, metav1.ConditionUnknown, ReasonNoDatapath, "peers are probed once a datapath is applied")
-		r.peerStatus(nil)
-		return
-	}
-	spec := *req.Datapath
-
-	underlay, underlayMTU, err := a.kernel.Underlay(a.cfg.UnderlayDevice, self.IP)
+// prepare renders the desired state, refusing a spec it cannot apply
+// before anything is touched, and wires the health endpoint, which the
+// second render counts among the endpoints.
+func (r *run) prepare() (*target, error) {
+	a, self, c := r.a, r.req.Self, r.obs.Capabilities
+	t := &target{}
+	var err error
+	t.underlay, t.underlayMTU, err = a.kernel.Underlay(a.cfg.UnderlayDevice, self.IP)
 	if err != nil && self.IP.IsValid() {
-		r.fail(datapath.ReasonNodeMissingFacts, err)
-		r.peerStatus(nil)
-		return
+		return nil, failed(datapath.ReasonNodeMissingFacts, err)
 	}
 	saved, err := a.kernel.LoadSaved()
 	if err != nil {
-		r.fail(ReasonApplyFailed, err)
-		r.peerStatus(nil)
-		return
+		return nil, err
 	}
 	in := datapath.Input{
-		Spec: spec, Self: self, Peers: r.peers, Underlay: underlay, UnderlayMTU: underlayMTU,
+		Spec: *r.req.Datapath, Self: self, Peers: r.obs.Peers, Underlay: t.underlay, UnderlayMTU: t.underlayMTU,
 		Saved:  saved,
 		Kernel: datapath.KernelCaps{Release: c.Kernel, VXLAN: c.VXLAN, Geneve: c.Geneve},
 	}
-	// Render once without endpoints to refuse before touching anything.
 	rendered, err := datapath.Render(in)
 	if err != nil {
-		var ref *datapath.Refusal
-		if errors.As(err, &ref) {
-			r.fail(ref.Reason, err)
-		} else {
-			r.fail(ReasonApplyFailed, err)
-		}
-		r.peerStatus(nil)
-		return
+		return nil, err
 	}
-	routerIP := datapath.RouterIP(self.PodCIDR)
-	podCfg := podnet.Config{RouterIP: routerIP, DeviceMTU: underlayMTU, RouteMTU: rendered.RouteMTU}
+	podCfg := podnet.Config{RouterIP: datapath.RouterIP(self.PodCIDR), DeviceMTU: t.underlayMTU, RouteMTU: rendered.RouteMTU}
 	if changed, err := a.health.Ensure(podCfg, healthIP(self.PodCIDR)); err != nil {
-		r.fail(ReasonApplyFailed, err)
-		r.peerStatus(nil)
-		return
+		return nil, err
 	} else if changed {
 		r.changes = append(r.changes, "wire health endpoint "+a.cfg.HealthNS)
 	}
 
-	eps, err := a.Endpoints().List()
-	if err != nil {
+	if t.endpoints, err = a.Endpoints().List(); err != nil {
 		r.log.Error(err, "Failed to read some endpoint records")
 	}
-	byKey := map[string]endpoint.Endpoint{}
-	for _, ep := range eps {
-		byKey[kernel.EndpointKey(ep)] = ep
+	t.byKey = map[string]endpoint.Endpoint{}
+	for _, ep := range t.endpoints {
+		t.byKey[kernel.EndpointKey(ep)] = ep
 	}
-	in.Endpoints = slices.Sorted(maps.Keys(byKey))
-	if rendered, err = datapath.Render(in); err != nil {
-		r.fail(ReasonApplyFailed, err)
-		r.peerStatus(nil)
-		return
+	in.Endpoints = slices.Sorted(maps.Keys(t.byKey))
+	if t.rendered, err = datapath.Render(in); err != nil {
+		return nil, err
 	}
-	r.routes = map[string]datapath.PeerRoute{}
-	for _, p := range rendered.Peers {
-		r.routes[p.Name] = p
+	r.obs.Routes = map[string]datapath.PeerRoute{}
+	for _, p := range t.rendered.Peers {
+		r.obs.Routes[p.Name] = p
 	}
-	desired := rendered.State
-	readReq := kernel.ReadRequest{SysctlKeys: sysctlKeys(desired, saved), Endpoints: eps}
-	actual, err := a.kernel.Read(readReq)
-	if err != nil {
-		r.fail(ReasonApplyFailed, err)
-		r.peerStatus(nil)
-		return
-	}
-	ops := datapath.Plan(desired, actual)
+	t.read = kernel.ReadRequest{SysctlKeys: sysctlKeys(t.rendered.State, saved), Endpoints: t.endpoints}
+	return t, nil
+}
 
+// applyKernel applies the plan, masquerading and the CNI configuration.
+func (r *run) applyKernel(ctx context.Context, t *target) error {
+	a, self, spec := r.a, r.req.Self, *r.req.Datapath
+	actual, err := a.kernel.Read(t.read)
+	if err != nil {
+		return err
+	}
+	ops := datapath.Plan(t.rendered.State, actual)
+
+	routerIP := datapath.RouterIP(self.PodCIDR)
 	cniCfg := cniconf.Config{
-		PodCIDR: self.PodCIDR.Masked(), RouterIP: routerIP, DeviceMTU: underlayMTU, RouteMTU: rendered.RouteMTU,
+		PodCIDR: self.PodCIDR.Masked(), RouterIP: routerIP, DeviceMTU: t.underlayMTU, RouteMTU: t.rendered.RouteMTU,
 		EndpointDir: a.Endpoints().Dir, IPAMDir: a.IPAMDir(),
 	}
 	// New pods must never get a larger MTU than the routes allow: write the
@@ -321,82 +302,73 @@ func (r *run) do(ctx context.Context) {
 	lowering := oldErr != nil || old.RouteMTU > cniCfg.RouteMTU
 	if lowering {
 		if err := r.writeCNI(cniCfg); err != nil {
-			r.fail(ReasonApplyFailed, err)
-			r.peerStatus(nil)
-			return
+			return err
 		}
 	}
-	env := kernel.ApplyEnv{RouterIP: routerIP, Endpoints: byKey, HostMTU: underlayMTU}
+	env := kernel.ApplyEnv{RouterIP: routerIP, Endpoints: t.byKey, HostMTU: t.underlayMTU}
 	done, err := a.kernel.Apply(ctx, ops, env)
 	for _, op := range ops[:done] {
 		r.changes = append(r.changes, op.String())
 	}
 	if err != nil {
-		r.fail(ReasonApplyFailed, err)
-		r.peerStatus(nil)
-		return
+		return err
 	}
 
-	exempt := self.PodCIDR.Masked()
-	if spec.NativeRoutingCIDR != "" {
-		exempt = netip.MustParsePrefix(spec.NativeRoutingCIDR).Masked()
-	}
 	nsFd := -1
 	if a.cfg.NodeNS != nil {
 		nsFd = int(a.cfg.NodeNS.Fd())
 	}
-	mcfg := masq.Config{PodCIDR: self.PodCIDR.Masked(), Exempt: exempt, Underlay: underlay, NodeIP: self.IP}
+	mcfg := masq.Config{PodCIDR: self.PodCIDR.Masked(), Exempt: nativeRoutingCIDR(spec, self), Underlay: t.underlay, NodeIP: self.IP}
 	if changed, err := (masq.Masq{NetNSFd: nsFd}).Ensure(mcfg); err != nil {
-		r.fail(ReasonApplyFailed, err)
-		r.peerStatus(nil)
-		return
+		return err
 	} else if changed {
 		line := fmt.Sprintf("nftables ip %s: masquerade %s to %s via %s unless to %s", masq.Table, mcfg.PodCIDR, mcfg.NodeIP, mcfg.Underlay, mcfg.Exempt)
 		r.log.Info("Changed kernel state", "op", line)
 		r.changes = append(r.changes, line)
 	}
 	if !lowering {
-		if err := r.writeCNI(cniCfg); err != nil {
-			r.fail(ReasonApplyFailed, err)
-			r.peerStatus(nil)
-			return
-		}
+		return r.writeCNI(cniCfg)
 	}
+	return nil
+}
 
+// nativeRoutingCIDR holds every pod address: the spec's, or the node's
+// podCIDR when the spec leaves it empty.
+func nativeRoutingCIDR(spec v1alpha1.NodeDatapath, self datapath.Node) netip.Prefix {
+	if spec.NativeRoutingCIDR != "" {
+		return netip.MustParsePrefix(spec.NativeRoutingCIDR).Masked()
+	}
+	return self.PodCIDR.Masked()
+}
+
+func (r *run) applyHostRouting(ctx context.Context, t *target) error {
+	spec := *r.req.Datapath
 	tunnelDev := ""
-	if desired.Tunnel != nil {
-		tunnelDev = desired.Tunnel.Name
+	if t.rendered.State.Tunnel != nil {
+		tunnelDev = t.rendered.State.Tunnel.Name
 	}
-	hr, changes, err := a.cfg.HostRouter.Apply(ctx, HostRoutingRequest{
-		Mode: spec.HostRouting, NodeNS: a.cfg.NodeNS, Handle: a.cfg.Handle, Underlay: underlay, TunnelDevice: tunnelDev,
-		NodeIP: self.IP, PodCIDR: self.PodCIDR.Masked(), RouterIP: routerIP, NativeRoutingCIDR: exempt,
-		SendMode: spec.SendMode, Endpoints: eps, StateDir: a.cfg.StateDir,
-		Routes: slices.Collect(maps.Values(desired.Routes)),
+	hr, changes, err := r.a.cfg.HostRouter.Apply(ctx, HostRoutingRequest{
+		Mode: spec.HostRouting, Underlay: t.underlay, TunnelDevice: tunnelDev,
+		NativeRoutingCIDR: nativeRoutingCIDR(spec, r.req.Self), Endpoints: t.endpoints,
+		Routes: slices.Collect(maps.Values(t.rendered.State.Routes)),
 	})
-	r.status.Datapath.HostRouting = hr
+	r.obs.HostRouting = hr
 	r.changes = append(r.changes, changes...)
-	if err != nil {
-		r.fail(ReasonHostRoutingFailed, err)
-		r.peerStatus(nil)
-		return
-	}
+	return err
+}
 
-	// Read back: whatever is still to do means the kernel did not take it.
-	after, err := a.kernel.Read(readReq)
+// verify reads the kernel back: whatever is still to do means the kernel
+// did not take it.
+func (r *run) verify(t *target) error {
+	after, err := r.a.kernel.Read(t.read)
 	if err != nil {
-		r.fail(ReasonApplyFailed, err)
-		r.peerStatus(nil)
-		return
+		return err
 	}
-	r.describe(after, rendered, eps)
-	if left := datapath.Plan(desired, after); len(left) > 0 {
-		r.fail(ReasonNotConverged, fmt.Errorf("the kernel does not match after applying: %d operations still pending, first: %s", len(left), left[0]))
-		r.peerStatus(nil)
-		return
+	r.obs.ReadBack = &readBack{State: after, RouteMTU: t.rendered.RouteMTU, Endpoints: t.endpoints}
+	if left := datapath.Plan(t.rendered.State, after); len(left) > 0 {
+		return failed(ReasonNotConverged, fmt.Errorf("the kernel does not match after applying: %d operations still pending, first: %s", len(left), left[0]))
 	}
-	r.setCondition(v1alpha1.ConditionDatapathApplied, metav1.ConditionTrue, ReasonApplied,
-		fmt.Sprintf("tunnel %s, sending %s, route MTU %d, host routing %s", spec.Tunnel, r.status.Datapath.SendMode, rendered.RouteMTU, hr))
-	r.probe(ctx)
+	return nil
 }
 
 func (r *run) writeCNI(c cniconf.Config) error {
@@ -405,9 +377,9 @@ func (r *run) writeCNI(c cniconf.Config) error {
 		return fmt.Errorf("writing CNI configuration: %w", err)
 	}
 	if changed {
-		line := fmt.Sprintf("write %s (podCIDR %s, route MTU %d)", filepath.Join(r.a.cfg.CNIConfDir, cniconf.FileName), c.PodCIDR, c.RouteMTU)
-		r.log.Info("Wrote CNI configuration", "file", filepath.Join(r.a.cfg.CNIConfDir, cniconf.FileName), "routeMTU", c.RouteMTU)
-		r.changes = append(r.changes, line)
+		file := filepath.Join(r.a.cfg.CNIConfDir, cniconf.FileName)
+		r.log.Info("Wrote CNI configuration", "file", file, "routeMTU", c.RouteMTU)
+		r.changes = append(r.changes, fmt.Sprintf("write %s (podCIDR %s, route MTU %d)", file, c.PodCIDR, c.RouteMTU))
 	}
 	return nil
 }
@@ -427,7 +399,8 @@ func sysctlKeys(desired datapath.State, saved map[string]string) []string {
 
 // classifyPeers turns the request's peers into datapath peers with their
 // reachability on the underlay.
-func (r *run) classifyPeers() {
+func (r *run) classifyPeers() []datapath.Peer {
+	var out []datapath.Peer
 	for _, p := range r.req.Peers {
 		if p.Name == r.req.Self.Name {
 			continue
@@ -441,71 +414,22 @@ func (r *run) classifyPeers() {
 		} else {
 			dp.Why = "no InternalIP"
 		}
-		r.peers = append(r.peers, dp)
+		out = append(out, dp)
 	}
+	return out
 }
 
-// describe fills status.datapath from the kernel as read back.
-func (r *run) describe(after datapath.State, rendered datapath.Rendered, eps []endpoint.Endpoint) {
-	d := &r.status.Datapath
-	if after.Tunnel != nil {
-		d.TunnelDevice = after.Tunnel.Name
-	}
-	var tunnel, direct int
-	for _, rt := range after.Routes {
-		if rt.Dev == datapath.TunnelDevice {
-			tunnel++
-		} else {
-			direct++
-		}
-	}
-	switch {
-	case direct > 0:
-		d.SendMode = v1alpha1.SendNative
-	case tunnel > 0:
-		d.SendMode = v1alpha1.SendTunnel
-	default:
-		d.SendMode = r.req.Datapath.SendMode
-	}
-	d.RouteMTU = int32(rendered.RouteMTU)
-	for _, ep := range eps {
-		if ep.ContainerID == health.ContainerID {
-			if mtu, ok := after.PodMTU[kernel.EndpointKey(ep)]; ok && mtu > 0 {
-				d.RouteMTU = int32(mtu)
-			}
-			continue
-		}
-		d.Endpoints++
-	}
-}
-
-// probe pings every usable peer's health endpoint and sets PeersHealthy.
-func (r *run) probe(ctx context.Context) {
+// probe pings every peer that has a health endpoint.
+func (r *run) probe(ctx context.Context) map[string]health.Result {
 	var targets []health.Target
-	for _, p := range r.peers {
+	for _, p := range r.obs.Peers {
 		if p.PodCIDR.IsValid() && p.IP.IsValid() {
 			targets = append(targets, health.Target{Name: p.Name, IP: healthIP(p.PodCIDR)})
 		}
 	}
-	results := r.a.health.Probe(ctx, targets, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout)
-	byName := map[string]health.Result{}
-	var unreachable []string
-	for _, res := range results {
-		byName[res.Name] = res
-		if !res.Reachable {
-			unreachable = append(unreachable, res.Name)
-		}
+	out := map[string]health.Result{}
+	for _, res := range r.a.health.Probe(ctx, targets, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout) {
+		out[res.Name] = res
 	}
-	r.peerStatus(byName)
-	switch {
-	case len(targets) == 0:
-		r.setCondition(v1alpha1.ConditionPeersHealthy, metav1.ConditionTrue, ReasonNoPeers, "no peers to probe")
-	case len(unreachable) == 0:
-		r.setCondition(v1alpha1.ConditionPeersHealthy, metav1.ConditionTrue, ReasonAllReachable,
-			fmt.Sprintf("all %d peers answer on the pod network", len(targets)))
-	default:
-		slices.Sort(unreachable)
-		r.setCondition(v1alpha1.ConditionPeersHealthy, metav1.ConditionFalse, ReasonPeersUnreachable,
-			fmt.Sprintf("%d of %d peers do not answer on the pod network: %s", len(unreachable), len(targets), bounded.Names(unreachable, bounded.DefaultNames)))
-	}
+	return out
 }

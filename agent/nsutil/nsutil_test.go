@@ -3,6 +3,8 @@ package nsutil
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/routemode/routemode/internal/privileged"
@@ -25,7 +27,8 @@ func TestNamedNamespaceAndSysctls(t *testing.T) {
 	}
 	defer n.Close()
 	// The namespace's sysctls are its own.
-	here, err := ReadSysctl(nil, "net/ipv4/conf/lo/rp_filter")
+	var sysctls Sysctls
+	here, err := sysctls.Read(nil, "net/ipv4/conf/lo/rp_filter")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,13 +36,13 @@ func TestNamedNamespaceAndSysctls(t *testing.T) {
 	if here == "2" {
 		want = "1"
 	}
-	if err := WriteSysctl(n, "net.ipv4.conf.lo.rp_filter", want); err != nil {
+	if err := sysctls.Write(n, "net.ipv4.conf.lo.rp_filter", want); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := ReadSysctl(n, "net/ipv4/conf/lo/rp_filter"); got != want {
+	if got, _ := sysctls.Read(n, "net/ipv4/conf/lo/rp_filter"); got != want {
 		t.Errorf("inside: %q, want %q", got, want)
 	}
-	if got, _ := ReadSysctl(nil, "net/ipv4/conf/lo/rp_filter"); got != here {
+	if got, _ := sysctls.Read(nil, "net/ipv4/conf/lo/rp_filter"); got != here {
 		t.Errorf("the caller's namespace changed: %q, was %q", got, here)
 	}
 	if err := Delete(name); err != nil {
@@ -50,5 +53,27 @@ func TestNamedNamespaceAndSysctls(t *testing.T) {
 	}
 	if err := Delete(name); err != nil {
 		t.Errorf("second Delete: %v", err)
+	}
+}
+
+// A Sysctls reads and writes through its own mount, as the agent does
+// through the host's /proc/sys in a container.
+func TestSysctlsThroughAnotherMount(t *testing.T) {
+	root := t.TempDir()
+	s := Sysctls{ProcSys: root}
+	if got, want := s.Path("net.ipv4.ip_forward"), filepath.Join(root, "net/ipv4/ip_forward"); got != want {
+		t.Errorf("Path = %s, want %s", got, want)
+	}
+	if got := (Sysctls{}).Path("net/ipv4/conf/eth0.100/rp_filter"); got != "/proc/sys/net/ipv4/conf/eth0.100/rp_filter" {
+		t.Errorf("default Path = %s", got)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "net/ipv4"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(nil, "net.ipv4.ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Read(nil, "net/ipv4/ip_forward"); err != nil || got != "1" {
+		t.Errorf("Read = %q, %v; want what was written", got, err)
 	}
 }

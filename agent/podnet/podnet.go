@@ -60,6 +60,8 @@ type Request struct {
 type Node struct {
 	Handle nlsafe.Handle
 	NS     ns.NetNS
+	// Sysctls is the /proc/sys mount the pod's proxy_arp is written through.
+	Sysctls nsutil.Sysctls
 }
 
 // Setup wires the pod and returns its endpoint record. A leftover device of
@@ -98,7 +100,7 @@ func Setup(node Node, cfg Config, req Request) (ep endpoint.Endpoint, err error)
 		return ep, err
 	}
 
-	if err := nsutil.WriteSysctl(node.NS, "net/ipv4/conf/"+req.LXCName+"/proxy_arp", "1"); err != nil {
+	if err := node.Sysctls.Write(node.NS, "net/ipv4/conf/"+req.LXCName+"/proxy_arp", "1"); err != nil {
 		return ep, err
 	}
 	if err := node.Handle.LinkSetUp(lxc); err != nil {

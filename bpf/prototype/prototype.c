@@ -4,10 +4,10 @@
 /* Copyright 2026 The routemode Authors. */
 
 /*
- * The hand-built eBPF host-routing prototype of datapath.md section 7.1,
- * rebuilt from its description so the datapath benchmark can measure it
- * side by side with routemode's programs: the issue's target is to beat
- * it, and only a same-run comparison says whether they do. Benchmark use
+ * The hand-built eBPF host-routing prototype (docs/host-routing.md, "The
+ * prototype it is measured against"), rebuilt from its description so the
+ * benchmark can measure it beside routemode's programs: the target was to
+ * beat it, and only a same-run comparison says whether they do. Benchmark use
  * only; it checks nothing it need not (no conntrack, no MTU, no options),
  * which is why it is not a datapath.
  *

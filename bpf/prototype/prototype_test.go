@@ -38,7 +38,7 @@ func frame(dst netip.Addr) []byte {
 	return b
 }
 
-// The rebuilt prototype does what datapath.md 7.1 says: a local pod's
+// The rebuilt prototype does what docs/host-routing.md says it did: a local pod's
 // packet from the underlay gets its MACs and TTL rewritten and is
 // redirected; anything else passes. Its verifier work is reported beside
 // the original's (about 220 and 120 instructions).

@@ -47,6 +47,7 @@ type options struct {
 	probeAddr      string
 	legacyOnly     bool
 	installCNIFrom string
+	procSys        string
 }
 
 func main() {
@@ -63,7 +64,7 @@ func main() {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, also serving the full peer table on /peers (routemodectl status --node NODE --peers); 0 to disable both")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
-	fs.StringVar(&nsutil.ProcSys, "proc-sys", "/proc/sys", "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
+	fs.StringVar(&o.procSys, "proc-sys", nsutil.DefaultProcSys, "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
 	config.RegisterFlags(fs) // --kubeconfig
 	zopts := zap.Options{}
 	zopts.BindFlags(fs)
@@ -96,7 +97,8 @@ func run(o options) error {
 
 	// Even a legacy-only agent takes over the pins: it must detach the
 	// programs an earlier run of the agent left attached.
-	hrOpts := hostrouting.Options{Logger: log.WithName("hostrouting")}
+	handle := nlsafe.Wrap(h)
+	hrOpts := hostrouting.Options{Handle: handle, Logger: log.WithName("hostrouting")}
 	if o.legacyOnly {
 		hrOpts.Disabled = "the agent runs with --legacy-host-routing-only"
 	}
@@ -108,8 +110,9 @@ func run(o options) error {
 	agent, err := node.New(node.Config{
 		NodeName:       o.nodeName,
 		NodeNS:         nodeNS,
-		Handle:         nlsafe.Wrap(h),
+		Handle:         handle,
 		UnderlayDevice: o.underlay,
+		ProcSys:        o.procSys,
 		StateDir:       o.stateDir,
 		CNIConfDir:     o.cniConfDir,
 		HealthNS:       o.healthNS,

@@ -5,8 +5,8 @@
 # namespace "nodes", for node-to-node traffic, legacy host routing (no
 # rules, kube-proxy's ruleset for 1,000 services with conntrack, and the
 # same rules walked per packet), eBPF host routing (with the agent's direct
-# routes, with a FIB lookup per packet, and datapath.md 7.1's prototype
-# rebuilt, bpf/prototype) and VXLAN. Wired to
+# routes, with a FIB lookup per packet, and the hand-built prototype
+# rebuilt, bpf/prototype: see docs/host-routing.md) and VXLAN. Wired to
 # `make bench-datapath`. Needs root.
 #
 # Numbers are only meaningful on an otherwise idle machine: the script

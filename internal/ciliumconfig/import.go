@@ -330,7 +330,8 @@ func (im *importer) importADNR() {
 // importHostRouting reports the host routing Cilium actually runs. Cilium
 // treats enable-host-legacy-routing=false as a wish: the agent switches to
 // legacy routing, with only a log line, when a prerequisite is missing
-// (pkg/kpr/initializer, datapath.md 1.3). Emitting bpf then would turn eBPF
+// (pkg/kpr/initializer; see docs/cilium-compatibility.md,
+// "Host routing: what Cilium really runs"). Emitting bpf then would turn eBPF
 // host routing on during the first rollout, which must never happen
 // silently, so any known fallback reason yields legacy plus a warning.
 func (im *importer) importHostRouting() {

@@ -223,7 +223,7 @@ func (l *Lab) addNode(i int) (*Node, error) {
 	}
 	n.NS = nn
 	// Strict reverse-path filtering everywhere, and forwarding on.
-	if err := nsutil.WriteSysctls(nn, []nsutil.SysctlSet{
+	if err := (nsutil.Sysctls{}).WriteAll(nn, []nsutil.SysctlSet{
 		{Key: "net/ipv4/conf/all/rp_filter", Value: "1"},
 		{Key: "net/ipv4/conf/default/rp_filter", Value: "1"},
 		{Key: "net/ipv4/ip_forward", Value: "1"},
@@ -268,7 +268,7 @@ func (l *Lab) addNode(i int) (*Node, error) {
 	if err := h.LinkSetUp(eth); err != nil {
 		return nil, err
 	}
-	if err := nsutil.WriteSysctls(nn, []nsutil.SysctlSet{NeighQueue(n.Underlay)}); err != nil {
+	if err := (nsutil.Sysctls{}).WriteAll(nn, []nsutil.SysctlSet{NeighQueue(n.Underlay)}); err != nil {
 		return nil, err
 	}
 	n.StateDir = filepath.Join(l.T.TempDir(), n.Name, "state")

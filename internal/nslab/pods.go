@@ -122,11 +122,11 @@ func (n *Node) AddPod(ctx context.Context, name string) *Pod {
 	}
 	p.Result = &r
 	p.IP, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
-	if err := probe.InNS(p.Path(), func() error { return nsutil.WriteSysctls(nil, []nsutil.SysctlSet{NeighQueue("eth0")}) }); err != nil {
+	if err := probe.InNS(p.Path(), func() error { return (nsutil.Sysctls{}).WriteAll(nil, []nsutil.SysctlSet{NeighQueue("eth0")}) }); err != nil {
 		n.Lab.T.Fatalf("pod %s sysctls: %v", name, err)
 	}
 	if len(r.Interfaces) > 0 {
-		if err := nsutil.WriteSysctls(n.NS, []nsutil.SysctlSet{NeighQueue(r.Interfaces[0].Name)}); err != nil {
+		if err := (nsutil.Sysctls{}).WriteAll(n.NS, []nsutil.SysctlSet{NeighQueue(r.Interfaces[0].Name)}); err != nil {
 			n.Lab.T.Fatalf("node-side sysctls of %s: %v", name, err)
 		}
 	}

@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package bench
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/routemode/routemode/agent/hostrouting"
 	"github.com/routemode/routemode/agent/hostrouting/internal/hrlab"
+	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/api/v1alpha1"
 )
 
@@ -46,10 +48,10 @@ type path struct {
 	mode   v1alpha1.HostRouting
 	rules  *hrlab.KubeProxyOptions
 	// fibOnly leaves the direct-route map empty: every packet leaving a pod
-	// takes bpf_fib_lookup, as the prototype of datapath.md 7.1 did.
+	// takes bpf_fib_lookup, as the hand-built prototype did.
 	fibOnly bool
-	// prototype runs datapath.md 7.1's prototype (bpf/prototype) instead
-	// of routemode's programs.
+	// prototype runs the hand-built prototype (bpf/prototype; see
+	// docs/host-routing.md) instead of routemode's programs.
 	prototype bool
 }
 
@@ -63,7 +65,7 @@ func paths() []path {
 		{name: "legacy+kp-pp", desc: fmt.Sprintf("native, legacy, kube-proxy ruleset walked per packet (%d rules)", 2**services), mode: v1alpha1.HostRoutingLegacy, rules: kpPP},
 		{name: "bpf", desc: "native, eBPF host routing, no netfilter rules", mode: v1alpha1.HostRoutingBPF},
 		{name: "bpf-fib", desc: "native, eBPF host routing without the direct-route map (FIB lookup per packet)", mode: v1alpha1.HostRoutingBPF, fibOnly: true},
-		{name: "prototype", desc: "native, datapath.md 7.1's prototype rebuilt (bpf/prototype): no conntrack check, FIB lookup per packet", mode: v1alpha1.HostRoutingLegacy, prototype: true},
+		{name: "prototype", desc: "native, the hand-built prototype rebuilt (bpf/prototype): no conntrack check, FIB lookup per packet", mode: v1alpha1.HostRoutingLegacy, prototype: true},
 		{name: "bpf+kp-pp", desc: "native, eBPF host routing, per-packet kube-proxy ruleset installed", mode: v1alpha1.HostRoutingBPF, rules: kpPP},
 		{name: "tunnel", desc: "VXLAN, legacy host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingLegacy},
 		{name: "tunnel+bpf", desc: "VXLAN, eBPF host routing, no netfilter rules", tunnel: true, mode: v1alpha1.HostRoutingBPF},
@@ -77,10 +79,11 @@ var kinds = []Kind{TCPRR, TCPRRPoll, UDP64, UDP64Batch, TCPStream}
 // so that samples taken close together in time can be compared even on a
 // machine whose background load drifts.
 type rig struct {
-	path path
-	lab  *hrlab.Lab
-	mgrs [2]*hostrouting.Manager
-	cfgs [2]hostrouting.Config
+	path    path
+	lab     *hrlab.Lab
+	handles [2]nlsafe.Handle
+	mgrs    [2]*hostrouting.Manager
+	cfgs    [2]hostrouting.Config
 	// prototype holds the prototype path's programs and links.
 	prototype []io.Closer
 }
@@ -94,7 +97,12 @@ func newRig(b *testing.B, i int, p path) *rig {
 			Underlay: hrlab.UnderlayDev, TunnelDevice: hrlab.TunnelDev,
 			NativeRoutingCIDR: hrlab.NativeRoutingCIDR, PinDir: filepath.Join(pinRoot, n.Name),
 		}
-		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{NetNS: n.NSPath})
+		h, err := nlsafe.NewHandleAtPath(n.NSPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.handles[i] = h
+		r.mgrs[i] = hostrouting.NewManager(hostrouting.Options{Handle: h, NetNS: n.NSPath})
 	}
 	b.Cleanup(func() {
 		for _, c := range r.prototype {
@@ -103,17 +111,18 @@ func newRig(b *testing.B, i int, p path) *rig {
 		for i, m := range r.mgrs {
 			_ = m.Remove(r.cfgs[i].PinDir)
 			m.Close()
+			r.handles[i].Close()
 		}
 		_ = os.RemoveAll(pinRoot)
 		_ = os.Remove(filepath.Dir(pinRoot)) // only if no other lab uses it
 	})
-	if err := r.setup(); err != nil {
+	if err := r.setup(b.Context()); err != nil {
 		b.Fatalf("%s: %v", p.name, err)
 	}
 	return r
 }
 
-func (r *rig) setup() error {
+func (r *rig) setup(ctx context.Context) error {
 	p := r.path
 	if p.node {
 		return nil
@@ -134,7 +143,7 @@ func (r *rig) setup() error {
 		if !p.tunnel && !p.fibOnly {
 			r.cfgs[i].DirectRoutes = n.DirectRoutes()
 		}
-		if _, err := r.mgrs[i].Apply(p.mode, r.cfgs[i], eps); err != nil {
+		if _, err := r.mgrs[i].Apply(ctx, p.mode, r.cfgs[i], eps); err != nil {
 			return err
 		}
 		if p.rules != nil {

@@ -70,7 +70,10 @@ type Config struct {
 	// 0 means 3 attempts of 500 ms.
 	ProbeAttempts int
 	ProbeTimeout  time.Duration
-	Log           logr.Logger
+	// ProbeBudget caps the peers probed per reconcile in steady state;
+	// 0 means DefaultProbeBudget, below 0 probes every peer every time.
+	ProbeBudget int
+	Log         logr.Logger
 }
 
 // Agent reconciles one node.
@@ -81,6 +84,7 @@ type Agent struct {
 	caps   *caps.Result
 	// peerTable is the full per-peer table, served on request.
 	peerTable peerTable
+	prober    prober
 }
 
 // New returns an Agent; it touches nothing until Reconcile.
@@ -99,6 +103,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ProbeAttempts <= 0 {
 		cfg.ProbeAttempts = 3
+	}
+	if cfg.ProbeBudget == 0 {
+		cfg.ProbeBudget = DefaultProbeBudget
 	}
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = 500 * time.Millisecond
@@ -419,7 +426,9 @@ func (r *run) classifyPeers() []datapath.Peer {
 	return out
 }
 
-// probe pings every peer that has a health endpoint.
+// probe pings the peers that have a health endpoint: all of them when the
+// datapath changed, a bounded rotating subset in steady state (probeplan.go).
+// It returns every peer's latest result, this reconcile's or an earlier one.
 func (r *run) probe(ctx context.Context) map[string]health.Result {
 	var targets []health.Target
 	for _, p := range r.obs.Peers {
@@ -427,9 +436,7 @@ func (r *run) probe(ctx context.Context) map[string]health.Result {
 			targets = append(targets, health.Target{Name: p.Name, IP: healthIP(p.PodCIDR)})
 		}
 	}
-	out := map[string]health.Result{}
-	for _, res := range r.a.health.Probe(ctx, targets, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout) {
-		out[res.Name] = res
-	}
-	return out
+	pr := &r.a.prober
+	chosen := pr.pick(targets, pr.fullSweep(r.req.Generation, r.req.Previous), r.a.cfg.ProbeBudget)
+	return pr.record(targets, r.a.health.Probe(ctx, chosen, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout))
 }

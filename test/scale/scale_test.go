@@ -307,7 +307,6 @@ type operator struct {
 	cmd     *exec.Cmd
 	metrics string
 	done    chan struct{}
-	peakRSS int64
 }
 
 func freePort(b *testing.B) string {

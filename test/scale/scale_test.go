@@ -13,6 +13,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -45,7 +47,7 @@ import (
 // design is one version of routemode: its CRDs, its operator binary and
 // how its agents write their status.
 type design struct {
-	name, crdDir, operator string
+	name, crdDir, operator, agent string
 	// peers is the status fragment about peers for a node of an n-node
 	// cluster whose peers all answer.
 	peers func(self, n int) map[string]any
@@ -62,7 +64,7 @@ func podCIDR(i int) string  { return fmt.Sprintf("10.%d.%d.0/24", i/256, i%256) 
 // newDesign reports peers as counts, as the agent's peertable.Summarize does
 // when every peer is direct and answers.
 func newDesign(root string) design {
-	return design{name: "new", crdDir: filepath.Join(root, "config", "crd", "bases"), operator: build(root, "new"),
+	return design{name: "new", crdDir: filepath.Join(root, "config", "crd", "bases"), operator: build(root, "new", "operator"), agent: build(root, "new", "agent"),
 		peers: func(_, n int) map[string]any {
 			return map[string]any{"peerSummary": map[string]any{"total": n - 1, "probed": n - 1}}
 		}}
@@ -86,7 +88,7 @@ func oldDesign(root string) (design, error) {
 	if out, err := archive.CombinedOutput(); err != nil {
 		return design{}, fmt.Errorf("extracting the merge base: %v: %s", err, out)
 	}
-	return design{name: "old", crdDir: filepath.Join(dir, "config", "crd", "bases"), operator: build(dir, "old"),
+	return design{name: "old", crdDir: filepath.Join(dir, "config", "crd", "bases"), operator: build(dir, "old", "operator"), agent: build(dir, "old", "agent"),
 		peers: func(self, n int) map[string]any {
 			peers := make([]map[string]any, 0, n-1)
 			for i := range n {
@@ -98,14 +100,14 @@ func oldDesign(root string) (design, error) {
 		}}, nil
 }
 
-// build compiles the operator of the tree at dir; "" when it fails, which
-// the benchmark reports.
-func build(dir, name string) string {
-	out := filepath.Join(os.TempDir(), "routemode-scale-operator-"+name)
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/routemode-operator")
+// build compiles the operator or agent of the tree at dir; "" when it
+// fails, which the benchmark reports.
+func build(dir, name, what string) string {
+	out := filepath.Join(os.TempDir(), "routemode-scale-"+what+"-"+name)
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/routemode-"+what)
 	cmd.Dir = dir
 	if b, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the %s operator: %v: %s\n", name, err, b)
+		fmt.Fprintf(os.Stderr, "building the %s %s: %v: %s\n", name, what, err, b)
 		return ""
 	}
 	return out
@@ -122,13 +124,20 @@ type figures struct {
 	operatorPeakRSS, operatorCPU       int64 // KiB, ms
 	reconcileP99                       float64
 	bootstrapWall                      time.Duration
+	// One real agent process: peak RSS (KiB) and bytes received from the
+	// API server per minute during the rollout and in steady state.
+	agentPeakRSS                          int64
+	agentRolloutPerMin, agentSteadyPerMin float64
+	// outcome is "complete", or where and why the run stopped.
+	outcome string
 }
 
 func (f figures) String() string {
-	return fmt.Sprintf("| %s | %d | %d | %.1f | %d | %s | %s | %.2f | %.2f | %d | %.1f | %.1f | %s |",
-		f.design, f.nodes, f.largestRN, float64(f.rnTotal)/1e6, f.etcdDB/1e6, f.bootstrapWall.Round(100*time.Millisecond),
+	return fmt.Sprintf("| %s | %d | %s | %d | %.1f | %d | %s | %s | %.2f | %.2f | %d | %.1f | %.1f | %s | %.1f | %.2f | %.3f |",
+		f.design, f.nodes, f.outcome, f.largestRN, float64(f.rnTotal)/1e6, f.etcdDB/1e6, f.bootstrapWall.Round(100*time.Millisecond),
 		f.rolloutWall.Round(100*time.Millisecond), f.stepWritesPerNode, f.rnWritesPerNode, f.steadyWrites,
-		float64(f.operatorPeakRSS)/1024, float64(f.operatorCPU)/1000, p99(f.reconcileP99))
+		float64(f.operatorPeakRSS)/1024, float64(f.operatorCPU)/1000, p99(f.reconcileP99),
+		float64(f.agentPeakRSS)/1024, f.agentRolloutPerMin/1e6, f.agentSteadyPerMin/1e6)
 }
 
 func p99(s float64) string {
@@ -138,7 +147,7 @@ func p99(s float64) string {
 	return fmt.Sprintf("≤ %gs", s)
 }
 
-const header = "| design | nodes | largest RoutingNode (bytes, with managedFields) | RoutingNodes total (MB) | etcd db (MB) | bootstrap | rollout tunnel→native, maxUnavailable 10% | operator step writes / node | RoutingNode writes / node (steps + agent status) | writes in 15 s of steady state | operator peak RSS (MB) | operator CPU (s) | p99 reconcile |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+const header = "| design | nodes | outcome | largest RoutingNode (bytes, with managedFields) | RoutingNodes total (MB) | etcd db (MB) | bootstrap | rollout tunnel→native, maxUnavailable 10% | operator step writes / node | RoutingNode writes / node (steps + agent status) | writes in 15 s of steady state | operator peak RSS (MB) | operator CPU (s) | p99 reconcile | one real agent: peak RSS (MB) | agent: MB received / min, rollout | agent: MB received / min, steady |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 func sizes() []int {
 	if s := os.Getenv("SCALE_NODES"); s != "" {
@@ -184,6 +193,7 @@ func BenchmarkRollout(b *testing.B) {
 					b.ReportMetric(f.rolloutWall.Seconds(), "rollout-s")
 					b.ReportMetric(f.rnWritesPerNode, "writes/node")
 					b.ReportMetric(float64(f.operatorPeakRSS)/1024, "operator-MB")
+					b.ReportMetric(float64(f.agentPeakRSS)/1024, "agent-MB")
 				}
 			})
 		}
@@ -194,8 +204,8 @@ func BenchmarkRollout(b *testing.B) {
 	}
 }
 
-func run(b *testing.B, root string, d design, n int) figures {
-	f := figures{design: d.name, nodes: n, reconcileP99: -1}
+func run(b *testing.B, root string, d design, n int) (f figures) {
+	f = figures{design: d.name, nodes: n, reconcileP99: -1}
 	scheme, err := rmscheme.New()
 	if err != nil {
 		b.Fatal(err)
@@ -220,6 +230,8 @@ func run(b *testing.B, root string, d design, n int) figures {
 
 	op := startOperator(b, env, d)
 	defer op.stop()
+	ag1 := startRealAgent(b, env, d)
+	defer ag1.stop()
 	ag := startAgents(ctx, b, c, d, n)
 	defer ag.stop()
 
@@ -229,11 +241,24 @@ func run(b *testing.B, root string, d design, n int) figures {
 	if err := c.Create(ctx, rm); err != nil {
 		b.Fatal(err)
 	}
-	waitComplete(b, c, n, 1)
+	f.outcome = "complete"
+	defer func() {
+		f.largestRN, f.rnTotal = routingNodeSizes(b, c)
+		f.etcdDB = etcdSize(b, env)
+		f.operatorPeakRSS, f.operatorCPU = op.usage()
+		f.reconcileP99 = op.reconcileP99()
+		f.agentPeakRSS, _ = procUsage(ag1.cmd.Process.Pid)
+		b.Logf("%s", f)
+	}()
+	if why := waitComplete(c, n, 1); why != "" {
+		f.outcome = "bootstrap did not complete: " + why
+		return f
+	}
 	f.bootstrapWall = time.Since(start)
 
 	gens := generations(b, c)
 	writes := countWrites(ctx, b, c)
+	rxBefore := ag1.rx.Load()
 	start = time.Now()
 	if err := c.Get(ctx, client.ObjectKeyFromObject(rm), rm); err != nil {
 		b.Fatal(err)
@@ -245,8 +270,12 @@ func run(b *testing.B, root string, d design, n int) figures {
 	if err := c.Patch(ctx, rm, client.MergeFrom(base)); err != nil {
 		b.Fatal(err)
 	}
-	waitComplete(b, c, n, 2)
+	if why := waitComplete(c, n, 2); why != "" {
+		f.outcome = "rollout did not complete: " + why
+		return f
+	}
 	f.rolloutWall = time.Since(start)
+	f.agentRolloutPerMin = float64(ag1.rx.Load()-rxBefore) / f.rolloutWall.Minutes()
 	f.rnWritesPerNode = float64(writes.Load()) / float64(n)
 	var steps int64
 	for name, g := range generations(b, c) {
@@ -255,16 +284,12 @@ func run(b *testing.B, root string, d design, n int) figures {
 	f.stepWritesPerNode = float64(steps) / float64(n)
 
 	// Steady state: nothing changes, so nothing should be written.
-	before := writes.Load()
+	before, rxBefore := writes.Load(), ag1.rx.Load()
+	steadyStart := time.Now()
 	steady := time.NewTimer(15 * time.Second)
 	<-steady.C
 	f.steadyWrites = writes.Load() - before
-
-	f.largestRN, f.rnTotal = routingNodeSizes(b, c)
-	f.etcdDB = etcdSize(b, env)
-	f.operatorPeakRSS, f.operatorCPU = op.usage()
-	f.reconcileP99 = op.reconcileP99()
-	b.Logf("%s", f)
+	f.agentSteadyPerMin = float64(ag1.rx.Load()-rxBefore) / time.Since(steadyStart).Minutes()
 	return f
 }
 
@@ -318,8 +343,10 @@ func freePort(b *testing.B) string {
 	return l.Addr().String()
 }
 
-func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
-	user, err := env.AddUser(envtest.User{Name: "routemode-operator", Groups: []string{"system:masters"}}, nil)
+// kubeconfig writes a kubeconfig for an admin user named name; a
+// non-empty via replaces the API server's address (host:port) in it.
+func kubeconfig(b *testing.B, env *envtest.Environment, name, via string) string {
+	user, err := env.AddUser(envtest.User{Name: name, Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -327,10 +354,21 @@ func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
 	if err != nil {
 		b.Fatal(err)
 	}
-	kcPath := filepath.Join(b.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kcPath, kc, 0o600); err != nil {
+	if via != "" {
+		kc = bytes.ReplaceAll(kc, []byte(env.Config.Host), []byte("https://"+via))
+		if !bytes.Contains(kc, []byte(via)) {
+			b.Fatalf("the kubeconfig does not name the API server %s", env.Config.Host)
+		}
+	}
+	path := filepath.Join(b.TempDir(), name+".kubeconfig")
+	if err := os.WriteFile(path, kc, 0o600); err != nil {
 		b.Fatal(err)
 	}
+	return path
+}
+
+func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
+	kcPath := kubeconfig(b, env, "routemode-operator", "")
 	o := &operator{metrics: freePort(b), done: make(chan struct{})}
 	args := []string{"--kubeconfig", kcPath, "--leader-elect=false", "--metrics-bind-address", o.metrics, "--health-probe-bind-address", "0"}
 	o.cmd = exec.Command(d.operator, args...)
@@ -351,8 +389,10 @@ func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
 }
 
 // usage is the operator's peak RSS (KiB) and CPU time so far (ms).
-func (o *operator) usage() (rssKiB, cpuMS int64) {
-	pid := o.cmd.Process.Pid
+func (o *operator) usage() (rssKiB, cpuMS int64) { return procUsage(o.cmd.Process.Pid) }
+
+// procUsage is a process's peak RSS (KiB) and CPU time so far (ms).
+func procUsage(pid int) (rssKiB, cpuMS int64) {
 	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(status), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
@@ -425,6 +465,81 @@ func (o *operator) stop() {
 		_ = o.cmd.Process.Kill()
 		<-o.done
 	}
+}
+
+// realAgent is one routemode-agent process whose API server traffic goes
+// through a counting proxy. Its node has no Node object, so it gets no
+// RoutingNode and leaves the kernel alone: it shows what one agent holds
+// and is sent for watching a cluster of N nodes.
+type realAgent struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	rx   *atomic.Int64
+	ln   net.Listener
+}
+
+func startRealAgent(b *testing.B, env *envtest.Environment, d design) *realAgent {
+	if d.agent == "" {
+		b.Fatalf("the %s agent did not build", d.name)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := &realAgent{done: make(chan struct{}), rx: new(atomic.Int64), ln: ln}
+	server := strings.TrimPrefix(env.Config.Host, "https://")
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go proxy(conn, server, a.rx)
+		}
+	}()
+	kc := kubeconfig(b, env, "routemode-agent", ln.Addr().String())
+	state := b.TempDir()
+	a.cmd = exec.Command(d.agent, "--kubeconfig", kc, "--node-name", "scale-watcher", "--state-dir", state,
+		"--cni-conf-dir", filepath.Join(state, "cni"), "--cni-bin-dir=", "--legacy-host-routing-only",
+		"--metrics-bind-address", "0", "--health-probe-bind-address", freePort(b))
+	logFile, err := os.Create(filepath.Join(b.TempDir(), "agent.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
+	if err := a.cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		defer close(a.done)
+		_ = a.cmd.Wait()
+	}()
+	return a
+}
+
+// proxy relays one connection to server, counting the bytes the API server
+// sends.
+func proxy(conn net.Conn, server string, rx *atomic.Int64) {
+	defer conn.Close()
+	up, err := net.Dial("tcp", server)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go func() { _, _ = io.Copy(up, conn) }()
+	n, _ := io.Copy(conn, up)
+	rx.Add(n)
+}
+
+func (a *realAgent) stop() {
+	_ = a.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+	}
+	_ = a.ln.Close()
 }
 
 // agents simulates every node's agent: when a RoutingNode's generation is
@@ -526,23 +641,46 @@ func report(ctx context.Context, c client.Client, d design, n int, name string) 
 	return c.Status().Patch(ctx, &rn, client.RawPatch(types.MergePatchType, patch))
 }
 
+// phaseLimit bounds each of bootstrap and rollout (SCALE_PHASE_TIMEOUT).
+func phaseLimit() time.Duration {
+	if v := os.Getenv("SCALE_PHASE_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			panic(fmt.Sprintf("SCALE_PHASE_TIMEOUT=%q: want a duration such as 10m", v))
+		}
+		return d
+	}
+	return 10 * time.Minute
+}
+
 // waitComplete waits for the RoutingMode's status to report generation gen
-// complete on n nodes.
-func waitComplete(b *testing.B, c client.Client, n int, gen int64) {
-	deadline := time.Now().Add(30 * time.Minute)
-	var last string
+// complete on n nodes; it returns why not if the rollout stalled or the
+// phase limit passed.
+func waitComplete(c client.Client, n int, gen int64) string {
+	limit := phaseLimit()
+	deadline := time.Now().Add(limit)
+	last := "no status read"
 	for time.Now().Before(deadline) {
 		var rm v1alpha1.RoutingMode
 		if err := c.Get(context.Background(), client.ObjectKey{Name: v1alpha1.RoutingModeName}, &rm); err == nil {
 			st := rm.Status
 			if st.ObservedGeneration == gen && st.Phase == v1alpha1.PhaseComplete && int(st.Nodes.Total) == n {
-				return
+				return ""
 			}
-			last = fmt.Sprintf("generation %d/%d phase %s nodes %+v", st.ObservedGeneration, gen, st.Phase, st.Nodes)
+			last = fmt.Sprintf("phase %s at generation %d/%d, nodes %+v", st.Phase, st.ObservedGeneration, gen, st.Nodes)
+			if st.ObservedGeneration == gen && st.Phase == v1alpha1.PhaseStalled {
+				if c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionStalled); c != nil {
+					msg := c.Message
+					if len(msg) > 160 {
+						msg = fmt.Sprintf("%s… (%d bytes)", msg[:160], len(msg))
+					}
+					return fmt.Sprintf("stalled, %s: %s", c.Reason, msg)
+				}
+			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	b.Fatalf("rollout of generation %d did not complete: %s", gen, last)
+	return fmt.Sprintf("not within %s (%s)", limit, last)
 }
 
 func generations(b *testing.B, c client.Client) map[string]int64 {
@@ -584,7 +722,8 @@ func routingNodeSizes(b *testing.B, c client.Client) (largest, total int64) {
 	var list unstructured.UnstructuredList
 	list.SetGroupVersionKind(v1alpha1.GroupVersion.WithKind("RoutingNodeList"))
 	if err := c.List(context.Background(), &list); err != nil {
-		b.Fatal(err)
+		b.Logf("listing RoutingNodes: %v", err)
+		return -1, -1
 	}
 	for _, item := range list.Items {
 		raw, err := item.MarshalJSON()

@@ -355,9 +355,9 @@ func kubeconfig(b *testing.B, env *envtest.Environment, name, via string) string
 		b.Fatal(err)
 	}
 	if via != "" {
-		kc = bytes.ReplaceAll(kc, []byte(env.Config.Host), []byte("https://"+via))
+		kc = bytes.ReplaceAll(kc, []byte("https://"+apiServer(env)), []byte("https://"+via))
 		if !bytes.Contains(kc, []byte(via)) {
-			b.Fatalf("the kubeconfig does not name the API server %s", env.Config.Host)
+			b.Fatalf("the kubeconfig does not name the API server %s", apiServer(env))
 		}
 	}
 	path := filepath.Join(b.TempDir(), name+".kubeconfig")
@@ -365,6 +365,11 @@ func kubeconfig(b *testing.B, env *envtest.Environment, name, via string) string
 		b.Fatal(err)
 	}
 	return path
+}
+
+// apiServer is the API server's host:port.
+func apiServer(env *envtest.Environment) string {
+	return strings.TrimSuffix(strings.TrimPrefix(env.Config.Host, "https://"), "/")
 }
 
 func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
@@ -487,7 +492,7 @@ func startRealAgent(b *testing.B, env *envtest.Environment, d design) *realAgent
 		b.Fatal(err)
 	}
 	a := &realAgent{done: make(chan struct{}), rx: new(atomic.Int64), ln: ln}
-	server := strings.TrimPrefix(env.Config.Host, "https://")
+	server := apiServer(env)
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -527,8 +532,20 @@ func proxy(conn net.Conn, server string, rx *atomic.Int64) {
 	}
 	defer up.Close()
 	go func() { _, _ = io.Copy(up, conn) }()
-	n, _ := io.Copy(conn, up)
-	rx.Add(n)
+	_, _ = io.Copy(counter{conn, rx}, up)
+}
+
+// counter counts the bytes written through it as they pass: a watch
+// connection stays open for the whole run.
+type counter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c counter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func (a *realAgent) stop() {

@@ -128,16 +128,19 @@ type figures struct {
 	// API server per minute during the rollout and in steady state.
 	agentPeakRSS                          int64
 	agentRolloutPerMin, agentSteadyPerMin float64
+	// agentBootstrap is the bytes the agent received from its start to the
+	// end of the bootstrap (or of the run, if the bootstrap did not end).
+	agentBootstrap int64
 	// outcome is "complete", or where and why the run stopped.
 	outcome string
 }
 
 func (f figures) String() string {
-	return fmt.Sprintf("| %s | %d | %s | %d | %.1f | %d | %s | %s | %.2f | %.2f | %d | %.1f | %.1f | %s | %.1f | %.2f | %.3f |",
+	return fmt.Sprintf("| %s | %d | %s | %d | %.1f | %d | %s | %s | %.2f | %.2f | %d | %.1f | %.1f | %s | %.1f | %.1f | %.2f | %.3f |",
 		f.design, f.nodes, f.outcome, f.largestRN, float64(f.rnTotal)/1e6, f.etcdDB/1e6, f.bootstrapWall.Round(100*time.Millisecond),
 		f.rolloutWall.Round(100*time.Millisecond), f.stepWritesPerNode, f.rnWritesPerNode, f.steadyWrites,
 		float64(f.operatorPeakRSS)/1024, float64(f.operatorCPU)/1000, p99(f.reconcileP99),
-		float64(f.agentPeakRSS)/1024, f.agentRolloutPerMin/1e6, f.agentSteadyPerMin/1e6)
+		float64(f.agentPeakRSS)/1024, float64(f.agentBootstrap)/1e6, f.agentRolloutPerMin/1e6, f.agentSteadyPerMin/1e6)
 }
 
 func p99(s float64) string {
@@ -147,7 +150,7 @@ func p99(s float64) string {
 	return fmt.Sprintf("≤ %gs", s)
 }
 
-const header = "| design | nodes | outcome | largest RoutingNode (bytes, with managedFields) | RoutingNodes total (MB) | etcd db (MB) | bootstrap | rollout tunnel→native, maxUnavailable 10% | operator step writes / node | RoutingNode writes / node (steps + agent status) | writes in 15 s of steady state | operator peak RSS (MB) | operator CPU (s) | p99 reconcile | one real agent: peak RSS (MB) | agent: MB received / min, rollout | agent: MB received / min, steady |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+const header = "| design | nodes | outcome | largest RoutingNode (bytes, with managedFields) | RoutingNodes total (MB) | etcd db (MB) | bootstrap | rollout tunnel→native, maxUnavailable 10% | operator step writes / node | RoutingNode writes / node (steps + agent status) | writes in 15 s of steady state | operator peak RSS (MB) | operator CPU (s) | p99 reconcile | one real agent: peak RSS (MB) | agent: MB received until bootstrapped | agent: MB received / min, rollout | agent: MB received / min, steady |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 func sizes() []int {
 	if s := os.Getenv("SCALE_NODES"); s != "" {
@@ -250,7 +253,9 @@ func run(b *testing.B, root string, d design, n int) (f figures) {
 		f.agentPeakRSS, _ = procUsage(ag1.cmd.Process.Pid)
 		b.Logf("%s", f)
 	}()
-	if why := waitComplete(c, n, 1); why != "" {
+	why := waitComplete(c, n, 1)
+	f.agentBootstrap = ag1.rx.Load()
+	if why != "" {
 		f.outcome = "bootstrap did not complete: " + why
 		return f
 	}

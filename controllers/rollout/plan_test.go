@@ -94,8 +94,19 @@ func (s *sim) report() {
 
 func (s *sim) step() Decision {
 	s.t.Helper()
+	return s.apply(s.plan())
+}
+
+// plan decides from the nodes as they are.
+func (s *sim) plan() Decision {
 	d := Plan(Input{Spec: s.spec, Nodes: s.nodes, Now: s.now, Stalled: s.stall, Generation: s.generation})
 	s.phases = append(s.phases, d.Phase)
+	return d
+}
+
+// apply writes d's updates to the nodes, as the operator would.
+func (s *sim) apply(d Decision) Decision {
+	s.t.Helper()
 	s.checkLossless(d.Updates)
 	for _, u := range d.Updates {
 		i := slices.IndexFunc(s.nodes, func(n Node) bool { return n.Name == u.Node })

@@ -155,3 +155,30 @@ func BenchmarkPlan(b *testing.B) {
 		})
 	}
 }
+
+// A finalize whose writes were cut short (a reconcile that timed out, or
+// the operator's cap on writes per reconcile) resumes finalizing: the
+// nodes that dropped the tunnel already are not prepared again.
+func TestFinalizeCutShortResumes(t *testing.T) {
+	s := newSim(t, 4, tunnelSpec)
+	s.setSpec(nativeSpec)
+	var d Decision
+	for range 30 {
+		d = s.plan()
+		if hasStep(d.Updates, v1alpha1.StepFinalize) {
+			break
+		}
+		s.apply(d)
+		s.report()
+	}
+	if !hasStep(d.Updates, v1alpha1.StepFinalize) || len(d.Updates) != 4 {
+		t.Fatalf("no finalize of 4 nodes; phases %v, last updates %v", s.phases, names(d.Updates))
+	}
+	d.Updates = d.Updates[:2]
+	s.apply(d)
+	s.report()
+	next := s.plan()
+	if hasStep(next.Updates, v1alpha1.StepPrepare) || len(next.Updates) != 2 || next.Phase != v1alpha1.PhaseFinalizing {
+		t.Errorf("after half a finalize: %s %v, want the other 2 finalized", next.Phase, names(next.Updates))
+	}
+}

@@ -54,6 +54,17 @@ const (
 	AnnotationRollbackReason = "routemode.io/rollback-reason"
 )
 
+// DefaultMaxWritesPerReconcile is 5 s of writes at the operator's default
+// client rate limit of 100 per second, well inside the reconcile timeout.
+const DefaultMaxWritesPerReconcile = 500
+
+func (r *Reconciler) writeLimit() int {
+	if r.MaxWritesPerReconcile > 0 {
+		return r.MaxWritesPerReconcile
+	}
+	return DefaultMaxWritesPerReconcile
+}
+
 // ReasonStatusRefused is Ready's reason when the API server refused the
 // status the operator computed.
 const ReasonStatusRefused = "StatusRefused"
@@ -64,6 +75,10 @@ type Reconciler struct {
 	Recorder events.EventRecorder
 	// Now is the clock; tests move it to fire timeouts.
 	Now func() time.Time
+
+	// MaxWritesPerReconcile caps the RoutingNodes one reconcile writes;
+	// 0 means DefaultMaxWritesPerReconcile.
+	MaxWritesPerReconcile int
 
 	// written is the generation each RoutingNode had after this operator
 	// last wrote it. A decision made from a cache that has not caught up
@@ -114,6 +129,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		in.Started = now
 	}
 	d := rollout.Plan(in)
+	if limit := r.writeLimit(); len(d.Updates) > limit {
+		// At 5,000 nodes a phase decides 5,000 writes at once, longer than
+		// a reconcile may take: the reconcile would be cut off and the
+		// status left unwritten. Writing a chunk and planning again keeps
+		// the status current; every chunk of a decision is itself safe
+		// (it switches fewer nodes than the batch allows).
+		d.Updates = d.Updates[:limit]
+		d.Counts = rollout.Count(nodes, d.Target, d.Updates)
+		d.RequeueAfter = time.Millisecond
+	}
 
 	original := rm.DeepCopy()
 	defer func() {

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -112,5 +113,23 @@ func TestRefusedStatusDoesNotLeaveTheOldOneStanding(t *testing.T) {
 	ready := c.expectCondition(rm, v1alpha1.ConditionReady, metav1.ConditionUnknown, ReasonStatusRefused)
 	if !strings.Contains(ready.Message, "refused") || len(ready.Message) > bounded.MaxMessage {
 		t.Errorf("Ready says %q, want the refusal, bounded", ready.Message)
+	}
+}
+
+// TestRolloutInChunks caps every reconcile at one RoutingNode write, as
+// the default cap of 500 does at 5,000 nodes: the rollout still completes,
+// each node goes through each step once, and the status counts only what
+// was written.
+func TestRolloutInChunks(t *testing.T) {
+	c := newCluster(t, 4)
+	startOperator(t, func(r *Reconciler) { r.MaxWritesPerReconcile = 1 })
+	c.bootstrap(tunnelSpec)
+	wide := nativeSpec
+	wide.Rollout.MaxUnavailable = new(intstr.FromString("100%"))
+	c.apply(wide)
+	c.waitReady()
+	c.expectNodes(wide)
+	for _, n := range []string{"node-1", "node-2", "node-3", "node-4"} {
+		c.agents.waitSteps(n, v1alpha1.StepSteady, v1alpha1.StepPrepare, v1alpha1.StepSwitch, v1alpha1.StepFinalize)
 	}
 }

@@ -31,8 +31,9 @@ func TestMain(m *testing.M) {
 	testenv.Main(m, &env)
 }
 
-// startOperator runs the reconciler in a manager until stop is called.
-func startOperator(t *testing.T) (stop func()) {
+// startOperator runs the reconciler in a manager until stop is called;
+// opts adjust the reconciler first.
+func startOperator(t *testing.T, opts ...func(*Reconciler)) (stop func()) {
 	t.Helper()
 	// The operator binary's default client rate limit (--kube-api-qps).
 	cfg := rest.CopyConfig(env.Config)
@@ -46,6 +47,9 @@ func startOperator(t *testing.T) (stop func()) {
 		t.Fatal(err)
 	}
 	r := &Reconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("routemode-operator"), Now: time.Now}
+	for _, o := range opts {
+		o(r)
+	}
 	skip := true
 	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: &skip}); err != nil {
 		t.Fatal(err)

@@ -95,6 +95,10 @@ test: envtest-bin ## Run every test: units, the API server tests, and the kernel
 bench-datapath: ## Benchmark cross-node pod traffic: baseline, legacy, legacy+netfilter, bpf, tunnel (root).
 	hack/bpf/bench.sh
 
+.PHONY: bench-scale
+bench-scale: envtest-bin ## Benchmark the control plane at 100 and 1,000 nodes (SCALE_NODES=100,1000,5000; SCALE_DESIGNS=new skips the merge base's design): real API server, operator process, simulated agents.
+	cd test/scale && KUBEBUILDER_ASSETS=$(K8S_BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m .
+
 ##@ Lab
 
 .PHONY: lab-up

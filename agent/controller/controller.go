@@ -1,20 +1,23 @@
 // Package controller is the node agent's controller-runtime reconciler. It
 // is node-scoped: it reconciles the RoutingNode named after its node, reads
-// every Node for its own and its peers' facts (InternalIP, podCIDR) and the
-// other RoutingNodes for their VTEP MACs, hands all of it to the agent
-// (agent/node) and writes the RoutingNode's status subresource, only when
-// it changed. No leader election: one agent per node.
+// every Node for its own and its peers' facts (InternalIP, podCIDR), hands
+// them to the agent (agent/node) and writes the RoutingNode's status
+// subresource, only when it changed. No leader election: one agent per node.
+//
+// What it caches grows with the cluster only by a peer's facts
+// (CacheOptions): Nodes are stripped to name, InternalIP and podCIDR as they
+// are decoded, and the only RoutingNode watched is the node's own. A peer's
+// VTEP MAC needs no object at all: every agent derives its tunnel device's
+// MAC from its InternalIP (datapath.VTEPMAC), so peers derive it the same way.
 //
 // Triggers: the own RoutingNode (spec changes), Node changes that matter
-// (addresses, podCIDR, creation, deletion), peers' RoutingNode VTEP MAC
-// changes, kernel link events (a deleted rm_vxlan is repaired at once, via
-// a source.Channel fed by a netlink link subscription) and the periodic
-// resync the agent asks for (RequeueAfter).
+// (addresses, podCIDR, creation, deletion), kernel link events (a deleted
+// rm_vxlan is repaired at once, via a source.Channel fed by a netlink link
+// subscription) and the periodic resync the agent asks for (RequeueAfter).
 package controller
 
 import (
 	"context"
-	"math/bits"
 	"net/netip"
 	"slices"
 	"time"
@@ -22,9 +25,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -36,6 +41,8 @@ import (
 	"github.com/routemode/routemode/agent/datapath"
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/nodefacts"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 // ControllerName names the agent's controller.
@@ -74,14 +81,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 	if err := r.Client.List(ctx, &nodes); err != nil {
 		return ctrl.Result{}, err
 	}
-	var rns v1alpha1.RoutingNodeList
-	if err := r.Client.List(ctx, &rns); err != nil {
-		return ctrl.Result{}, err
-	}
-	req := BuildRequest(r.NodeName, &rn, nodes.Items, rns.Items)
+	req := BuildRequest(r.NodeName, &rn, nodes.Items)
 	start := time.Now()
 	res := r.Agent.Reconcile(ctx, req)
-	record(time.Since(start), res)
+	var rows []peertable.Row
+	if t, ok := r.Agent.(interface{ PeerTable() []peertable.Row }); ok {
+		rows = t.PeerTable()
+	}
+	record(time.Since(start), res, rows)
 	if !StatusEqual(rn.Status, res.Status) {
 		patch := client.MergeFrom(rn.DeepCopy())
 		rn.Status = res.Status
@@ -94,13 +101,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 }
 
 // BuildRequest turns the API objects into the agent's input. Peers are the
-// other nodes with an IPv4 InternalIP and podCIDR; their VTEP MAC is the
-// one their agent published in their RoutingNode status.
-func BuildRequest(self string, rn *v1alpha1.RoutingNode, nodes []corev1.Node, rns []v1alpha1.RoutingNode) node.Request {
-	macs := map[string]string{}
-	for _, o := range rns {
-		macs[o.Name] = o.Status.VTEPMAC
-	}
+// other nodes with an IPv4 InternalIP and podCIDR; their VTEP MAC is
+// derived from the InternalIP, as each agent derives its own.
+func BuildRequest(self string, rn *v1alpha1.RoutingNode, nodes []corev1.Node) node.Request {
 	req := node.Request{Generation: rn.Generation, Datapath: rn.Spec.Datapath, Previous: rn.Status,
 		Self: datapath.Node{Name: self}}
 	for _, n := range nodes {
@@ -112,7 +115,7 @@ func BuildRequest(self string, rn *v1alpha1.RoutingNode, nodes []corev1.Node, rn
 		if !ip.IsValid() || !cidr.IsValid() {
 			continue
 		}
-		req.Peers = append(req.Peers, node.Peer{Name: n.Name, IP: ip, PodCIDR: cidr, VTEPMAC: macs[n.Name]})
+		req.Peers = append(req.Peers, node.Peer{Name: n.Name, IP: ip, PodCIDR: cidr})
 	}
 	slices.SortFunc(req.Peers, func(a, b node.Peer) int {
 		if a.Name < b.Name {
@@ -149,24 +152,25 @@ func PodCIDR(n corev1.Node) netip.Prefix {
 	return netip.Prefix{}
 }
 
-// StatusEqual compares two statuses, treating round trips of the same
-// power-of-two bucket as equal, so an RTT that jitters does not rewrite the
-// status on every resync.
+// StatusEqual compares two statuses semantically. The status holds no
+// round-trip times (the per-peer table with RTTs stays on the node), so a
+// resync whose probes jitter compares equal and writes nothing.
 func StatusEqual(a, b v1alpha1.RoutingNodeStatus) bool {
-	return equality.Semantic.DeepEqual(bucketRTT(a), bucketRTT(b))
+	return equality.Semantic.DeepEqual(a, b)
 }
 
-func bucketRTT(s v1alpha1.RoutingNodeStatus) v1alpha1.RoutingNodeStatus {
-	s.Peers = slices.Clone(s.Peers)
-	for i := range s.Peers {
-		if rtt := s.Peers[i].RTTMicroseconds; rtt > 0 {
-			s.Peers[i].RTTMicroseconds = int64(bits.Len64(uint64(rtt)))
-		}
-	}
-	return s
+// CacheOptions is the agent manager's cache: Nodes stripped to their facts
+// and only the node's own RoutingNode, so the agent holds a few hundred
+// bytes per peer and is sent no other node's status.
+func CacheOptions(nodeName string) cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Node{}:          {Transform: nodefacts.Transform},
+		&v1alpha1.RoutingNode{}: {Field: fields.OneTermEqualSelector("metadata.name", nodeName)},
+	}}
 }
 
-// SetupWithManager registers the reconciler.
+// SetupWithManager registers the reconciler; the manager's cache must come
+// from CacheOptions.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	own := func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: r.NodeName}}}
@@ -177,8 +181,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 		For(&v1alpha1.RoutingNode{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 			return o.GetName() == r.NodeName
 		}), predicate.GenerationChangedPredicate{})).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(own), builder.WithPredicates(nodeFactsChanged())).
-		Watches(&v1alpha1.RoutingNode{}, handler.EnqueueRequestsFromMapFunc(own), builder.WithPredicates(peerMACChanged(r.NodeName)))
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(own), builder.WithPredicates(nodeFactsChanged()))
 	if r.Kernel != nil {
 		b = b.WatchesRawSource(source.Channel(r.Kernel, handler.EnqueueRequestsFromMapFunc(own)))
 	}
@@ -192,21 +195,6 @@ func nodeFactsChanged() predicate.Predicate {
 			o, ok1 := e.ObjectOld.(*corev1.Node)
 			n, ok2 := e.ObjectNew.(*corev1.Node)
 			return !ok1 || !ok2 || InternalIP(*o) != InternalIP(*n) || PodCIDR(*o) != PodCIDR(*n)
-		},
-	}
-}
-
-// peerMACChanged passes other RoutingNodes' creation, deletion and VTEP MAC
-// changes.
-func peerMACChanged(self string) predicate.Predicate {
-	return predicate.Funcs{
-		CreateFunc:  func(e event.CreateEvent) bool { return e.Object.GetName() != self },
-		DeleteFunc:  func(e event.DeleteEvent) bool { return e.Object.GetName() != self },
-		GenericFunc: func(event.GenericEvent) bool { return false },
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			o, ok1 := e.ObjectOld.(*v1alpha1.RoutingNode)
-			n, ok2 := e.ObjectNew.(*v1alpha1.RoutingNode)
-			return ok1 && ok2 && n.Name != self && o.Status.VTEPMAC != n.Status.VTEPMAC
 		},
 	}
 }

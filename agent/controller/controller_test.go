@@ -21,6 +21,8 @@ import (
 
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/nodefacts"
+	"github.com/routemode/routemode/internal/peertable"
 	"github.com/routemode/routemode/internal/testenv"
 )
 
@@ -32,7 +34,7 @@ func TestMain(m *testing.M) {
 }
 
 // fakeAgent answers like the agent: observed generation, a condition and
-// the peers it was given, with an RTT that jitters.
+// the summary of a peer table whose RTTs jitter on every reconcile.
 type fakeAgent struct {
 	mu   sync.Mutex
 	reqs []node.Request
@@ -48,9 +50,11 @@ func (f *fakeAgent) Reconcile(_ context.Context, req node.Request) node.Result {
 		Conditions: req.Previous.Conditions}
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionDatapathApplied, Status: metav1.ConditionTrue,
 		Reason: "Applied", Message: "ok", ObservedGeneration: req.Generation})
+	var table []peertable.Row
 	for _, p := range req.Peers {
-		st.Peers = append(st.Peers, v1alpha1.PeerStatus{Node: p.Name, NodeIP: p.IP.String(), Direct: true, Reachable: true, RTTMicroseconds: 400 + f.rtt})
+		table = append(table, peertable.Row{Node: p.Name, NodeIP: p.IP.String(), Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 400 + f.rtt})
 	}
+	st.PeerSummary = peertable.Summarize(table)
 	return node.Result{Status: st, RequeueAfter: time.Hour}
 }
 
@@ -103,11 +107,7 @@ func TestReconcileWritesStatusOnlyWhenChanged(t *testing.T) {
 	makeNode(t, "a-3", "192.168.0.140", "") // no podCIDR: not a peer
 	makeNode(t, "a-4", "", "10.0.3.0/24")   // no InternalIP: not a peer
 	makeRoutingNode(t, "a-1", tunnel)
-	peer := makeRoutingNode(t, "a-2", tunnel)
-	peer.Status.VTEPMAC = "0e:72:c0:a8:00:82"
-	if err := env.Client.Status().Update(ctx, peer); err != nil {
-		t.Fatal(err)
-	}
+	makeRoutingNode(t, "a-2", tunnel)
 
 	agent := &fakeAgent{}
 	r := &Reconciler{Client: env.Client, NodeName: "a-1", Agent: agent}
@@ -116,7 +116,7 @@ func TestReconcileWritesStatusOnlyWhenChanged(t *testing.T) {
 		t.Fatalf("reconcile: %v %v", res, err)
 	}
 	req, _ := agent.last()
-	wantPeers := []node.Peer{{Name: "a-2", IP: netip.MustParseAddr("192.168.0.130"), PodCIDR: netip.MustParsePrefix("10.0.1.0/24"), VTEPMAC: "0e:72:c0:a8:00:82"}}
+	wantPeers := []node.Peer{{Name: "a-2", IP: netip.MustParseAddr("192.168.0.130"), PodCIDR: netip.MustParsePrefix("10.0.1.0/24")}}
 	if req.Self.IP != netip.MustParseAddr("192.168.0.120") || req.Self.PodCIDR != netip.MustParsePrefix("10.0.0.0/24") ||
 		len(req.Peers) != 1 || req.Peers[0] != wantPeers[0] || req.Datapath == nil || req.Generation != 1 {
 		t.Fatalf("request %+v, want self a-1 and the one complete peer %+v", req, wantPeers)
@@ -125,10 +125,10 @@ func TestReconcileWritesStatusOnlyWhenChanged(t *testing.T) {
 	if err := env.Client.Get(ctx, client.ObjectKey{Name: "a-1"}, &rn); err != nil {
 		t.Fatal(err)
 	}
-	if rn.Status.ObservedGeneration != rn.Generation || len(rn.Status.Peers) != 1 {
+	if rn.Status.ObservedGeneration != rn.Generation || rn.Status.PeerSummary == nil || rn.Status.PeerSummary.Total != 1 {
 		t.Fatalf("status %+v", rn.Status)
 	}
-	// Same status but for RTT jitter: no write.
+	// Same status but for RTT jitter in the agent's table: no write.
 	rv := rn.ResourceVersion
 	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
 		t.Fatal(err)
@@ -167,15 +167,32 @@ func TestMissingRoutingNodeIsNoError(t *testing.T) {
 	}
 }
 
-// TestManagerTriggers runs the controller in a manager: a spec change, a
-// peer's VTEP MAC change and a kernel event each reach the agent.
+// TestManagerTriggers runs the controller in a manager with the agent's
+// cache: a spec change, a peer's address change and a kernel event each
+// reach the agent, and the cache holds only facts of Nodes and no other
+// node's RoutingNode.
 func TestManagerTriggers(t *testing.T) {
 	makeNode(t, "m-1", "192.168.0.120", "10.0.0.0/24")
 	makeNode(t, "m-2", "192.168.0.130", "10.0.1.0/24")
 	rn := makeRoutingNode(t, "m-1", tunnel)
-	peer := makeRoutingNode(t, "m-2", tunnel)
+	makeRoutingNode(t, "m-2", tunnel)
+	// m-2 as a kubelet reports it: labels, conditions, images.
+	var peerNode corev1.Node
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Name: "m-2"}, &peerNode); err != nil {
+		t.Fatal(err)
+	}
+	peerNode.Labels = map[string]string{"kubernetes.io/hostname": "m-2"}
+	if err := env.Client.Update(t.Context(), &peerNode); err != nil {
+		t.Fatal(err)
+	}
+	peerNode.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+	peerNode.Status.Images = []corev1.ContainerImage{{Names: []string{"registry.k8s.io/pause:3.10"}, SizeBytes: 1 << 20}}
+	if err := env.Client.Status().Update(t.Context(), &peerNode); err != nil {
+		t.Fatal(err)
+	}
 
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: CacheOptions("m-1")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,13 +239,27 @@ func TestManagerTriggers(t *testing.T) {
 	}
 	waitFor("spec change", func(req node.Request, _ int) bool { return req.Generation == 2 && req.Datapath.LooseRPFilter })
 
-	base = peer.DeepCopy()
-	peer.Status.VTEPMAC = "0e:72:c0:a8:00:99"
-	if err := env.Client.Status().Patch(t.Context(), peer, client.MergeFrom(base)); err != nil {
+	var cached corev1.Node
+	if err := mgr.GetCache().Get(t.Context(), client.ObjectKey{Name: "m-2"}, &cached); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("peer MAC change", func(req node.Request, _ int) bool {
-		return len(req.Peers) == 1 && req.Peers[0].VTEPMAC == "0e:72:c0:a8:00:99"
+	if why := nodefacts.Check(&cached); why != "" {
+		t.Errorf("the agent's cache holds a full Node: %s", why)
+	}
+	var cachedRNs v1alpha1.RoutingNodeList
+	if err := mgr.GetCache().List(t.Context(), &cachedRNs); err != nil {
+		t.Fatal(err)
+	}
+	if len(cachedRNs.Items) != 1 || cachedRNs.Items[0].Name != "m-1" {
+		t.Errorf("the agent's cache holds %d RoutingNodes, want only its own", len(cachedRNs.Items))
+	}
+
+	peerNode.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.131"}}
+	if err := env.Client.Status().Update(t.Context(), &peerNode); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("peer address change", func(req node.Request, _ int) bool {
+		return len(req.Peers) == 1 && req.Peers[0].IP == netip.MustParseAddr("192.168.0.131")
 	})
 
 	_, before := agent.last()

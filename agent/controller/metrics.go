@@ -8,6 +8,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/routemode/routemode/agent/node"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 // The agent's own metrics, served with controller-runtime's on the agent's
@@ -37,21 +38,23 @@ func init() {
 	metrics.Registry.MustRegister(reconcileSeconds, changes, peers, peerRTT)
 }
 
-// record accounts for one reconcile that took d and returned res.
-func record(d time.Duration, res node.Result) {
+// record accounts for one reconcile that took d and returned res; rows is
+// the agent's full peer table when it keeps one (the status holds only
+// counts, so the round trips come from the table).
+func record(d time.Duration, res node.Result, rows []peertable.Row) {
 	reconcileSeconds.Observe(d.Seconds())
 	for _, c := range res.Changes {
 		kind, _, _ := strings.Cut(c, " ")
 		changes.WithLabelValues(kind).Inc()
 	}
-	var up, down float64
-	for _, p := range res.Status.Peers {
-		if p.Reachable {
-			up++
+	for _, p := range rows {
+		if p.Probed && p.Reachable {
 			peerRTT.Observe(time.Duration(p.RTTMicroseconds * int64(time.Microsecond)).Seconds())
-		} else {
-			down++
 		}
+	}
+	var up, down float64
+	if s := res.Status.PeerSummary; s != nil {
+		up, down = float64(s.Probed-s.Unreachable), float64(s.Unreachable)
 	}
 	peers.WithLabelValues("reachable").Set(up)
 	peers.WithLabelValues("unreachable").Set(down)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 func TestRecordReconcile(t *testing.T) {
@@ -22,13 +23,15 @@ func TestRecordReconcile(t *testing.T) {
 			"route replace 10.0.2.0/24 via 192.168.0.140 dev eth0 proto 181",
 			"tcx ingress eth0: attached rm_from_netdev",
 		},
-		Status: v1alpha1.RoutingNodeStatus{Peers: []v1alpha1.PeerStatus{
-			{Node: "node-2", Reachable: true, RTTMicroseconds: 250},
-			{Node: "node-3", Reachable: true, RTTMicroseconds: 900},
-			{Node: "node-4", Reachable: false},
-		}},
+		Status: v1alpha1.RoutingNodeStatus{PeerSummary: &v1alpha1.PeerSummary{Total: 4, Probed: 3, Unreachable: 1}},
 	}
-	record(40*time.Millisecond, res)
+	rows := []peertable.Row{
+		{Node: "node-2", Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 250},
+		{Node: "node-3", Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 900},
+		{Node: "node-4", Direct: true, Probed: true},
+		{Node: "node-5", Direct: true}, // not probed this time
+	}
+	record(40*time.Millisecond, res, rows)
 	if d := testutil.ToFloat64(changes.WithLabelValues("route")) - routes; d != 2 {
 		t.Errorf("route changes +%v, want +2", d)
 	}

@@ -97,7 +97,7 @@ func TestNoDatapathLeavesKernelAlone(t *testing.T) {
 	if c := st.Capabilities; c != nil && (c.BPFHostRouting || !strings.Contains(c.BPFHostRoutingReason, "no eBPF host router")) {
 		t.Errorf("capabilities of an agent without eBPF host routing: %+v", c)
 	}
-	if p, ok := peerStatus(st, "node-2"); !ok || !p.Direct || p.NodeIP != "192.168.0.130" {
+	if p, ok := peerRow(n1.Agent, "node-2"); !ok || !p.Direct || p.NodeIP != "192.168.0.130" {
 		t.Errorf("peer node-2: %+v, want direct", p)
 	}
 	if c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionDatapathApplied); c == nil || c.Status != metav1.ConditionUnknown {

@@ -70,7 +70,10 @@ type Config struct {
 	// 0 means 3 attempts of 500 ms.
 	ProbeAttempts int
 	ProbeTimeout  time.Duration
-	Log           logr.Logger
+	// ProbeBudget caps the peers probed per reconcile in steady state;
+	// 0 means DefaultProbeBudget, below 0 probes every peer every time.
+	ProbeBudget int
+	Log         logr.Logger
 }
 
 // Agent reconciles one node.
@@ -79,6 +82,9 @@ type Agent struct {
 	kernel *kernel.Kernel
 	health *health.Endpoint
 	caps   *caps.Result
+	// peerTable is the full per-peer table, served on request.
+	peerTable peerTable
+	prober    prober
 }
 
 // New returns an Agent; it touches nothing until Reconcile.
@@ -97,6 +103,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ProbeAttempts <= 0 {
 		cfg.ProbeAttempts = 3
+	}
+	if cfg.ProbeBudget == 0 {
+		cfg.ProbeBudget = DefaultProbeBudget
 	}
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = 500 * time.Millisecond
@@ -136,8 +145,9 @@ type Peer struct {
 	Name    string
 	IP      netip.Addr
 	PodCIDR netip.Prefix
-	// VTEPMAC is from the peer's RoutingNode status; empty means derive it
-	// from IP (datapath.VTEPMAC), which is what every agent publishes.
+	// VTEPMAC overrides the MAC derived from IP (datapath.VTEPMAC); empty,
+	// as the agent's controller leaves it, means derive it, which is what
+	// every agent sets on its own tunnel device.
 	VTEPMAC string
 }
 
@@ -183,6 +193,7 @@ func (a *Agent) Reconcile(ctx context.Context, req Request) Result {
 		r.log.Error(err, "Failed to apply datapath", "reason", failureReason(err))
 	}
 	st := computeStatus(req.Previous, r.obs)
+	a.peerTable.set(peerRows(r.obs))
 	return Result{Status: st, Changes: r.changes, RequeueAfter: requeueAfter(st, a.cfg.ResyncPeriod)}
 }
 
@@ -415,7 +426,9 @@ func (r *run) classifyPeers() []datapath.Peer {
 	return out
 }
 
-// probe pings every peer that has a health endpoint.
+// probe pings the peers that have a health endpoint: all of them when the
+// datapath changed, a bounded rotating subset in steady state (probeplan.go).
+// It returns every peer's latest result, this reconcile's or an earlier one.
 func (r *run) probe(ctx context.Context) map[string]health.Result {
 	var targets []health.Target
 	for _, p := range r.obs.Peers {
@@ -423,9 +436,7 @@ func (r *run) probe(ctx context.Context) map[string]health.Result {
 			targets = append(targets, health.Target{Name: p.Name, IP: healthIP(p.PodCIDR)})
 		}
 	}
-	out := map[string]health.Result{}
-	for _, res := range r.a.health.Probe(ctx, targets, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout) {
-		out[res.Name] = res
-	}
-	return out
+	pr := &r.a.prober
+	chosen := pr.pick(targets, pr.fullSweep(r.req.Generation, r.req.Previous), r.a.cfg.ProbeBudget)
+	return pr.record(targets, r.a.health.Probe(ctx, chosen, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout))
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/internal/netlab"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 // restart replaces n's agent by a new instance, as a restarted agent
@@ -220,8 +221,8 @@ func TestPeersChange(t *testing.T) {
 	if got := routeTo(t, n1, "10.0.2.0/24"); !strings.Contains(got, "dev rm_vxlan") {
 		t.Errorf("no tunnel route to the joined node-3: %q", got)
 	}
-	if len(n1.Status.Peers) != 2 {
-		t.Errorf("node-1 reports %d peers, want 2", len(n1.Status.Peers))
+	if s := n1.Status.PeerSummary; s == nil || s.Total != 2 {
+		t.Errorf("node-1 reports %+v peers, want 2", s)
 	}
 
 	// node-3 leaves: its route, neighbour and FDB entry go.
@@ -261,7 +262,7 @@ func TestPeersChange(t *testing.T) {
 	if c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied); c == nil || c.Status != metav1.ConditionTrue {
 		t.Fatalf("DatapathApplied = %+v", c)
 	}
-	p9, ok := peerStatus(res.Status, "node-9")
+	p9, ok := peerRow(n1.Agent, "node-9")
 	if !ok || p9.Direct || p9.Reachable || !strings.Contains(p9.Message, "gateway 192.168.0.1") {
 		t.Errorf("node-9 as seen by node-1: %+v, want direct=false naming the gateway", p9)
 	}
@@ -277,19 +278,19 @@ func TestPeersChange(t *testing.T) {
 	if got := routeTo(t, n1, "10.0.9.0/24"); got != "" {
 		t.Errorf("route to node-9 without a tunnel: %q", got)
 	}
-	p9, _ = peerStatus(res.Status, "node-9")
+	p9, _ = peerRow(n1.Agent, "node-9")
 	t.Logf("node-9 (behind a gateway), no tunnel: %+v", p9)
 	if !strings.Contains(p9.Message, "no route installed") {
 		t.Errorf("node-9 without a tunnel: %+v, want a message saying it has no route", p9)
 	}
 }
 
-// peerStatus finds a peer in a status.
-func peerStatus(st v1alpha1.RoutingNodeStatus, name string) (v1alpha1.PeerStatus, bool) {
-	for _, p := range st.Peers {
+// peerRow finds a peer in the agent's full peer table.
+func peerRow(a *node.Agent, name string) (peertable.Row, bool) {
+	for _, p := range a.PeerTable() {
 		if p.Node == name {
 			return p, true
 		}
 	}
-	return v1alpha1.PeerStatus{}, false
+	return peertable.Row{}, false
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/routemode/routemode/agent/health"
 	"github.com/routemode/routemode/agent/kernel"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/bounded"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 // Condition reasons.
@@ -98,7 +100,7 @@ func computeStatus(prev v1alpha1.RoutingNodeStatus, o observation) v1alpha1.Rout
 		Conditions:         slices.Clone(prev.Conditions),
 		Capabilities:       &o.Capabilities,
 		Datapath:           datapathStatus(o),
-		Peers:              peerStatuses(o),
+		PeerSummary:        peertable.Summarize(peerRows(o)),
 	}
 	if o.Self.IP.IsValid() {
 		st.NodeIP = o.Self.IP.String()
@@ -112,6 +114,9 @@ func computeStatus(prev v1alpha1.RoutingNodeStatus, o observation) v1alpha1.Rout
 	} {
 		c := condition(o)
 		c.ObservedGeneration = o.Generation
+		// Messages quote kernel errors; an unbounded one would make the
+		// whole status unwritable.
+		c.Message = bounded.Message(c.Message)
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
 	return st
@@ -167,7 +172,7 @@ func peersHealthyCondition(o observation) metav1.Condition {
 		c.Message = fmt.Sprintf("all %d peers answer on the pod network", len(o.Probes))
 	default:
 		c.Status, c.Reason = metav1.ConditionFalse, ReasonPeersUnreachable
-		c.Message = fmt.Sprintf("%d of %d peers do not answer on the pod network: %v", len(unreachable), len(o.Probes), unreachable)
+		c.Message = fmt.Sprintf("%d of %d peers do not answer on the pod network: %s", len(unreachable), len(o.Probes), bounded.Names(unreachable, bounded.DefaultNames))
 	}
 	return c
 }
@@ -213,14 +218,15 @@ func datapathStatus(o observation) v1alpha1.NodeDatapathStatus {
 	return d
 }
 
-// peerStatuses reports every peer, sorted by name: how it is reached,
-// whether it answered, and why not.
-func peerStatuses(o observation) []v1alpha1.PeerStatus {
-	var out []v1alpha1.PeerStatus
+// peerRows is the full peer table, sorted by name: how each peer is
+// reached, whether it answered, its round trip, and why not. It stays on the
+// node (Agent.PeerTable); the status gets its bounded summary.
+func peerRows(o observation) []peertable.Row {
+	out := make([]peertable.Row, 0, len(o.Peers))
 	for _, p := range o.Peers {
-		ps := v1alpha1.PeerStatus{Node: p.Name, Direct: p.Direct}
+		row := peertable.Row{Node: p.Name, Direct: p.Direct}
 		if p.IP.IsValid() {
-			ps.NodeIP = p.IP.String()
+			row.NodeIP = p.IP.String()
 		}
 		var msgs []string
 		if rt, ok := o.Routes[p.Name]; ok && rt.Message != "" {
@@ -229,18 +235,18 @@ func peerStatuses(o observation) []v1alpha1.PeerStatus {
 			msgs = append(msgs, "not directly reachable: "+p.Why)
 		}
 		if res, ok := o.Probes[p.Name]; ok {
-			ps.Reachable = res.Reachable
+			row.Probed, row.Reachable = true, res.Reachable
 			if res.Reachable {
-				ps.RTTMicroseconds = max(res.RTT.Microseconds(), 1)
+				row.RTTMicroseconds = max(res.RTT.Microseconds(), 1)
 			} else {
 				msgs = append(msgs, fmt.Sprintf("health endpoint %s does not answer", healthIP(p.PodCIDR)))
 			}
 		} else if !p.PodCIDR.IsValid() {
 			msgs = append(msgs, "no podCIDR")
 		}
-		ps.Message = strings.Join(msgs, "; ")
-		out = append(out, ps)
+		row.Message = strings.Join(msgs, "; ")
+		out = append(out, row)
 	}
-	slices.SortFunc(out, func(a, b v1alpha1.PeerStatus) int { return strings.Compare(a.Node, b.Node) })
+	slices.SortFunc(out, func(a, b peertable.Row) int { return strings.Compare(a.Node, b.Node) })
 	return out
 }

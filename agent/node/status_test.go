@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/routemode/routemode/agent/endpoint"
 	"github.com/routemode/routemode/agent/health"
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/peertable"
 )
 
 var (
@@ -120,7 +122,7 @@ func TestPeersHealthyCondition(t *testing.T) {
 			o: with(tunnelled(), func(o *observation) {
 				o.Probes = map[string]health.Result{"node-3": {Name: "node-3"}, "node-2": {Name: "node-2"}, "node-4": {Name: "node-4", Reachable: true}}
 			}),
-			status: metav1.ConditionFalse, reason: ReasonPeersUnreachable, message: "2 of 3 peers do not answer on the pod network: [node-2 node-3]",
+			status: metav1.ConditionFalse, reason: ReasonPeersUnreachable, message: "2 of 3 peers do not answer on the pod network: node-2, node-3",
 		},
 	})
 }
@@ -167,18 +169,18 @@ func TestDatapathStatus(t *testing.T) {
 	}
 }
 
-func TestPeerStatuses(t *testing.T) {
+func TestPeerRows(t *testing.T) {
 	noCIDR := datapath.Peer{Node: datapath.Node{Name: "node-0", IP: netip.MustParseAddr("192.168.0.110")}, Direct: true}
 	for name, tc := range map[string]struct {
 		o    observation
-		want []v1alpha1.PeerStatus
+		want []peertable.Row
 	}{
-		"none": {o: observation{Spec: tunnelSpec}},
+		"none": {o: observation{Spec: tunnelSpec}, want: []peertable.Row{}},
 		"probed, sorted by name, RTT at least 1 µs": {
 			o: tunnelled(),
-			want: []v1alpha1.PeerStatus{
-				{Node: "node-2", NodeIP: "192.168.0.130", Direct: true, Reachable: true, RTTMicroseconds: 300},
-				{Node: "node-3", NodeIP: "10.9.0.3", Reachable: true, RTTMicroseconds: 1, Message: "not directly reachable: via gateway 192.168.0.1"},
+			want: []peertable.Row{
+				{Node: "node-2", NodeIP: "192.168.0.130", Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 300},
+				{Node: "node-3", NodeIP: "10.9.0.3", Probed: true, Reachable: true, RTTMicroseconds: 1, Message: "not directly reachable: via gateway 192.168.0.1"},
 			},
 		},
 		"not probed: why each cannot be": {
@@ -186,7 +188,7 @@ func TestPeerStatuses(t *testing.T) {
 				o.Err, o.Probes = errors.New("boom"), nil
 				o.Peers = append(o.Peers, noCIDR)
 			}),
-			want: []v1alpha1.PeerStatus{
+			want: []peertable.Row{
 				{Node: "node-0", NodeIP: "192.168.0.110", Direct: true, Message: "no podCIDR"},
 				{Node: "node-2", NodeIP: "192.168.0.130", Direct: true},
 				{Node: "node-3", NodeIP: "10.9.0.3", Message: "not directly reachable: via gateway 192.168.0.1"},
@@ -197,14 +199,14 @@ func TestPeerStatuses(t *testing.T) {
 				o.Routes = map[string]datapath.PeerRoute{"node-3": {Name: "node-3", Message: "tunnelled: not direct"}}
 				o.Probes = map[string]health.Result{"node-2": {Name: "node-2", Reachable: true, RTT: time.Millisecond}, "node-3": {Name: "node-3"}}
 			}),
-			want: []v1alpha1.PeerStatus{
-				{Node: "node-2", NodeIP: "192.168.0.130", Direct: true, Reachable: true, RTTMicroseconds: 1000},
-				{Node: "node-3", NodeIP: "10.9.0.3", Message: "tunnelled: not direct; health endpoint 10.0.2.2 does not answer"},
+			want: []peertable.Row{
+				{Node: "node-2", NodeIP: "192.168.0.130", Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 1000},
+				{Node: "node-3", NodeIP: "10.9.0.3", Probed: true, Message: "tunnelled: not direct; health endpoint 10.0.2.2 does not answer"},
 			},
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if got := peerStatuses(tc.o); !reflect.DeepEqual(got, tc.want) {
+			if got := peerRows(tc.o); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got %+v\nwant %+v", got, tc.want)
 			}
 		})
@@ -215,7 +217,7 @@ func TestComputeStatus(t *testing.T) {
 	o := tunnelled()
 	st := computeStatus(v1alpha1.RoutingNodeStatus{}, o)
 	if st.ObservedGeneration != 3 || st.NodeIP != "192.168.0.120" || st.PodCIDR != "10.0.0.0/24" ||
-		st.VTEPMAC != datapath.VTEPMAC(self.IP).String() || st.Capabilities == nil || len(st.Peers) != 2 {
+		st.VTEPMAC != datapath.VTEPMAC(self.IP).String() || st.Capabilities == nil || st.PeerSummary == nil || st.PeerSummary.Total != 2 || st.PeerSummary.NotDirect != 1 {
 		t.Fatalf("status: %+v", st)
 	}
 	if len(st.Conditions) != 2 {
@@ -249,7 +251,7 @@ func TestComputeStatus(t *testing.T) {
 
 	// Without a spec, the node's facts are still reported.
 	none := computeStatus(v1alpha1.RoutingNodeStatus{}, observation{Generation: 1, Self: self, Peers: []datapath.Peer{peer2}})
-	if none.ObservedGeneration != 1 || none.NodeIP == "" || len(none.Peers) != 1 || none.Datapath != (v1alpha1.NodeDatapathStatus{}) {
+	if none.ObservedGeneration != 1 || none.NodeIP == "" || none.PeerSummary == nil || none.PeerSummary.Total != 1 || none.Datapath != (v1alpha1.NodeDatapathStatus{}) {
 		t.Errorf("status without a spec: %+v", none)
 	}
 }
@@ -269,5 +271,21 @@ func TestRequeueAfter(t *testing.T) {
 		if got := requeueAfter(tc.st, tc.resync); got != tc.want {
 			t.Errorf("requeueAfter(%v, %s) = %s, want %s", tc.st.Conditions, tc.resync, got, tc.want)
 		}
+	}
+}
+
+// A resync whose probes answer with other round trips must produce the same
+// status, or every resync would write it.
+func TestComputeStatusIgnoresRTTJitter(t *testing.T) {
+	o := tunnelled()
+	fast := computeStatus(v1alpha1.RoutingNodeStatus{}, o)
+	slow := computeStatus(fast, with(o, func(o *observation) {
+		o.Probes = map[string]health.Result{}
+		for _, p := range o.Peers {
+			o.Probes[p.Name] = health.Result{Name: p.Name, Reachable: true, RTT: 37 * time.Millisecond}
+		}
+	}))
+	if !apiequality.Semantic.DeepEqual(fast, slow) {
+		t.Errorf("status changed with the round trips alone:\n%+v\n%+v", fast, slow)
 	}
 }

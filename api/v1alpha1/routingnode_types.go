@@ -141,25 +141,65 @@ type NodeCapabilities struct {
 	TCX bool `json:"tcx"`
 }
 
-// PeerStatus is one peer as this node sees it.
+// MaxListedPeers is how many peers a RoutingNode's status names: the
+// object stays the same size in a cluster of any size, and the agent serves
+// the full per-peer table itself.
+const MaxListedPeers = 16
+
+// PeerStatus is one peer with a problem, as this node sees it.
 type PeerStatus struct {
 	// node is the peer Node's name.
+	// +kubebuilder:validation:MaxLength=253
+	// +required
 	Node string `json:"node"`
 	// nodeIP is the peer's InternalIP.
+	// +kubebuilder:validation:MaxLength=15
 	// +optional
 	NodeIP string `json:"nodeIP,omitempty"`
 	// direct is true when the peer's node IP is on a directly connected
 	// network (a route lookup gives no gateway).
-	Direct bool `json:"direct"`
+	Direct bool `json:"direct"` //nolint:kubeapilinter // a fact, not a setting
 	// reachable is true when the last probe of the peer's health endpoint
 	// over the pod network was answered.
-	Reachable bool `json:"reachable"`
-	// rttMicroseconds is the last probe's round trip.
+	Reachable bool `json:"reachable"` //nolint:kubeapilinter // a fact, not a setting
+}
+
+// PeerSummary is the node's view of its peers in a size that does not grow
+// with the cluster: counts, and the peers that need attention. A peer that
+// is direct and answers is only counted.
+//
+// +kubebuilder:validation:XValidation:rule="(has(self.notDirect) ? self.notDirect : 0) <= self.total && (has(self.probed) ? self.probed : 0) <= self.total && (has(self.unreachable) ? self.unreachable : 0) <= (has(self.probed) ? self.probed : 0)",message="peer counts are inconsistent: notDirect and probed cannot exceed total, nor unreachable exceed probed"
+// +kubebuilder:validation:XValidation:rule="!has(self.problemsNotListed) || self.problemsNotListed == 0 || (has(self.problems) && size(self.problems) == 16)",message="problemsNotListed counts peers beyond a full list: list 16 problems before counting the rest"
+type PeerSummary struct {
+	// total is the number of peers the node knows: the other nodes with an
+	// IPv4 InternalIP and podCIDR.
+	// +kubebuilder:validation:Minimum=0
+	// +required
+	Total int32 `json:"total"`
+	// notDirect is the number of peers reached only through a gateway.
+	// +kubebuilder:validation:Minimum=0
 	// +optional
-	RTTMicroseconds int64 `json:"rttMicroseconds,omitempty"`
-	// message says why a peer is unreachable.
+	NotDirect int32 `json:"notDirect,omitempty"`
+	// probed is the number of peers whose health endpoint was probed.
+	// +kubebuilder:validation:Minimum=0
 	// +optional
-	Message string `json:"message,omitempty"`
+	Probed int32 `json:"probed,omitempty"`
+	// unreachable is the number of probed peers that did not answer.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Unreachable int32 `json:"unreachable,omitempty"`
+	// problems are the first peers, by name, that are not direct or do not
+	// answer; the agent serves the full table (routemodectl status --node
+	// NODE --peers).
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	// +optional
+	Problems []PeerStatus `json:"problems,omitempty"`
+	// problemsNotListed is the number of peers with a problem beyond those
+	// in problems.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	ProblemsNotListed int32 `json:"problemsNotListed,omitempty"`
 }
 
 // NodeDatapathStatus is the datapath as read back from the kernel.
@@ -214,11 +254,10 @@ type RoutingNodeStatus struct {
 	// +optional
 	Datapath NodeDatapathStatus `json:"datapath,omitzero"`
 
-	// peers is the reachability of every other node.
-	// +listType=map
-	// +listMapKey=node
+	// peers summarizes how the node reaches the other nodes: counts and
+	// at most 16 peers that are not direct or do not answer.
 	// +optional
-	Peers []PeerStatus `json:"peers,omitempty"`
+	PeerSummary *PeerSummary `json:"peerSummary,omitempty"`
 }
 
 // RoutingNode is one node's share of the RoutingMode: the operator writes

@@ -43,6 +43,7 @@ type options struct {
 	stateDir       string
 	healthNS       string
 	resync         time.Duration
+	probeBudget    int
 	metricsAddr    string
 	probeAddr      string
 	legacyOnly     bool
@@ -61,7 +62,8 @@ func main() {
 	fs.StringVar(&o.stateDir, "state-dir", "/var/run/routemode", "agent state: saved sysctls, endpoint records (endpoints/), address allocations (ipam/)")
 	fs.StringVar(&o.healthNS, "health-netns", "", "name of the health endpoint's network namespace (default rmhealth-<node>)")
 	fs.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often the node is reconciled without any event")
-	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, 0 to disable")
+	fs.IntVar(&o.probeBudget, "probe-peers-per-resync", node.DefaultProbeBudget, "peers probed per reconcile in steady state, in rotation (every peer is probed whenever the node's datapath changes); 0 means the default, -1 probes every peer every time")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, also serving the full peer table on /peers (routemodectl status --node NODE --peers); 0 to disable both")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
 	fs.StringVar(&o.procSys, "proc-sys", nsutil.DefaultProcSys, "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
@@ -118,6 +120,7 @@ func run(o options) error {
 		HealthNS:       o.healthNS,
 		HostRouter:     hostRouter,
 		ResyncPeriod:   o.resync,
+		ProbeBudget:    o.probeBudget,
 		Log:            log,
 	})
 	if err != nil {
@@ -138,6 +141,7 @@ func run(o options) error {
 		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress: o.probeAddr,
 		LeaderElection:         false,
+		Cache:                  agentcontroller.CacheOptions(o.nodeName),
 	})
 	if err != nil {
 		return err
@@ -146,6 +150,10 @@ func run(o options) error {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	// The full peer table, beside the metrics (see agentcontroller.PeersPath).
+	if err := mgr.AddMetricsServerExtraHandler(agentcontroller.PeersPath, agentcontroller.PeerTableHandler(agent.PeerTable)); err != nil {
 		return err
 	}
 	kernel := make(chan event.GenericEvent, 1)

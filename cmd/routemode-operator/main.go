@@ -34,12 +34,19 @@ func run() error {
 		leaderElect    bool
 		leaderElectNS  string
 		reconcileLimit time.Duration
+		qps            float64
+		burst          int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the liveness and readiness probes bind to.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader so that only one operator replica drives the rollout.")
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", "", "Namespace of the leader election lease (default: the operator's own namespace).")
 	flag.DurationVar(&reconcileLimit, "reconcile-timeout", time.Minute, "Upper bound of one reconcile.")
+	// A rollout writes about three steps per node; at client-go's default of
+	// 5 QPS (controller-runtime's 20) a 5,000-node rollout would spend 12
+	// minutes or more just waiting for its own rate limiter.
+	flag.Float64Var(&qps, "kube-api-qps", 100, "Sustained requests per second to the API server; a rollout writes about 3 RoutingNode steps per node (15,000 at 5,000 nodes: 2.5 minutes at 100).")
+	flag.IntVar(&burst, "kube-api-burst", 200, "Requests allowed in a burst above --kube-api-qps.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -53,6 +60,10 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("finding the cluster (set --kubeconfig or KUBECONFIG): %w", err)
 	}
+	if qps <= 0 || burst < 1 {
+		return fmt.Errorf("--kube-api-qps must be above 0 and --kube-api-burst at least 1, got %v and %d", qps, burst)
+	}
+	cfg.QPS, cfg.Burst = float32(qps), burst
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
@@ -60,6 +71,7 @@ func run() error {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "routemode-operator.routemode.io",
 		LeaderElectionNamespace: leaderElectNS,
+		Cache:                   routingmode.CacheOptions(),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)

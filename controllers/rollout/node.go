@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // Node is what the planner knows of one node: its Node object's facts, the
@@ -66,6 +67,17 @@ func nodeHealth(n Node) (health, string) {
 			msg = peers.Message
 		}
 		return healthPending, fmt.Sprintf("%s does not reach every peer yet: %s", n.Name, msg)
+	}
+	// The bounded report must agree: a node that counts an unreachable peer
+	// is not healthy, whatever its condition says.
+	if s := n.Status.PeerSummary; s != nil && s.Unreachable > 0 {
+		var names []string
+		for _, p := range s.Problems {
+			if !p.Reachable {
+				names = append(names, p.Node)
+			}
+		}
+		return healthPending, fmt.Sprintf("%s does not reach %s", n.Name, bounded.Counted(names, int(s.Unreachable), bounded.DefaultNames))
 	}
 	return healthy, ""
 }

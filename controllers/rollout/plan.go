@@ -2,12 +2,12 @@ package rollout
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // DefaultHealthCheckTimeout applies when the spec leaves it unset.
@@ -69,7 +69,7 @@ type Decision struct {
 func Plan(in Input) (d Decision) {
 	target := Steady(in.Spec)
 	d.Target = target
-	defer func() { d.Counts = count(in.Nodes, target, d.Updates) }()
+	defer func() { d.Counts = Count(in.Nodes, target, d.Updates) }()
 
 	if in.Stalled == nil {
 		in.Stalled = rolledBack(in)
@@ -105,10 +105,13 @@ func Plan(in Input) (d Decision) {
 	}
 
 	// Prepare: every node receives both ways before any node sends
-	// differently.
+	// differently. Once every node sends the new way, nobody sends the old
+	// way any more: a node that already dropped the old mode's state (a
+	// finalize whose writes were cut short) must not be prepared again.
 	var prepare []Update
+	everyoneSwitched := allSendLike(in.Nodes, target)
 	for _, n := range in.Nodes {
-		if n.Datapath != nil && !receiveReady(n.Datapath, r) {
+		if n.Datapath != nil && !receiveReady(n.Datapath, r) && !everyoneSwitched {
 			prepare = append(prepare, Update{Node: n.Name, Datapath: prepared(*n.Datapath, r, target), Step: v1alpha1.StepPrepare})
 		}
 	}
@@ -135,6 +138,17 @@ func Plan(in Input) (d Decision) {
 		}
 	}
 	return d
+}
+
+// allSendLike reports whether every node with a datapath sends the way
+// target does.
+func allSendLike(nodes []Node, target v1alpha1.NodeDatapath) bool {
+	for _, n := range nodes {
+		if n.Datapath != nil && !sendsLike(n.Datapath, target) {
+			return false
+		}
+	}
+	return true
 }
 
 // rolledBack is the halt a rollback in this generation implies. It is read
@@ -268,7 +282,7 @@ func switchBatches(d Decision, in Input, target v1alpha1.NodeDatapath, done func
 	for _, u := range d.Updates {
 		names = append(names, u.Node)
 	}
-	d.Waiting = fmt.Sprintf("switching %s (%d of %d nodes left)", strings.Join(names, ", "), len(todo), len(in.Nodes))
+	d.Waiting = fmt.Sprintf("switching %s (%d of %d nodes left)", bounded.Names(names, bounded.DefaultNames), len(todo), len(in.Nodes))
 	return d
 }
 
@@ -352,8 +366,8 @@ func maxUnavailable(spec v1alpha1.RoutingModeSpec, total int) int {
 	return n
 }
 
-// count reports the nodes' progress after the updates are written.
-func count(nodes []Node, target v1alpha1.NodeDatapath, updates []Update) v1alpha1.NodeCounts {
+// Count reports the nodes' progress after the updates are written.
+func Count(nodes []Node, target v1alpha1.NodeDatapath, updates []Update) v1alpha1.NodeCounts {
 	next := map[string]Update{}
 	for _, u := range updates {
 		next[u.Node] = u

@@ -78,12 +78,7 @@ func (s *sim) report() {
 	for i := range s.nodes {
 		n := &s.nodes[i]
 		n.Status.Capabilities = allCaps
-		n.Status.Peers = nil
-		for _, p := range s.nodes {
-			if p.Name != n.Name {
-				n.Status.Peers = append(n.Status.Peers, v1alpha1.PeerStatus{Node: p.Name, Direct: true, Reachable: true})
-			}
-		}
+		n.Status.PeerSummary = &v1alpha1.PeerSummary{Total: int32(len(s.nodes) - 1)}
 		if n.Datapath == nil {
 			continue
 		}
@@ -99,8 +94,19 @@ func (s *sim) report() {
 
 func (s *sim) step() Decision {
 	s.t.Helper()
+	return s.apply(s.plan())
+}
+
+// plan decides from the nodes as they are.
+func (s *sim) plan() Decision {
 	d := Plan(Input{Spec: s.spec, Nodes: s.nodes, Now: s.now, Stalled: s.stall, Generation: s.generation})
 	s.phases = append(s.phases, d.Phase)
+	return d
+}
+
+// apply writes d's updates to the nodes, as the operator would.
+func (s *sim) apply(d Decision) Decision {
+	s.t.Helper()
 	s.checkLossless(d.Updates)
 	for _, u := range d.Updates {
 		i := slices.IndexFunc(s.nodes, func(n Node) bool { return n.Name == u.Node })
@@ -422,8 +428,7 @@ func TestPreflight(t *testing.T) {
 		for i := range 2 {
 			ns = append(ns, Node{Name: fmt.Sprintf("n%d", i), PodCIDR: fmt.Sprintf("10.0.%d.0/24", i), InternalIP: fmt.Sprintf("192.168.0.%d", i+1),
 				Datapath: new(Steady(tunnelSpec)),
-				Status: v1alpha1.RoutingNodeStatus{Capabilities: allCaps, Peers: []v1alpha1.PeerStatus{
-					{Node: "n0", Direct: true}, {Node: "n1", Direct: true}}}})
+				Status:   v1alpha1.RoutingNodeStatus{Capabilities: allCaps, PeerSummary: &v1alpha1.PeerSummary{Total: 1}}})
 		}
 		return ns
 	}
@@ -445,8 +450,11 @@ func TestPreflight(t *testing.T) {
 		"no bpf host routing, the agent says why": {spec: nativeSpec, mutate: func(n []Node) {
 			n[1].Status.Capabilities = &v1alpha1.NodeCapabilities{Kernel: "5.15.0", VXLAN: true, BPFHostRoutingReason: `kfunc "bpf_skb_ct_lookup": not supported`}
 		}, reason: ReasonHostRoutingUnsup, failed: true, msg: `node n1 cannot run eBPF host routing (kfunc "bpf_skb_ct_lookup": not supported); kernel 5.15.0`},
-		"peer behind a gateway": {spec: nativeSpec, mutate: func(n []Node) { n[0].Status.Peers[1].Direct = false }, reason: ReasonPeerNotDirect, failed: true, msg: "node n0 reaches n1"},
-		"peer not reported":     {spec: nativeSpec, mutate: func(n []Node) { n[0].Status.Peers = n[0].Status.Peers[:1] }, reason: ReasonWaitingForAgents},
+		"peer behind a gateway": {spec: nativeSpec, mutate: func(n []Node) {
+			n[0].Status.PeerSummary = &v1alpha1.PeerSummary{Total: 1, NotDirect: 1, Problems: []v1alpha1.PeerStatus{{Node: "n1", NodeIP: "192.168.0.2"}}}
+		}, reason: ReasonPeerNotDirect, failed: true, msg: "node n0 reaches n1 (192.168.0.2) only through a gateway"},
+		"peers not reported":      {spec: nativeSpec, mutate: func(n []Node) { n[0].Status.PeerSummary = nil }, reason: ReasonWaitingForAgents, msg: "agent on n0"},
+		"not every peer seen yet": {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.PeerSummary.Total = 0 }, reason: ReasonWaitingForAgents, msg: "agent on n1"},
 		"tunnel port in place": {spec: v1alpha1.RoutingModeSpec{Tunnel: v1alpha1.TunnelVXLAN, TunnelPort: 4789, HostRouting: "legacy"},
 			reason: ReasonTunnelChangeInPlace, failed: true, msg: "switch to tunnel: disabled first"},
 	}

@@ -3,9 +3,9 @@ package rollout
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // PreflightResult is the outcome of the cluster checks. Failed stops the
@@ -113,7 +113,7 @@ func checkAgentsReported(_ v1alpha1.NodeDatapath, nodes []Node) PreflightResult 
 		}
 	}
 	if len(missing) > 0 {
-		return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the routemode agent on %s to report its kernel's capabilities", strings.Join(missing, ", "))}
+		return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the routemode agent on %s to report its kernel's capabilities", bounded.Names(missing, bounded.DefaultNames))}
 	}
 	return PreflightResult{}
 }
@@ -147,27 +147,45 @@ func checkHostRoutingSupported(target v1alpha1.NodeDatapath, nodes []Node) Prefl
 	return PreflightResult{}
 }
 
+// checkDirectPeers decides from each node's bounded peer report: the agent
+// counts its peers and names the ones it reaches only through a gateway, so
+// a node whose count covers every other node and names none is adjacent to
+// all of them. This is O(N) however large the cluster.
 func checkDirectPeers(target v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
 	if target.SendMode != v1alpha1.SendNative || !target.AutoDirectNodeRoutes {
 		return PreflightResult{}
 	}
-	for _, n := range nodes {
-		reported := map[string]v1alpha1.PeerStatus{}
-		for _, p := range n.Status.Peers {
-			reported[p.Node] = p
+	var waiting, indirect []string
+	var first *Node
+	for i, n := range nodes {
+		s := n.Status.PeerSummary
+		switch {
+		case s != nil && s.NotDirect > 0:
+			if first == nil {
+				first = &nodes[i]
+			}
+			indirect = append(indirect, n.Name)
+		case s == nil || int(s.Total) < len(nodes)-1:
+			waiting = append(waiting, n.Name)
 		}
-		for _, peer := range nodes {
-			if peer.Name == n.Name {
-				continue
-			}
-			p, ok := reported[peer.Name]
-			if !ok {
-				return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the agent on %s to report whether it reaches %s directly", n.Name, peer.Name)}
-			}
+	}
+	if first != nil {
+		s := first.Status.PeerSummary
+		// Problems is capped, so NotDirect may count more peers than it lists.
+		var peers []string
+		for _, p := range s.Problems {
 			if !p.Direct {
-				return fail(ReasonPeerNotDirect, "node %s reaches %s (%s) only through a gateway: autoDirectNodeRoutes needs every node on one L2 network; keep the tunnel, or route pod CIDRs in the underlay and set autoDirectNodeRoutes: false", n.Name, peer.Name, peer.InternalIP)
+				peers = append(peers, fmt.Sprintf("%s (%s)", p.Node, p.NodeIP))
 			}
 		}
+		also := ""
+		if len(indirect) > 1 {
+			also = fmt.Sprintf(" (%d nodes report such peers: %s)", len(indirect), bounded.Names(indirect, bounded.DefaultNames))
+		}
+		return fail(ReasonPeerNotDirect, "node %s reaches %s only through a gateway%s: autoDirectNodeRoutes needs every node on one L2 network; keep the tunnel, or route pod CIDRs in the underlay and set autoDirectNodeRoutes: false", first.Name, bounded.Counted(peers, int(s.NotDirect), bounded.DefaultNames), also)
+	}
+	if len(waiting) > 0 {
+		return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the agent on %s to report whether it reaches all %d peers directly", bounded.Names(waiting, bounded.DefaultNames), len(nodes)-1)}
 	}
 	return PreflightResult{}
 }

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -34,6 +35,8 @@ import (
 
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/controllers/rollout"
+	"github.com/routemode/routemode/internal/bounded"
+	"github.com/routemode/routemode/internal/nodefacts"
 )
 
 // ControllerName names the controller in logs, events and metrics.
@@ -51,12 +54,31 @@ const (
 	AnnotationRollbackReason = "routemode.io/rollback-reason"
 )
 
+// DefaultMaxWritesPerReconcile is 5 s of writes at the operator's default
+// client rate limit of 100 per second, well inside the reconcile timeout.
+const DefaultMaxWritesPerReconcile = 500
+
+func (r *Reconciler) writeLimit() int {
+	if r.MaxWritesPerReconcile > 0 {
+		return r.MaxWritesPerReconcile
+	}
+	return DefaultMaxWritesPerReconcile
+}
+
+// ReasonStatusRefused is Ready's reason when the API server refused the
+// status the operator computed.
+const ReasonStatusRefused = "StatusRefused"
+
 // Reconciler drives the RoutingMode rollout.
 type Reconciler struct {
 	client.Client
 	Recorder events.EventRecorder
 	// Now is the clock; tests move it to fire timeouts.
 	Now func() time.Time
+
+	// MaxWritesPerReconcile caps the RoutingNodes one reconcile writes;
+	// 0 means DefaultMaxWritesPerReconcile.
+	MaxWritesPerReconcile int
 
 	// written is the generation each RoutingNode had after this operator
 	// last wrote it. A decision made from a cache that has not caught up
@@ -107,6 +129,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		in.Started = now
 	}
 	d := rollout.Plan(in)
+	if limit := r.writeLimit(); len(d.Updates) > limit {
+		// At 5,000 nodes a phase decides 5,000 writes at once, longer than
+		// a reconcile may take: the reconcile would be cut off and the
+		// status left unwritten. Writing a chunk and planning again keeps
+		// the status current; every chunk of a decision is itself safe
+		// (it switches fewer nodes than the batch allows).
+		d.Updates = d.Updates[:limit]
+		d.Counts = rollout.Count(nodes, d.Target, d.Updates)
+		d.RequeueAfter = time.Millisecond
+	}
 
 	original := rm.DeepCopy()
 	defer func() {
@@ -118,7 +150,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		return ctrl.Result{}, err
 	}
 	if d.Stall != nil && in.Stalled == nil {
-		r.Recorder.Eventf(rm, nil, corev1.EventTypeWarning, d.Stall.Reason, "Halt", "%s", d.Stall.Message)
+		r.Recorder.Eventf(rm, nil, corev1.EventTypeWarning, d.Stall.Reason, "Halt", "%s", bounded.Message(d.Stall.Message))
 	}
 	if d.Phase == v1alpha1.PhaseComplete {
 		if err := r.recordCompletedSpec(ctx, rm); err != nil {
@@ -316,15 +348,43 @@ func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.Routi
 	return nil
 }
 
-// patchStatus writes status only when it changed.
+// patchStatus writes status only when it changed. A status the API server
+// refuses (a message over its limits, say) must not leave the previous one
+// standing as if it were current, so the refusal itself is written instead:
+// Ready Unknown with the API server's reason, every other message cleared.
 func (r *Reconciler) patchStatus(ctx context.Context, original, rm *v1alpha1.RoutingMode) error {
 	if apiequality.Semantic.DeepEqual(original.Status, rm.Status) {
 		return nil
 	}
-	if err := r.Status().Patch(ctx, rm, client.MergeFrom(original)); err != nil {
+	err := r.Status().Patch(ctx, rm, client.MergeFrom(original))
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsInvalid(err) && !apierrors.IsRequestEntityTooLargeError(err) {
 		return fmt.Errorf("writing routingmode status: %w", err)
 	}
-	return nil
+	refused := rm.DeepCopy()
+	for i := range refused.Status.Conditions {
+		refused.Status.Conditions[i].Message = ""
+	}
+	meta.SetStatusCondition(&refused.Status.Conditions, metav1.Condition{
+		Type: v1alpha1.ConditionReady, Status: metav1.ConditionUnknown, Reason: ReasonStatusRefused,
+		ObservedGeneration: rm.Generation,
+		Message:            bounded.Message("the API server refused the operator's status: " + err.Error()),
+	})
+	if ferr := r.Status().Patch(ctx, refused, client.MergeFrom(original)); ferr != nil {
+		return fmt.Errorf("writing routingmode status: %w; writing that it was refused: %w", err, ferr)
+	}
+	return fmt.Errorf("writing routingmode status: %w", err)
+}
+
+// CacheOptions is the operator manager's cache: Nodes stripped to the facts
+// the planner reads (name, UID, InternalIP, podCIDR), so the operator does
+// not hold every Node's images and conditions.
+func CacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Node{}: {Transform: nodefacts.Transform},
+	}}
 }
 
 // SetupWithManager registers the controller. Every event maps to the one

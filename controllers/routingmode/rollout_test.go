@@ -73,7 +73,13 @@ func (c *cluster) apply(spec v1alpha1.RoutingModeSpec) {
 // waitFor polls until ok returns true, failing with its last message.
 func (c *cluster) waitFor(what string, ok func(rm *v1alpha1.RoutingMode) (bool, string)) *v1alpha1.RoutingMode {
 	c.t.Helper()
-	deadline := time.Now().Add(waitLimit)
+	return c.waitWithin(what, waitLimit, ok)
+}
+
+// waitWithin is waitFor with its own limit, for the tests at scale.
+func (c *cluster) waitWithin(what string, limit time.Duration, ok func(rm *v1alpha1.RoutingMode) (bool, string)) *v1alpha1.RoutingMode {
+	c.t.Helper()
+	deadline := time.Now().Add(limit)
 	var last string
 	for time.Now().Before(deadline) {
 		rm := c.get()

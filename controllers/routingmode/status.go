@@ -9,6 +9,7 @@ import (
 
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/controllers/rollout"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // computeStatus sets every status field from one decision. It is the only
@@ -30,6 +31,9 @@ func computeStatus(rm *v1alpha1.RoutingMode, d rollout.Decision, nodes []rollout
 	} {
 		c := set(rm, d)
 		c.ObservedGeneration = rm.Generation
+		// Messages quote agents and the kernel; an unbounded one would make
+		// the whole status unwritable.
+		c.Message = bounded.Message(c.Message)
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
 }

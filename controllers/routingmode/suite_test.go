@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -30,17 +31,25 @@ func TestMain(m *testing.M) {
 	testenv.Main(m, &env)
 }
 
-// startOperator runs the reconciler in a manager until stop is called.
-func startOperator(t *testing.T) (stop func()) {
+// startOperator runs the reconciler in a manager until stop is called;
+// opts adjust the reconciler first.
+func startOperator(t *testing.T, opts ...func(*Reconciler)) (stop func()) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+	// The operator binary's default client rate limit (--kube-api-qps).
+	cfg := rest.CopyConfig(env.Config)
+	cfg.QPS, cfg.Burst = 100, 200
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:   CacheOptions(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := &Reconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("routemode-operator"), Now: time.Now}
+	for _, o := range opts {
+		o(r)
+	}
 	skip := true
 	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: &skip}); err != nil {
 		t.Fatal(err)
@@ -152,12 +161,10 @@ func (a *agents) report(ctx context.Context, rn *v1alpha1.RoutingNode, all []v1a
 	base := rn.DeepCopy()
 	st := &rn.Status
 	st.Capabilities = &a.caps
-	st.Peers = nil
 	healthy := !(a.failing[rn.Name] && rn.Spec.Step == v1alpha1.StepSwitch)
-	for _, p := range all {
-		if p.Name != rn.Name {
-			st.Peers = append(st.Peers, v1alpha1.PeerStatus{Node: p.Name, Direct: true, Reachable: healthy})
-		}
+	st.PeerSummary = &v1alpha1.PeerSummary{Total: int32(len(all) - 1)}
+	if !healthy {
+		st.PeerSummary.Probed, st.PeerSummary.Unreachable = st.PeerSummary.Total, st.PeerSummary.Total
 	}
 	// A node held at a step still reports its kernel and peers, like an
 	// agent that is slow to apply.

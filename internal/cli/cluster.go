@@ -8,6 +8,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -28,14 +29,10 @@ func newScheme() (*runtime.Scheme, error) {
 // client connects to the cluster chosen by --kubeconfig and --context, the
 // way kubectl does ($KUBECONFIG, then ~/.kube/config).
 func (g *globalOptions) client() (client.Client, string, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = g.kubeconfig
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: g.context})
-	cfg, err := cc.ClientConfig()
+	cfg, err := g.restConfig()
 	if err != nil {
-		return nil, "", fmt.Errorf("cannot load a kubeconfig: %w; pass --kubeconfig FILE or set KUBECONFIG (and --context to pick a context)", err)
+		return nil, "", err
 	}
-	cfg.UserAgent = "routemodectl"
 	scheme, err := newScheme()
 	if err != nil {
 		return nil, "", err
@@ -45,6 +42,19 @@ func (g *globalOptions) client() (client.Client, string, error) {
 		return nil, "", fmt.Errorf("cannot create a client for %s: %w", cfg.Host, err)
 	}
 	return c, cfg.Host, nil
+}
+
+// restConfig loads the kubeconfig chosen by --kubeconfig and --context.
+func (g *globalOptions) restConfig() (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = g.kubeconfig
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: g.context})
+	cfg, err := cc.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("cannot load a kubeconfig: %w; pass --kubeconfig FILE or set KUBECONFIG (and --context to pick a context)", err)
+	}
+	cfg.UserAgent = "routemodectl"
+	return cfg, nil
 }
 
 // getRoutingMode reads the cluster's RoutingMode and turns the usual

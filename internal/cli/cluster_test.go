@@ -104,7 +104,7 @@ func TestClusterStatus(t *testing.T) {
 			ObservedGeneration: rn.Generation,
 			Datapath:           v1alpha1.NodeDatapathStatus{TunnelDevice: "routemode_vxlan", SendMode: send, RouteMTU: 1450, HostRouting: v1alpha1.HostRoutingBPF},
 			Conditions:         []metav1.Condition{condNow(v1alpha1.ConditionDatapathApplied, "True", "Applied", "")},
-			Peers:              []v1alpha1.PeerStatus{{Node: "other", Direct: true, Reachable: true}},
+			PeerSummary:        &v1alpha1.PeerSummary{Total: 1, Probed: 1},
 		}
 		if err := e.Client.Status().Update(ctx, rn); err != nil {
 			t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/routemode/routemode/agent/bpfhost"
 	"github.com/routemode/routemode/agent/datapath"
@@ -91,23 +92,41 @@ func TestMonitorCommandOnLab(t *testing.T) {
 	})
 	t.Cleanup(func() { _ = stop() })
 
-	// Probe until the receiving node's to-endpoint line for it shows up.
-	lines := bufio.NewScanner(pr)
+	// Probe until the receiving node's to-endpoint line for it shows up:
+	// probes sent before the monitor set its flag make no event, so keep
+	// sending while waiting.
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	want := "to-endpoint: "
 	var out []string
-	sent := 0
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
 	for found := false; !found; {
-		if sent < 5 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("monitor ended; stderr %q; output so far:\n%s", errOut, strings.Join(out, "\n"))
+			}
+			out = append(out, l)
+			found = strings.Contains(l, want)
+		case <-tick.C:
 			if _, err := p1.Ping(t.Context(), p2.EchoAddr(), 64, false); err != nil {
 				t.Fatal(err)
 			}
-			sent++
+		case <-deadline:
+			t.Fatalf("no %q line within 30 s; stderr %q; output so far:\n%s", want, errOut, strings.Join(out, "\n"))
 		}
-		if !lines.Scan() {
-			t.Fatalf("monitor ended: %v; stderr %q; output so far:\n%s", lines.Err(), errOut, strings.Join(out, "\n"))
-		}
-		out = append(out, lines.Text())
-		found = strings.Contains(lines.Text(), want)
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("monitor: %v", err)

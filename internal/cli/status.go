@@ -10,19 +10,49 @@ import (
 )
 
 func newStatusCommand(g *globalOptions) *cobra.Command {
-	var output string
+	var (
+		output, node string
+		peers        bool
+		agentPort    int
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the cluster's routing mode, the rollout and every node's state",
 		Long: `Shows the RoutingMode named default: the requested mode, the routing the nodes'
 agents report (Network: Tunnel, Native or Mixed; Host: BPF or Legacy), the
-rollout phase and conditions, and one line per node from its RoutingNode.`,
+rollout phase and conditions, and one line per node from its RoutingNode.
+
+A RoutingNode counts its peers and names at most 16 that are not directly
+reachable or do not answer; --node NODE --peers reads the full per-peer
+table (address, direct, reachable, round trip, why) from the agent on NODE,
+through the API server's node proxy.`,
 		Example: `  routemodectl status
-  kubectl routemode status -o yaml`,
+  kubectl routemode status -o yaml
+  routemodectl status --node worker-1 --peers`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := outputFormat(output, "text", "json", "yaml"); err != nil {
 				return err
+			}
+			if peers != (node != "") {
+				return fmt.Errorf("--peers and --node go together: routemodectl status --node NODE --peers")
+			}
+			if peers {
+				cfg, err := g.restConfig()
+				if err != nil {
+					return err
+				}
+				rows, err := fetchPeers(cmd.Context(), cfg, node, agentPort)
+				if err != nil {
+					return err
+				}
+				switch output {
+				case "json":
+					return writeJSON(g.streams.Out, rows)
+				case "yaml":
+					return writeYAML(g.streams.Out, rows)
+				}
+				return formatPeers(g.streams.Out, node, rows)
 			}
 			c, host, err := g.client()
 			if err != nil {
@@ -61,5 +91,8 @@ rollout phase and conditions, and one line per node from its RoutingNode.`,
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text, json or yaml")
+	cmd.Flags().StringVar(&node, "node", "", "with --peers: the node whose agent to ask")
+	cmd.Flags().BoolVar(&peers, "peers", false, "show the full per-peer table from the agent on --node")
+	cmd.Flags().IntVar(&agentPort, "agent-port", DefaultAgentPort, "the agent's metrics port, which serves the peer table")
 	return cmd
 }

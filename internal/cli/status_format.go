@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/bounded"
 )
 
 // statusReport is what `status -o json|yaml` prints.
@@ -75,7 +76,7 @@ func formatStatus(w io.Writer, rm *v1alpha1.RoutingMode, nodes []v1alpha1.Routin
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			n.Name, dash(string(n.Spec.Step)), dash(string(ds.SendMode)), dash(ds.TunnelDevice), mtu,
 			dash(string(ds.HostRouting)), conditionStatus(n.Status.Conditions, v1alpha1.ConditionDatapathApplied),
-			peersSummary(n.Status.Peers), nodeMessage(n))
+			peersSummary(n.Status.PeerSummary), nodeMessage(n))
 	}
 	return tw.Flush()
 }
@@ -182,17 +183,12 @@ func conditionStatus(conds []metav1.Condition, t string) string {
 	return "-"
 }
 
-func peersSummary(peers []v1alpha1.PeerStatus) string {
-	if len(peers) == 0 {
+// peersSummary is "answering/total", from the agent's bounded report.
+func peersSummary(s *v1alpha1.PeerSummary) string {
+	if s == nil || s.Total == 0 {
 		return "-"
 	}
-	ok := 0
-	for _, p := range peers {
-		if p.Reachable {
-			ok++
-		}
-	}
-	return fmt.Sprintf("%d/%d", ok, len(peers))
+	return fmt.Sprintf("%d/%d", s.Probed-s.Unreachable, s.Total)
 }
 
 // nodeMessage is the one thing to know about a node: that its agent lags,
@@ -206,14 +202,15 @@ func nodeMessage(n v1alpha1.RoutingNode) string {
 			return oneLine(c.Message)
 		}
 	}
-	for _, p := range n.Status.Peers {
-		if !p.Reachable {
-			msg := "peer " + p.Node + " unreachable"
-			if p.Message != "" {
-				msg += ": " + oneLine(p.Message)
+	if s := n.Status.PeerSummary; s != nil && s.Unreachable > 0 {
+		var names []string
+		for _, p := range s.Problems {
+			if !p.Reachable {
+				names = append(names, p.Node)
 			}
-			return msg
 		}
+		return fmt.Sprintf("peers unreachable: %s (routemodectl status --node %s --peers has the full table)",
+			bounded.Counted(names, int(s.Unreachable), bounded.DefaultNames), n.Name)
 	}
 	return "-"
 }

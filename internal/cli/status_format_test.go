@@ -18,7 +18,7 @@ func cond(t, status, reason, msg string, ago time.Duration) metav1.Condition {
 		LastTransitionTime: metav1.NewTime(now.Add(-ago))}
 }
 
-func node(name string, gen, observed int64, step v1alpha1.RolloutStep, send v1alpha1.SendMode, hr v1alpha1.HostRouting, peers ...v1alpha1.PeerStatus) v1alpha1.RoutingNode {
+func node(name string, gen, observed int64, step v1alpha1.RolloutStep, send v1alpha1.SendMode, hr v1alpha1.HostRouting, peers *v1alpha1.PeerSummary) v1alpha1.RoutingNode {
 	n := v1alpha1.RoutingNode{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Generation: gen},
 		Spec:       v1alpha1.RoutingNodeSpec{NodeName: name, Step: step},
@@ -26,7 +26,7 @@ func node(name string, gen, observed int64, step v1alpha1.RolloutStep, send v1al
 			ObservedGeneration: observed,
 			Datapath:           v1alpha1.NodeDatapathStatus{SendMode: send, HostRouting: hr, RouteMTU: 1450, TunnelDevice: "routemode_vxlan"},
 			Conditions:         []metav1.Condition{cond(v1alpha1.ConditionDatapathApplied, "True", "Applied", "", time.Minute)},
-			Peers:              peers,
+			PeerSummary:        peers,
 		},
 	}
 	return n
@@ -50,7 +50,6 @@ func TestFormatStatus(t *testing.T) {
 			},
 		},
 	}
-	peerOK := v1alpha1.PeerStatus{Node: "x", Reachable: true}
 	tests := map[string]struct {
 		rm    *v1alpha1.RoutingMode
 		nodes []v1alpha1.RoutingNode
@@ -60,10 +59,10 @@ func TestFormatStatus(t *testing.T) {
 		"switching, nodes sorted and summarised": {
 			rm: switching,
 			nodes: []v1alpha1.RoutingNode{
-				node("worker-2", 3, 3, v1alpha1.StepPrepare, v1alpha1.SendTunnel, v1alpha1.HostRoutingLegacy, peerOK,
-					v1alpha1.PeerStatus{Node: "worker-1", Reachable: false, Message: "no reply within 2s"}),
-				node("worker-1", 4, 4, v1alpha1.StepSwitch, v1alpha1.SendNative, v1alpha1.HostRoutingBPF, peerOK, peerOK),
-				node("worker-3", 5, 4, v1alpha1.StepPrepare, v1alpha1.SendTunnel, v1alpha1.HostRoutingLegacy),
+				node("worker-2", 3, 3, v1alpha1.StepPrepare, v1alpha1.SendTunnel, v1alpha1.HostRoutingLegacy,
+					&v1alpha1.PeerSummary{Total: 2, Probed: 2, Unreachable: 1, Problems: []v1alpha1.PeerStatus{{Node: "worker-1", Direct: true}}}),
+				node("worker-1", 4, 4, v1alpha1.StepSwitch, v1alpha1.SendNative, v1alpha1.HostRoutingBPF, &v1alpha1.PeerSummary{Total: 2, Probed: 2}),
+				node("worker-3", 5, 4, v1alpha1.StepPrepare, v1alpha1.SendTunnel, v1alpha1.HostRoutingLegacy, nil),
 			},
 			want: []string{
 				"RoutingMode:  default (generation 2, observed 2)",
@@ -73,7 +72,7 @@ func TestFormatStatus(t *testing.T) {
 				"  Ready          False   Switching  5m   Switching: 1/3 nodes send natively",
 				"Switching: 1/3 nodes send natively", // newline folded
 				"  worker-1  Switch   Native  routemode_vxlan  1450       bpf           True     2/2    -",
-				"peer worker-1 unreachable: no reply within 2s",
+				"peers unreachable: worker-1 (routemodectl status --node worker-2 --peers has the full table)",
 				"agent has not applied generation 5 yet",
 			},
 			not: []string{"Note:", "nodes\nsend"},
@@ -138,7 +137,7 @@ func TestFormatStatusOrders(t *testing.T) {
 			cond(v1alpha1.ConditionReady, "True", "Complete", "", time.Second),
 		},
 	}}
-	nodes := []v1alpha1.RoutingNode{node("b", 1, 1, v1alpha1.StepSteady, v1alpha1.SendNative, ""), node("a", 1, 1, v1alpha1.StepSteady, v1alpha1.SendNative, "")}
+	nodes := []v1alpha1.RoutingNode{node("b", 1, 1, v1alpha1.StepSteady, v1alpha1.SendNative, "", nil), node("a", 1, 1, v1alpha1.StepSteady, v1alpha1.SendNative, "", nil)}
 	if err := formatStatus(&b, rm, nodes, now); err != nil {
 		t.Fatal(err)
 	}

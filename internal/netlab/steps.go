@@ -80,17 +80,13 @@ func planNode(name string, i int, d v1alpha1.NodeDatapath) rollout.Node {
 func applied(n rollout.Node, u rollout.Update) rollout.Node {
 	n.Generation++
 	n.Datapath, n.Step, n.Previous = &u.Datapath, u.Step, u.Previous
-	peer := "a"
-	if n.Name == "a" {
-		peer = "b"
-	}
 	cond := func(typ string) metav1.Condition {
 		return metav1.Condition{Type: typ, Status: metav1.ConditionTrue, ObservedGeneration: n.Generation, Reason: "Lab"}
 	}
 	n.Status = v1alpha1.RoutingNodeStatus{
 		ObservedGeneration: n.Generation,
 		Capabilities:       &v1alpha1.NodeCapabilities{VXLAN: true, Geneve: true, BPFHostRouting: true},
-		Peers:              []v1alpha1.PeerStatus{{Node: peer, Direct: true}},
+		PeerSummary:        &v1alpha1.PeerSummary{Total: 1},
 		Conditions:         []metav1.Condition{cond(v1alpha1.ConditionDatapathApplied), cond(v1alpha1.ConditionPeersHealthy)},
 	}
 	return n

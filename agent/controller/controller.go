@@ -17,6 +17,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -53,6 +54,10 @@ type Reconciler struct {
 	// Kernel, when set, carries kernel events (link changes) that should
 	// trigger a reconcile.
 	Kernel <-chan event.GenericEvent
+
+	// applied is the RoutingNode generation the kernel last matched, for
+	// Ready.
+	applied atomic.Int64
 }
 
 // +kubebuilder:rbac:groups=routemode.io,resources=routingnodes,verbs=get;list;watch
@@ -79,6 +84,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 	}
 	req := BuildRequest(r.NodeName, &rn, nodes.Items, rns.Items)
 	res := r.Agent.Reconcile(ctx, req)
+	r.recordApplied(rn.Generation, res.Status)
 	if !StatusEqual(rn.Status, res.Status) {
 		patch := client.MergeFrom(rn.DeepCopy())
 		rn.Status = res.Status

@@ -145,12 +145,13 @@ func run(o options) error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
-		return err
-	}
 	kernel := make(chan event.GenericEvent, 1)
 	r := &agentcontroller.Reconciler{Client: mgr.GetClient(), NodeName: o.nodeName, Agent: agent, Kernel: kernel}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 1}); err != nil {
+		return err
+	}
+	// Ready once the node's datapath matches its RoutingNode's generation.
+	if err := mgr.AddReadyzCheck("datapath", r.Ready); err != nil {
 		return err
 	}
 

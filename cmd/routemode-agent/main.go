@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -49,6 +50,16 @@ type options struct {
 	installCNIFrom string
 	procSys        string
 }
+
+// init locks the main goroutine to the main thread for the process's life,
+// so no other goroutine ever runs there. The agent enters other network
+// namespaces (the health endpoint's, scratch ones for probing) on
+// goroutines that lock their thread and never unlock it, so that Go
+// discards the thread afterwards; but Go cannot discard the main thread,
+// and one such goroutine scheduled there would leave it parked for good in
+// the foreign namespace. /proc/<pid>/ns/net is the main thread's, and it is
+// what `nsenter -t <agent pid> -n` enters to debug a node.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	var o options

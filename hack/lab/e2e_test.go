@@ -21,6 +21,7 @@ import (
 
 	"github.com/routemode/routemode/internal/scheme"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -313,7 +314,9 @@ func TestE2ESwitchTunnelNativeTunnel(t *testing.T) {
 			t.Errorf("%s's BPF direct routes: %v %v; want one per other node", n.NS, routes, err)
 		}
 	}
+	h.agentsInNodeNamespaces()
 	h.rollout("native+bpf→tunnel", tunnelSpec, encapsulated)
+	h.agentsInNodeNamespaces()
 	// Without host routing no program follows a direct route.
 	for _, n := range h.l.Nodes {
 		if routes, err := hostrouting.ListDirectRoutes(hostrouting.DefaultPinDir(n.NS)); err != nil || len(routes) != 0 {
@@ -349,6 +352,31 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 
 // agentExportsRedirects scrapes n's agent's metrics endpoint: the programs'
 // counters must be there, with packets delivered with redirect_peer.
+// agentsInNodeNamespaces checks, after the agents entered the health
+// endpoint's and scratch namespaces during reconciles, that each agent
+// process's network namespace (its main thread's, what `nsenter -t <pid>
+// -n` enters) is still its node's.
+func (h *harness) agentsInNodeNamespaces() {
+	h.t.Helper()
+	for _, n := range h.l.Nodes {
+		pid, err := h.l.agentPID(n)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		var want, got unix.Stat_t
+		if err := unix.Stat(filepath.Join("/var/run/netns", n.NS), &want); err != nil {
+			h.t.Fatal(err)
+		}
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &got); err != nil {
+			h.t.Fatal(err)
+		}
+		if got.Ino != want.Ino || got.Dev != want.Dev {
+			link, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+			h.t.Errorf("%s's agent (pid %d) is in network namespace %s, not its node's (inode %d)", n.NS, pid, link, want.Ino)
+		}
+	}
+}
+
 func (h *harness) agentExportsRedirects(n Node) {
 	h.t.Helper()
 	var body []byte

@@ -129,6 +129,20 @@ func (l *Lab) spawn(name, bin string, args ...string) error {
 	return l.saveState()
 }
 
+// agentPID is the process id of n's running agent. spawn started it as
+// nsenter, which execs the agent in place, so the id is among the lab's
+// and the command line is the agent's own.
+func (l *Lab) agentPID(n Node) (int, error) {
+	want := "routemode-agent\x00--node-name\x00" + n.NS + "\x00"
+	for _, pid := range l.state.PIDs {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err == nil && strings.Contains(string(b), want) {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no running agent for node %s among the lab's processes %v", n.NS, l.state.PIDs)
+}
+
 // run runs a short command and returns its combined output.
 func run(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()

@@ -18,6 +18,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/routemode/routemode/controllers/routingmode"
+	"github.com/routemode/routemode/internal/readiness"
 )
 
 func main() {
@@ -75,7 +76,8 @@ func run() error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	// Ready once the controllers read a synced view of the cluster.
+	if err := mgr.AddReadyzCheck("informers", readiness.CacheSynced(mgr.GetCache())); err != nil {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())

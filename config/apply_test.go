@@ -106,7 +106,7 @@ func TestKubectlApplyInstallsEverything(t *testing.T) {
 		op.ReadinessProbe == nil || op.ReadinessProbe.HTTPGet.Path != "/readyz" {
 		t.Errorf("operator probes %+v %+v", op.LivenessProbe, op.ReadinessProbe)
 	}
-	if op.Ports[0].Name != "metrics" || op.Ports[0].ContainerPort != 8080 || op.Ports[1].ContainerPort != 8081 {
+	if op.Ports[0].Name != "metrics" || op.Ports[0].ContainerPort != 8443 || op.Ports[1].ContainerPort != 8081 {
 		t.Errorf("operator ports %+v", op.Ports)
 	}
 	if !strings.Contains(strings.Join(op.Args, " "), "--leader-elect=true") {

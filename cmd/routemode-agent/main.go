@@ -26,7 +26,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/routemode/routemode/agent/bpfhost"
 	agentcontroller "github.com/routemode/routemode/agent/controller"
@@ -34,6 +33,7 @@ import (
 	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/agent/nsutil"
+	"github.com/routemode/routemode/internal/metricsopts"
 )
 
 type options struct {
@@ -45,6 +45,7 @@ type options struct {
 	healthNS       string
 	resync         time.Duration
 	metricsAddr    string
+	metricsSecure  bool
 	probeAddr      string
 	legacyOnly     bool
 	installCNIFrom string
@@ -73,6 +74,7 @@ func main() {
 	fs.StringVar(&o.healthNS, "health-netns", "", "name of the health endpoint's network namespace (default rmhealth-<node>)")
 	fs.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often the node is reconciled without any event")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, 0 to disable")
+	metricsopts.SecureFlag(fs, &o.metricsSecure)
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
 	fs.StringVar(&o.procSys, "proc-sys", nsutil.DefaultProcSys, "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
@@ -146,7 +148,7 @@ func run(o options) error {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                metricsopts.Options(o.metricsAddr, o.metricsSecure),
 		HealthProbeBindAddress: o.probeAddr,
 		LeaderElection:         false,
 	})

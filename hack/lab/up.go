@@ -161,7 +161,8 @@ func (l *Lab) startOperator(ctx context.Context, cs kubernetes.Interface) error 
 	}
 	return l.spawn("operator", filepath.Join(l.cfg.Bin, "routemode-operator"),
 		"--kubeconfig", kc, "--leader-elect", "--leader-election-namespace", Namespace,
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metrics),
+		// Plain HTTP, loopback only: the lab scrapes without tokens.
+		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metrics), "--metrics-secure=false",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probes))
 }
 
@@ -204,7 +205,10 @@ func (l *Lab) startAgent(ctx context.Context, cs kubernetes.Interface, n Node) e
 		"--install-cni-from", filepath.Join(l.cfg.Bin, "routemode-cni"),
 		"--state-dir", l.nodeDir(n, "state"),
 		// In the node's namespace, so every node can use the same port.
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", AgentMetricsPort)}, l.cfg.AgentArgs...)
+		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", AgentMetricsPort),
+		// Plain HTTP: the e2e tests scrape from inside the node's namespace
+		// without a token.
+		"--metrics-secure=false"}, l.cfg.AgentArgs...)
 	return l.spawn("agent-"+n.NS, "nsenter", args...)
 }
 

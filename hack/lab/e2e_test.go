@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -157,6 +158,24 @@ type kstatusWatch struct {
 	halt func()
 }
 
+// watch starts a watch of list's kind on the lab's API server.
+func (h *harness) watch(ctx context.Context, list client.ObjectList) watch.Interface {
+	h.t.Helper()
+	s, err := scheme.New()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	wc, err := client.NewWithWatch(h.l.cp.restConfig(), client.Options{Scheme: s})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	w, err := wc.Watch(ctx, list)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return w
+}
+
 // watchKstatus follows every change of the RoutingMode through a watch, so
 // even a rollout faster than any polling interval shows its InProgress
 // states (the spec change itself is one, until the operator observes it).
@@ -168,18 +187,7 @@ func (h *harness) watchKstatus() *kstatusWatch {
 		<-w.done
 	})
 	h.t.Cleanup(w.halt)
-	s, err := scheme.New()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	wc, err := client.NewWithWatch(h.l.cp.restConfig(), client.Options{Scheme: s})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	watcher, err := wc.Watch(context.Background(), &v1alpha1.RoutingModeList{})
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	watcher := h.watch(context.Background(), &v1alpha1.RoutingModeList{})
 	go func() {
 		defer close(w.done)
 		defer watcher.Stop()

@@ -111,8 +111,12 @@ func (l *Lab) saveState() error {
 }
 
 // spawn starts a long-running process detached from the caller, so it
-// outlives `lab up`, with its output in logs/<name>.log.
+// outlives `lab up`, with its output in logs/<name>.log, under a
+// supervisor (`routemode-lab supervise`, see Supervise) that restarts it
+// when it exits, as a kubelet would.
 func (l *Lab) spawn(name, bin string, args ...string) error {
+	args = append([]string{"supervise", "--pid-file", l.pidFile(name), "--", bin}, args...)
+	bin = filepath.Join(l.cfg.Bin, "routemode-lab")
 	logf, err := os.OpenFile(l.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -129,19 +133,9 @@ func (l *Lab) spawn(name, bin string, args ...string) error {
 	return l.saveState()
 }
 
-// agentPID is the process id of n's running agent. spawn started it as
-// nsenter, which execs the agent in place, so the id is among the lab's
-// and the command line is the agent's own.
-func (l *Lab) agentPID(n Node) (int, error) {
-	want := "routemode-agent\x00--node-name\x00" + n.NS + "\x00"
-	for _, pid := range l.state.PIDs {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if err == nil && strings.Contains(string(b), want) {
-			return pid, nil
-		}
-	}
-	return 0, fmt.Errorf("no running agent for node %s among the lab's processes %v", n.NS, l.state.PIDs)
-}
+// agentPID is the process id of n's running agent. nsenter execs the
+// agent in place, so the supervised process is the agent itself.
+func (l *Lab) agentPID(n Node) (int, error) { return l.supervisedPID("agent-" + n.NS) }
 
 // run runs a short command and returns its combined output.
 func run(name string, args ...string) (string, error) {

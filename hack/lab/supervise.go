@@ -1,0 +1,91 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Restart backoff of supervised lab processes. A kubelet starts at 10 s
+// and doubles to 5 min; the lab starts at 2 s, the restart delay the chaos
+// suite's faults assume, and caps lower so a lab test recovers within its
+// timeouts.
+const (
+	RestartBackoff    = 2 * time.Second
+	MaxRestartBackoff = 30 * time.Second
+	// A run that lasted this long resets the backoff, as a container that
+	// ran fine for a while does.
+	restartReset = time.Minute
+	// stopGrace is how long a child has to exit after SIGTERM.
+	stopGrace = 10 * time.Second
+)
+
+// Supervise runs argv and starts it again whenever it exits, for whatever
+// reason, after a backoff that doubles from RestartBackoff to
+// MaxRestartBackoff: processes in the lab live as they would in pods, so a
+// fault measures the product, not the lab (an operator that exits on a
+// lost leader lease comes back). The running child's pid is written to
+// pidFile, for fault injection. When ctx ends, the child gets SIGTERM and
+// Supervise returns once it exited. The child stays in the supervisor's
+// process group, so stopping the group stops both.
+func Supervise(ctx context.Context, pidFile string, argv []string) error {
+	if len(argv) == 0 {
+		return errors.New("supervise: no command")
+	}
+	backoff := RestartBackoff
+	for {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("supervise: starting %s: %w", argv[0], err)
+		}
+		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return fmt.Errorf("supervise: %w", err)
+		}
+		started := time.Now()
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(stopGrace):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+			return nil
+		case err := <-exited:
+			ran := time.Since(started)
+			if ran >= restartReset {
+				backoff = RestartBackoff
+			}
+			fmt.Fprintf(os.Stderr, "supervise: %s exited after %s (%v); restarting in %s\n",
+				argv[0], ran.Round(time.Millisecond), err, backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, MaxRestartBackoff)
+		}
+	}
+}
+
+// supervisedPID is the pid of the process the supervisor of name runs now.
+func (l *Lab) supervisedPID(name string) (int, error) {
+	b, err := os.ReadFile(l.pidFile(name))
+	if err != nil {
+		return 0, fmt.Errorf("no supervised process %s: %w", name, err)
+	}
+	return strconv.Atoi(string(b))
+}
+
+func (l *Lab) pidFile(name string) string { return l.path("logs", name+".pid") }

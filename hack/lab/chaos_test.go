@@ -141,10 +141,19 @@ func (h *harness) killAndWaitRestart(name string) time.Duration {
 	return 0
 }
 
-// chaosSwitch switches the lab to spec under traffic and, once the first
-// batch is switching, runs fault; then waits for the rollout, checks that
-// nothing was lost and that the kernels hold the invariant.
-func (h *harness) chaosSwitch(fault, spec string, hitsNode bool, inject func(node string) time.Duration) map[string][]v1alpha1.RolloutStep {
+// chaosOutcome is what one case saw.
+type chaosOutcome struct {
+	node   string // the first node told to Switch, where the fault was injected
+	report TrafficReport
+	err    error // WaitRollout's: nil when the rollout completed
+	steps  map[string][]v1alpha1.RolloutStep
+}
+
+// chaosRun switches the lab to spec under traffic and, once the first
+// batch is switching, runs inject; then waits for the rollout to complete
+// or stall and records the row. hitsNode says whether the fault is the
+// switching node's, whose paths are then left out of "lost outside".
+func (h *harness) chaosRun(fault, spec string, hitsNode bool, inject func(node string) time.Duration) chaosOutcome {
 	h.t.Helper()
 	ctx := context.Background()
 	tr, err := h.l.StartTraffic(ctx, 600, 8472)
@@ -157,27 +166,39 @@ func (h *harness) chaosSwitch(fault, spec string, hitsNode bool, inject func(nod
 		tr.Stop()
 		h.t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	node, steps := h.firstSwitching(watchCtx)
+	var o chaosOutcome
+	var steps func() map[string][]v1alpha1.RolloutStep
+	o.node, steps = h.firstSwitching(watchCtx)
 	injected := time.Now()
-	restart := inject(node)
-	h.t.Logf("%s: injected while %s was switching; restarted after %s", fault, node, restart.Round(time.Millisecond))
-	_, werr := h.l.WaitRollout(ctx, h.c, 3*time.Minute, func(line string) { h.t.Logf("%s: %s", fault, line) })
+	back := inject(o.node)
+	h.t.Logf("%s: injected while %s was switching; back after %s", fault, o.node, back.Round(time.Millisecond))
+	_, o.err = h.l.WaitRollout(ctx, h.c, 3*time.Minute, func(line string) { h.t.Logf("%s: %s", fault, line) })
 	recovered := time.Since(injected)
-	r := tr.Stop()
-	seen := steps()
+	o.report = tr.Stop()
+	o.steps = steps()
 	outcome := "completed"
-	if werr != nil {
-		outcome = "failed: " + werr.Error()
+	if o.err != nil {
+		outcome = o.err.Error()
 	}
 	faulty := ""
 	if hitsNode {
-		faulty = node
+		faulty = o.node
 	}
-	h.record(chaosRow{fault: fault, when: "first batch switching", rollout: outcome, report: r,
-		lostOutside: h.lostOutside(r, faulty), recover: recovered})
-	if werr != nil {
-		h.t.Fatalf("%s: %v", fault, werr)
+	h.record(chaosRow{fault: fault, when: "first batch switching", rollout: outcome, report: o.report,
+		lostOutside: h.lostOutside(o.report, faulty), recover: recovered})
+	return o
+}
+
+// chaosSwitch is chaosRun for faults the switch must ride out: the
+// rollout completes, nothing is lost, no TCP connection breaks, and the
+// kernels hold the invariant.
+func (h *harness) chaosSwitch(fault, spec string, hitsNode bool, inject func(node string) time.Duration) map[string][]v1alpha1.RolloutStep {
+	h.t.Helper()
+	o := h.chaosRun(fault, spec, hitsNode, inject)
+	if o.err != nil {
+		h.t.Fatalf("%s: %v", fault, o.err)
 	}
+	r := o.report
 	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.UDP.Duplicates != 0 {
 		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost", fault, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates)
 	}
@@ -187,7 +208,53 @@ func (h *harness) chaosSwitch(fault, spec string, hitsNode bool, inject func(nod
 	if err := h.kernelInvariant(); err != nil {
 		h.t.Errorf("%s: after the rollout: %v", fault, err)
 	}
-	return seen
+	return o.steps
+}
+
+// TestChaosAgentStoppedForGood SIGKILLs the agent of the first node to
+// switch, and its supervisor, so it never comes back. With
+// healthCheckTimeout 10s the node fails its step and the rollout stalls
+// with a message naming it; nothing is lost between the other nodes. The
+// agent is then started again and the lab switched back to the tunnel.
+func TestChaosAgentStoppedForGood(t *testing.T) {
+	h := newHarness(t)
+	var stopped *Node
+	t.Cleanup(func() {
+		// Whatever happened, the lab's other tests need the agent.
+		if stopped != nil {
+			if err := h.l.spawnAgent(*stopped); err != nil {
+				t.Errorf("starting %s's agent again: %v", stopped.NS, err)
+			}
+		}
+	})
+	o := h.chaosRun("agent SIGKILL, never restarted (tunnel→native+bpf, healthCheckTimeout 10s)",
+		nativeSpec+"  rollout:\n    healthCheckTimeout: 10s\n", true, func(node string) time.Duration {
+			i := slices.IndexFunc(h.l.Nodes, func(n Node) bool { return n.NS == node })
+			if err := h.l.stopSupervised("agent-" + node); err != nil {
+				t.Fatal(err)
+			}
+			stopped = &h.l.Nodes[i]
+			return 0
+		})
+	if o.err == nil || !strings.Contains(o.err.Error(), "stalled") || !strings.Contains(o.err.Error(), o.node) {
+		t.Errorf("rollout outcome %v; want Stalled with a message naming %s", o.err, o.node)
+	}
+	if lost := h.lostOutside(o.report, o.node); lost != 0 {
+		t.Errorf("%d probes lost between the nodes other than %s; want none", lost, o.node)
+	}
+	for n, s := range o.steps {
+		if n != o.node && slices.Contains(s, v1alpha1.StepSwitch) {
+			t.Errorf("%s was told to Switch (steps %v) after %s failed; want the rollout halted", n, s, o.node)
+		}
+	}
+	if err := h.l.spawnAgent(*stopped); err != nil {
+		t.Fatal(err)
+	}
+	stopped = nil
+	h.rollout("back to the tunnel with the agent restarted", tunnelSpec, encapsulated)
+	if err := h.kernelInvariant(); err != nil {
+		t.Errorf("after switching back: %v", err)
+	}
 }
 
 // TestChaosAgentKilledDuringSwitch SIGKILLs the agent of the first node to
@@ -221,6 +288,58 @@ func TestChaosOperatorKilledDuringSwitch(t *testing.T) {
 		if len(steps) != len(h.l.Nodes) {
 			t.Errorf("%s: steps seen for %d nodes (%v); want all %d", tc.name, len(steps), steps, len(h.l.Nodes))
 		}
+	}
+}
+
+// chaosFreeze is how long a control-plane process stays frozen:
+// $CHAOS_FREEZE (make chaos sets the 60s), else 15s, so the short
+// form in make test stays short.
+func chaosFreeze(t *testing.T) time.Duration {
+	v := os.Getenv("CHAOS_FREEZE")
+	if v == "" {
+		return 15 * time.Second
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("CHAOS_FREEZE=%q: %v", v, err)
+	}
+	return d
+}
+
+// freeze stops the supervised process name with SIGSTOP for d, then lets
+// it continue: a hung process, whose clients see connections that neither
+// answer nor close. Its supervisor does not notice, as a kubelet without
+// a liveness probe would not. The process is continued even when the test
+// fails meanwhile.
+func (h *harness) freeze(name string, d time.Duration) time.Duration {
+	h.t.Helper()
+	pid, err := h.l.supervisedPID(name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		h.t.Fatalf("stopping %s (pid %d): %v", name, pid, err)
+	}
+	resume := func() { _ = syscall.Kill(pid, syscall.SIGCONT) }
+	h.t.Cleanup(resume)
+	// The fault's own length, not a wait for something to happen.
+	time.Sleep(d)
+	resume()
+	return d
+}
+
+// TestChaosControlPlaneFrozenDuringSwitch freezes kube-apiserver, and
+// separately etcd, while the first batch switches. The nodes keep
+// forwarding on their own; the agents and the operator reconnect (the
+// operator, having lost its lease, exits and is restarted by its
+// supervisor) and the rollout completes with nothing lost.
+func TestChaosControlPlaneFrozenDuringSwitch(t *testing.T) {
+	h := newHarness(t)
+	d := chaosFreeze(t)
+	for _, component := range []string{"kube-apiserver", "etcd"} {
+		freeze := func(string) time.Duration { return h.freeze(component, d) }
+		h.chaosSwitch(fmt.Sprintf("%s frozen %s (tunnel→native+bpf)", component, d), nativeSpec, false, freeze)
+		h.chaosSwitch(fmt.Sprintf("%s frozen %s (native+bpf→tunnel)", component, d), tunnelSpec, false, freeze)
 	}
 }
 

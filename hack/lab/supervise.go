@@ -1,12 +1,14 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -89,3 +91,34 @@ func (l *Lab) supervisedPID(name string) (int, error) {
 }
 
 func (l *Lab) pidFile(name string) string { return l.path("logs", name+".pid") }
+
+// stopSupervised SIGKILLs the process name and then its supervisor, so
+// that nothing starts it again: a node whose agent died for good. The
+// supervisor goes first, or it would restart the child in between.
+func (l *Lab) stopSupervised(name string) error {
+	pid, err := l.supervisedPID(name)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return fmt.Errorf("reading %s's parent: %w", name, err)
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: state, then the parent's pid.
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(fields) < 2 {
+		return fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	supervisor, err := strconv.Atoi(fields[1])
+	if err != nil {
+		return fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing %s's supervisor (pid %d): %w", name, supervisor, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing %s (pid %d): %w", name, pid, err)
+	}
+	return nil
+}

@@ -199,8 +199,15 @@ func (l *Lab) startAgent(ctx context.Context, cs kubernetes.Interface, n Node) e
 	if err := l.saveState(); err != nil {
 		return err
 	}
+	return l.spawnAgent(n)
+}
+
+// spawnAgent starts n's agent under a supervisor, with the kubeconfig
+// startAgent wrote: also to bring back an agent a fault stopped for good.
+func (l *Lab) spawnAgent(n Node) error {
+	nsPath := filepath.Join("/var/run/netns", n.NS)
 	args := append([]string{"--net=" + nsPath, "--", filepath.Join(l.cfg.Bin, "routemode-agent"),
-		"--node-name", n.NS, "--kubeconfig", kc,
+		"--node-name", n.NS, "--kubeconfig", l.nodeDir(n, "kubeconfig"),
 		"--cni-conf-dir", l.nodeDir(n, "net.d"), "--cni-bin-dir", l.nodeDir(n, "bin"),
 		"--install-cni-from", filepath.Join(l.cfg.Bin, "routemode-cni"),
 		"--state-dir", l.nodeDir(n, "state"),

@@ -343,6 +343,56 @@ func TestChaosControlPlaneFrozenDuringSwitch(t *testing.T) {
 	}
 }
 
+// TestChaosOperatorFailover runs a second operator replica and SIGKILLs
+// the first, the leader, with its supervisor while the first batch
+// switches: the standby takes the lease over once it expires and finishes
+// the rollout; no node is skipped or switched twice, nothing is lost. The
+// killed replica is started again afterwards, as a standby.
+func TestChaosOperatorFailover(t *testing.T) {
+	h := newHarness(t)
+	if err := h.l.spawnOperator("operator-standby"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.l.stopSupervised("operator-standby"); err != nil {
+			t.Errorf("stopping the standby replica: %v", err)
+		}
+	})
+	killed := false
+	t.Cleanup(func() {
+		if killed {
+			if err := h.l.spawnOperator("operator"); err != nil {
+				t.Errorf("starting the first replica again: %v", err)
+			}
+		}
+	})
+	fault := "operator leader SIGKILL, standby replica takes over (tunnel→native+bpf)"
+	steps := h.chaosSwitch(fault, nativeSpec, false, func(string) time.Duration {
+		if err := h.l.stopSupervised("operator"); err != nil {
+			t.Fatal(err)
+		}
+		killed = true
+		return 0
+	})
+	for node, s := range steps {
+		if n := count(s, v1alpha1.StepSwitch); n != 1 {
+			t.Errorf("%s was told to Switch %d times (steps %v); want once", node, n, s)
+		}
+	}
+	if len(steps) != len(h.l.Nodes) {
+		t.Errorf("steps seen for %d nodes (%v); want all %d", len(steps), steps, len(h.l.Nodes))
+	}
+	// The standby, not a restarted first replica, finished the rollout.
+	if b, err := os.ReadFile(h.l.path("logs", "operator-standby.log")); err != nil || !strings.Contains(string(b), "Successfully acquired lease") {
+		t.Errorf("the standby replica never led (log read error %v)", err)
+	}
+	if err := h.l.spawnOperator("operator"); err != nil {
+		t.Fatal(err)
+	}
+	killed = false
+	h.rollout("back to the tunnel after the failover", tunnelSpec, encapsulated)
+}
+
 func count[T comparable](s []T, v T) int {
 	n := 0
 	for _, x := range s {

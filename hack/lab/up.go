@@ -147,10 +147,16 @@ func (l *Lab) startOperator(ctx context.Context, cs kubernetes.Interface) error 
 	if err != nil {
 		return err
 	}
-	kc := l.path("operator.kubeconfig")
-	if err := l.cp.kubeconfig(kc, l.cp.url(), "routemode-operator", tok); err != nil {
+	if err := l.cp.kubeconfig(l.path("operator.kubeconfig"), l.cp.url(), "routemode-operator", tok); err != nil {
 		return err
 	}
+	return l.spawnOperator("operator")
+}
+
+// spawnOperator starts an operator replica called name under a supervisor,
+// with the kubeconfig startOperator wrote; replicas elect a leader, as a
+// Deployment's would.
+func (l *Lab) spawnOperator(name string) error {
 	metrics, err := freePort()
 	if err != nil {
 		return err
@@ -159,8 +165,8 @@ func (l *Lab) startOperator(ctx context.Context, cs kubernetes.Interface) error 
 	if err != nil {
 		return err
 	}
-	return l.spawn("operator", filepath.Join(l.cfg.Bin, "routemode-operator"),
-		"--kubeconfig", kc, "--leader-elect", "--leader-election-namespace", Namespace,
+	return l.spawn(name, filepath.Join(l.cfg.Bin, "routemode-operator"),
+		"--kubeconfig", l.path("operator.kubeconfig"), "--leader-elect", "--leader-election-namespace", Namespace,
 		// Plain HTTP, loopback only: the lab scrapes without tokens.
 		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metrics), "--metrics-secure=false",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probes))

@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -107,7 +106,7 @@ func TestKubectlApplyInstallsEverything(t *testing.T) {
 		op.ReadinessProbe == nil || op.ReadinessProbe.HTTPGet.Path != "/readyz" {
 		t.Errorf("operator probes %+v %+v", op.LivenessProbe, op.ReadinessProbe)
 	}
-	if op.Ports[0].Name != "metrics" || op.Ports[0].ContainerPort != 8080 || op.Ports[1].ContainerPort != 8081 {
+	if op.Ports[0].Name != "metrics" || op.Ports[0].ContainerPort != 8443 || op.Ports[1].ContainerPort != 8081 {
 		t.Errorf("operator ports %+v", op.Ports)
 	}
 	if !strings.Contains(strings.Join(op.Args, " "), "--leader-elect=true") {
@@ -152,22 +151,15 @@ func TestKubectlApplyInstallsEverything(t *testing.T) {
 
 func equalCaps(a, b []corev1.Capability) bool { return slices.Equal(a, b) }
 
-// TestRBACIsLeastPrivilege reads the installed roles back and compares them
-// with what the agent and the operator do.
+// TestRBACIsLeastPrivilege checks the installed bindings and that no role
+// grants wildcards, secrets, pods or privilege escalation; what each
+// service account may do as a whole is TestServiceAccountPermissions'.
 func TestRBACIsLeastPrivilege(t *testing.T) {
 	c := installed(t)
 	ctx := context.Background()
 	agent := &rbacv1.ClusterRole{}
 	if err := c.client.Get(ctx, client.ObjectKey{Name: "routemode-agent"}, agent); err != nil {
 		t.Fatal(err)
-	}
-	want := []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{"routemode.io"}, Resources: []string{"routingnodes"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{"routemode.io"}, Resources: []string{"routingnodes/status"}, Verbs: []string{"get", "patch", "update"}},
-	}
-	if !rulesEqual(agent.Rules, want) {
-		t.Errorf("agent ClusterRole rules:\n%+v\nwant:\n%+v", agent.Rules, want)
 	}
 	for _, name := range []string{"routemode-operator", "routemode-agent"} {
 		b := &rbacv1.ClusterRoleBinding{}
@@ -194,8 +186,4 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			}
 		}
 	}
-}
-
-func rulesEqual(a, b []rbacv1.PolicyRule) bool {
-	return apiequality.Semantic.DeepEqual(a, b)
 }

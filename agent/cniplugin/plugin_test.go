@@ -24,7 +24,7 @@ import (
 )
 
 // oneNode is a one-node lab whose agent wrote its CNI configuration.
-func oneNode(t *testing.T) (*netlab.Lab, *netlab.Node) {
+func oneNode(t testing.TB) (*netlab.Lab, *netlab.Node) {
 	t.Helper()
 	l := netlab.New(t, netlab.Spec{Nodes: 1, CNI: true, Agents: true, RPFilter: 1})
 	netlab.MustStep(t, netlab.Context(t, time.Minute), l.Nodes, netlab.Tunnel)

@@ -20,6 +20,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -61,6 +62,10 @@ type Reconciler struct {
 	// Kernel, when set, carries kernel events (link changes) that should
 	// trigger a reconcile.
 	Kernel <-chan event.GenericEvent
+
+	// applied is the RoutingNode generation the kernel last matched, for
+	// Ready.
+	applied atomic.Int64
 }
 
 // +kubebuilder:rbac:groups=routemode.io,resources=routingnodes,verbs=get;list;watch
@@ -89,6 +94,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 		rows = t.PeerTable()
 	}
 	record(time.Since(start), res, rows)
+	r.recordApplied(rn.Generation, res.Status)
 	if !StatusEqual(rn.Status, res.Status) {
 		patch := client.MergeFrom(rn.DeepCopy())
 		rn.Status = res.Status

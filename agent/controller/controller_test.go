@@ -2,7 +2,10 @@ package controller
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -265,4 +268,41 @@ func TestManagerTriggers(t *testing.T) {
 	_, before := agent.last()
 	kernel <- event.GenericEvent{}
 	waitFor("kernel event", func(_ node.Request, n int) bool { return n > before })
+}
+
+// TestReadyFollowsAppliedGeneration checks the agent's readiness: not ready
+// before its first reconcile, ready once the generation it reads is
+// applied, not ready again when the spec changes until it is applied.
+func TestReadyFollowsAppliedGeneration(t *testing.T) {
+	ctx := t.Context()
+	makeNode(t, "r-1", "192.168.0.120", "10.0.0.0/24")
+	rn := makeRoutingNode(t, "r-1", tunnel)
+	r := &Reconciler{Client: env.Client, NodeName: "r-1", Agent: &fakeAgent{}}
+	probe := httptest.NewRequest(http.MethodGet, "/readyz", nil)
+	if err := r.Ready(probe); err == nil || !strings.Contains(err.Error(), "generation 1 is not applied") {
+		t.Fatalf("before the first reconcile: %v, want not ready", err)
+	}
+	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Ready(probe); err != nil {
+		t.Fatalf("after applying generation 1: %v", err)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rn), rn); err != nil {
+		t.Fatal(err)
+	}
+	rn.Spec.Datapath = tunnel.DeepCopy()
+	rn.Spec.Datapath.LooseRPFilter = true
+	if err := env.Client.Update(ctx, rn); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Ready(probe); err == nil || !strings.Contains(err.Error(), "generation 2 is not applied") {
+		t.Fatalf("after a spec change: %v, want not ready", err)
+	}
+	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Ready(probe); err != nil {
+		t.Fatalf("after applying generation 2: %v", err)
+	}
 }

@@ -206,16 +206,31 @@ func validate(in Input) error {
 	if spec.RouteMTU != v1alpha1.RouteMTUTunnel && spec.RouteMTU != v1alpha1.RouteMTUFull {
 		return refuse(ReasonInvalidDatapath, "unknown routeMTU %q; nothing was changed", spec.RouteMTU)
 	}
+	// The operator never asks for this (it lowers the MTU before anyone
+	// encapsulates); a hand-written spec might, and pods would then send
+	// packets the tunnel cannot carry without the 50 bytes it adds.
+	if spec.SendMode == v1alpha1.SendTunnel && spec.RouteMTU == v1alpha1.RouteMTUFull {
+		return refuse(ReasonInvalidDatapath, "sendMode Tunnel with routeMTU Full would give pods an MTU the tunnel cannot carry; use routeMTU Tunnel; nothing was changed")
+	}
+	var nativeCIDR netip.Prefix
 	if spec.NativeRoutingCIDR != "" {
-		if p, err := netip.ParsePrefix(spec.NativeRoutingCIDR); err != nil || !p.Addr().Is4() {
+		p, err := netip.ParsePrefix(spec.NativeRoutingCIDR)
+		if err != nil || !p.Addr().Is4() {
 			return refuse(ReasonInvalidDatapath, "nativeRoutingCIDR %q is not an IPv4 CIDR; nothing was changed", spec.NativeRoutingCIDR)
 		}
+		nativeCIDR = p.Masked()
 	}
 	if !in.Self.IP.Is4() {
 		return refuse(ReasonNodeMissingFacts, "node %s has no IPv4 InternalIP", in.Self.Name)
 	}
 	if !in.Self.PodCIDR.IsValid() || !in.Self.PodCIDR.Addr().Is4() || in.Self.PodCIDR.Bits() > 29 {
 		return refuse(ReasonNodeMissingFacts, "node %s has no IPv4 podCIDR of at least 8 addresses", in.Self.Name)
+	}
+	// Traffic from this node's pods to destinations outside the CIDR is
+	// masqueraded, so its own pods must be inside it.
+	if nativeCIDR.IsValid() && (!nativeCIDR.Contains(in.Self.PodCIDR.Addr()) || nativeCIDR.Bits() > in.Self.PodCIDR.Bits()) {
+		return refuse(ReasonInvalidDatapath, "nativeRoutingCIDR %s does not hold node %s's podCIDR %s; use a CIDR that holds every node's podCIDR; nothing was changed",
+			spec.NativeRoutingCIDR, in.Self.Name, in.Self.PodCIDR)
 	}
 	if in.Underlay == "" || in.UnderlayMTU < 576+TunnelOverhead {
 		return refuse(ReasonNodeMissingFacts, "underlay device %q with MTU %d is unusable", in.Underlay, in.UnderlayMTU)

@@ -130,6 +130,14 @@ func TestRender(t *testing.T) {
 			in:         input(with(nativeSpec, func(d *v1alpha1.NodeDatapath) { d.NativeRoutingCIDR = "10.0.0.0" })),
 			refuseWith: "nativeRoutingCIDR",
 		},
+		"tunnel at full MTU refused": {
+			in:         input(with(tunnelSpec, func(d *v1alpha1.NodeDatapath) { d.RouteMTU = v1alpha1.RouteMTUFull })),
+			refuseWith: "use routeMTU Tunnel",
+		},
+		"nativeRoutingCIDR without the node's pods refused": {
+			in:         input(with(nativeSpec, func(d *v1alpha1.NodeDatapath) { d.NativeRoutingCIDR = "10.1.0.0/16" })),
+			refuseWith: "does not hold node",
+		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -167,9 +167,13 @@ func snapshot(t *testing.T, n *netlab.Node) string {
 	return b.String()
 }
 
-// TestGeneveRefused asks for a Geneve tunnel, which this kernel cannot
-// build: the agent reports it clearly and changes nothing.
-func TestGeneveRefused(t *testing.T) {
+// TestUnappliableSpecRefused hands the agent RoutingNode specs it cannot
+// or must not apply, as an admin might write them by hand (the operator
+// never does): a Geneve tunnel, which this kernel cannot build, and specs
+// that pass the CRD but make no sense together. Each is refused with a
+// reason and a message saying what to change, and the node's kernel state
+// stays exactly as it was: pods keep talking.
+func TestUnappliableSpecRefused(t *testing.T) {
 	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
 	ctx := netlab.Context(t, time.Minute)
 	pods := podPerNode(ctx, t, l, netlab.Tunnel)
@@ -179,27 +183,57 @@ func TestGeneveRefused(t *testing.T) {
 	}
 	before := snapshot(t, n1)
 
-	geneve := netlab.Tunnel
-	geneve.Tunnel = v1alpha1.TunnelGeneve
-	geneve.TunnelPort = 6081
-	n1.SetDatapath(geneve)
-	res := n1.Reconcile(ctx)
-	if len(res.Changes) != 0 {
-		t.Errorf("refused spec changed the node: %v", res.Changes)
+	spec := func(f func(d *v1alpha1.NodeDatapath)) v1alpha1.NodeDatapath {
+		d := netlab.Tunnel
+		f(&d)
+		return d
 	}
-	if res.Status.ObservedGeneration != n1.Generation {
-		t.Errorf("observedGeneration %d, want %d", res.Status.ObservedGeneration, n1.Generation)
-	}
-	c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied)
-	if c == nil || c.Status != metav1.ConditionFalse || c.Reason != datapath.ReasonTunnelUnsupported || !strings.Contains(c.Message, "CONFIG_GENEVE") {
-		t.Fatalf("DatapathApplied = %+v, want False/TunnelUnsupported naming CONFIG_GENEVE", c)
-	}
-	t.Logf("DatapathApplied=%s %s: %s", c.Status, c.Reason, c.Message)
-	if after := snapshot(t, n1); after != before {
-		t.Errorf("kernel state changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	for _, tc := range []struct {
+		name     string
+		datapath v1alpha1.NodeDatapath
+		reason   string
+		message  string
+	}{
+		{"geneve", spec(func(d *v1alpha1.NodeDatapath) { d.Tunnel, d.TunnelPort = v1alpha1.TunnelGeneve, 6081 }),
+			datapath.ReasonTunnelUnsupported, "CONFIG_GENEVE"},
+		{"tunnel send without a tunnel", spec(func(d *v1alpha1.NodeDatapath) { d.Tunnel = v1alpha1.TunnelDisabled }),
+			datapath.ReasonInvalidDatapath, "sendMode Tunnel needs a tunnel, but tunnel is disabled"},
+		{"tunnel at full MTU", spec(func(d *v1alpha1.NodeDatapath) { d.RouteMTU = v1alpha1.RouteMTUFull }),
+			datapath.ReasonInvalidDatapath, "use routeMTU Tunnel"},
+		{"native CIDR without this node's pods", spec(func(d *v1alpha1.NodeDatapath) {
+			d.SendMode, d.NativeRoutingCIDR = v1alpha1.SendNative, "10.1.0.0/16"
+		}), datapath.ReasonInvalidDatapath, "does not hold node node-1's podCIDR 10.0.0.0/24; use a CIDR that holds every node's podCIDR"},
+		{"native CIDR narrower than the podCIDR", spec(func(d *v1alpha1.NodeDatapath) { d.NativeRoutingCIDR = "10.0.0.0/25" }),
+			datapath.ReasonInvalidDatapath, "does not hold node node-1's podCIDR"},
+		{"IPv6 native CIDR", spec(func(d *v1alpha1.NodeDatapath) { d.NativeRoutingCIDR = "fd00::/64" }),
+			datapath.ReasonInvalidDatapath, "is not an IPv4 CIDR"},
+		{"unknown send mode", spec(func(d *v1alpha1.NodeDatapath) { d.SendMode = "Direct" }),
+			datapath.ReasonInvalidDatapath, `unknown sendMode "Direct"`},
+		{"unknown tunnel", spec(func(d *v1alpha1.NodeDatapath) { d.Tunnel = "ipip" }),
+			datapath.ReasonInvalidDatapath, `unknown tunnel "ipip"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n1.SetDatapath(tc.datapath)
+			res := n1.Reconcile(ctx)
+			if len(res.Changes) != 0 {
+				t.Errorf("refused spec changed the node: %v", res.Changes)
+			}
+			if res.Status.ObservedGeneration != n1.Generation {
+				t.Errorf("observedGeneration %d, want %d", res.Status.ObservedGeneration, n1.Generation)
+			}
+			c := meta.FindStatusCondition(res.Status.Conditions, v1alpha1.ConditionDatapathApplied)
+			if c == nil || c.Status != metav1.ConditionFalse || c.Reason != tc.reason || !strings.Contains(c.Message, tc.message) ||
+				!strings.Contains(c.Message, "nothing was changed") {
+				t.Fatalf("DatapathApplied = %+v, want False/%s saying %q and that nothing was changed", c, tc.reason, tc.message)
+			}
+			t.Logf("DatapathApplied=%s %s: %s", c.Status, c.Reason, c.Message)
+			if after := snapshot(t, n1); after != before {
+				t.Errorf("kernel state changed:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
 	}
 	if _, err := pods[0].Ping(ctx, pods[1].EchoAddr(), 64, false); err != nil {
-		t.Errorf("pod1→pod2 after the refusal: %v", err)
+		t.Errorf("pod1→pod2 after the refusals: %v", err)
 	}
 }
 

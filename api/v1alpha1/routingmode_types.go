@@ -108,7 +108,11 @@ type RolloutSpec struct {
 	// healthCheckTimeout is how long a node may take to apply a step and pass
 	// its health probes to every peer before the step counts as failed.
 	// +kubebuilder:default="2m"
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="healthCheckTimeout must be at least 1s, e.g. 2m"
+	// The first rule keeps a non-duration from reaching duration(), whose
+	// type conversion error would not say what to write. Go's and CEL's
+	// duration syntax (ASCII units): a bare 0, or numbers each with a unit.
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-+]?(0|([0-9]+([.][0-9]*)?(ns|us|ms|s|m|h))+)$')",message="healthCheckTimeout must be a duration such as 2m or 90s: a number with a unit (ms, s, m, h)"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[-+]?(0|([0-9]+([.][0-9]*)?(ns|us|ms|s|m|h))+)$') || duration(self) >= duration('1s')",message="healthCheckTimeout must be at least 1s, e.g. 2m"
 	// +optional
 	HealthCheckTimeout *metav1.Duration `json:"healthCheckTimeout,omitempty"`
 

@@ -62,6 +62,70 @@ spec: {rollout: {maxUnavailable: 0}}`, wantErr: "maxUnavailable must be a count 
 spec: {rollout: {maxUnavailable: "150%"}}`, wantErr: "maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"},
 		"tiny timeout": {yaml: `
 spec: {rollout: {healthCheckTimeout: 10ms}}`, wantErr: "healthCheckTimeout must be at least 1s"},
+		// Further ways a hand-written or templated RoutingMode goes wrong.
+		// Each names the field and says what to write instead.
+		"no spec": {yaml: `
+metadata: {name: default}`, wantErr: `spec: Required value`},
+		"empty CIDR with native": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: ""}`, wantErr: "nativeRoutingCIDR must be an IPv4 CIDR such as 10.0.0.0/16"},
+		"direct routes with geneve": {yaml: `
+spec: {tunnel: geneve, autoDirectNodeRoutes: true}`, wantErr: "set tunnel: disabled, or set autoDirectNodeRoutes: false"},
+		"direct routes with defaulted tunnel": {yaml: `
+spec: {autoDirectNodeRoutes: true}`, wantErr: "set tunnel: disabled, or set autoDirectNodeRoutes: false"},
+		"tunnel in capitals": {yaml: `
+spec: {tunnel: VXLAN}`, wantErr: `spec.tunnel: Unsupported value: "VXLAN": supported values: "vxlan", "geneve", "disabled"`},
+		"empty tunnel": {yaml: `
+spec: {tunnel: ""}`, wantErr: `spec.tunnel: Unsupported value: "": supported values: "vxlan", "geneve", "disabled"`},
+		"Cilium's routing-mode word": {yaml: `
+spec: {tunnel: native, nativeRoutingCIDR: 10.0.0.0/16}`, wantErr: `spec.tunnel: Unsupported value: "native": supported values: "vxlan", "geneve", "disabled"`},
+		"host routing in capitals": {yaml: `
+spec: {hostRouting: BPF}`, wantErr: `spec.hostRouting: Unsupported value: "BPF": supported values: "bpf", "legacy"`},
+		"host routing as boolean": {yaml: `
+spec: {hostRouting: true}`, wantErr: `spec.hostRouting: Unsupported value: true: supported values: "bpf", "legacy"`},
+		"CIDR is a word": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: pods}`, wantErr: "nativeRoutingCIDR must be an IPv4 CIDR such as 10.0.0.0/16"},
+		"CIDR prefix too long": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: 10.0.0.0/33}`, wantErr: "nativeRoutingCIDR must be an IPv4 CIDR such as 10.0.0.0/16"},
+		"CIDR with leading zeros": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: 010.0.0.0/16}`, wantErr: "nativeRoutingCIDR must be an IPv4 CIDR such as 10.0.0.0/16"},
+		"CIDR with netmask": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: 10.0.0.0/255.255.0.0}`, wantErr: "Too long: may not be more than 18 bytes"},
+		"two CIDRs": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: "10.0.0.0/16,10.1.0.0/16"}`, wantErr: "Too long: may not be more than 18 bytes"},
+		"CIDR host bits in last octet": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: 10.0.0.4/24}`, wantErr: "nativeRoutingCIDR has host bits set: write the network address"},
+		"IPv4-mapped IPv6 CIDR": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: "::ffff:a00:0/112"}`, wantErr: "nativeRoutingCIDR must be an IPv4 CIDR"},
+		"port zero": {yaml: `
+spec: {tunnelPort: 0}`, wantErr: "spec.tunnelPort: Invalid value: 0: spec.tunnelPort in body should be greater than or equal to 1"},
+		"negative port": {yaml: `
+spec: {tunnelPort: -1}`, wantErr: "spec.tunnelPort in body should be greater than or equal to 1"},
+		"port as text": {yaml: `
+spec: {tunnelPort: vxlan}`, wantErr: `spec.tunnelPort: Invalid value: "string": spec.tunnelPort in body must be of type integer: "string"`},
+		"negative maxUnavailable": {yaml: `
+spec: {rollout: {maxUnavailable: -1}}`, wantErr: "maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"},
+		"zero percent": {yaml: `
+spec: {rollout: {maxUnavailable: "0%"}}`, wantErr: "maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"},
+		"count as text": {yaml: `
+spec: {rollout: {maxUnavailable: "1"}}`, wantErr: "maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"},
+		"fractional percent": {yaml: `
+spec: {rollout: {maxUnavailable: "12.5%"}}`, wantErr: "maxUnavailable must be a count of at least 1 or a percentage from 1% to 100%"},
+		"zero timeout": {yaml: `
+spec: {rollout: {healthCheckTimeout: 0s}}`, wantErr: "healthCheckTimeout must be at least 1s, e.g. 2m"},
+		"negative timeout": {yaml: `
+spec: {rollout: {healthCheckTimeout: -2m}}`, wantErr: "healthCheckTimeout must be at least 1s, e.g. 2m"},
+		"timeout without unit": {yaml: `
+spec: {rollout: {healthCheckTimeout: "120"}}`, wantErr: "healthCheckTimeout must be a duration such as 2m or 90s"},
+		"timeout in words": {yaml: `
+spec: {rollout: {healthCheckTimeout: two minutes}}`, wantErr: "healthCheckTimeout must be a duration such as 2m or 90s"},
+		"paused as text": {yaml: `
+spec: {rollout: {paused: "yes"}}`, wantErr: `spec.rollout.paused in body must be of type boolean: "string"`},
+		"autoRollback as text": {yaml: `
+spec: {rollout: {autoRollback: "no"}}`, wantErr: `spec.rollout.autoRollback in body must be of type boolean: "string"`},
+		"direct routes as text": {yaml: `
+spec: {tunnel: disabled, nativeRoutingCIDR: 10.0.0.0/16, autoDirectNodeRoutes: "true"}`, wantErr: `spec.autoDirectNodeRoutes in body must be of type boolean: "string"`},
+		"rollout as list": {yaml: `
+spec: {rollout: [maxUnavailable]}`, wantErr: `spec.rollout in body must be of type object: "array"`},
 	}
 	ctx := context.Background()
 	for name, tc := range tests {

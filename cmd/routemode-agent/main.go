@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -25,7 +26,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/routemode/routemode/agent/bpfhost"
 	agentcontroller "github.com/routemode/routemode/agent/controller"
@@ -33,6 +33,7 @@ import (
 	"github.com/routemode/routemode/agent/nlsafe"
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/agent/nsutil"
+	"github.com/routemode/routemode/internal/metricsopts"
 )
 
 type options struct {
@@ -45,11 +46,22 @@ type options struct {
 	resync         time.Duration
 	probeBudget    int
 	metricsAddr    string
+	metricsSecure  bool
 	probeAddr      string
 	legacyOnly     bool
 	installCNIFrom string
 	procSys        string
 }
+
+// init locks the main goroutine to the main thread for the process's life,
+// so no other goroutine ever runs there. The agent enters other network
+// namespaces (the health endpoint's, scratch ones for probing) on
+// goroutines that lock their thread and never unlock it, so that Go
+// discards the thread afterwards; but Go cannot discard the main thread,
+// and one such goroutine scheduled there would leave it parked for good in
+// the foreign namespace. /proc/<pid>/ns/net is the main thread's, and it is
+// what `nsenter -t <agent pid> -n` enters to debug a node.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	var o options
@@ -64,6 +76,7 @@ func main() {
 	fs.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often the node is reconciled without any event")
 	fs.IntVar(&o.probeBudget, "probe-peers-per-resync", node.DefaultProbeBudget, "peers probed per reconcile in steady state, in rotation (every peer is probed whenever the node's datapath changes); 0 means the default, -1 probes every peer every time")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0", "metrics endpoint address, also serving the full peer table on /peers (routemodectl status --node NODE --peers); 0 to disable both")
+	metricsopts.SecureFlag(fs, &o.metricsSecure)
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9879", "liveness and readiness endpoint address")
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
 	fs.StringVar(&o.procSys, "proc-sys", nsutil.DefaultProcSys, "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
@@ -138,7 +151,7 @@ func run(o options) error {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                metricsopts.Options(o.metricsAddr, o.metricsSecure),
 		HealthProbeBindAddress: o.probeAddr,
 		LeaderElection:         false,
 		Cache:                  agentcontroller.CacheOptions(o.nodeName),
@@ -149,9 +162,6 @@ func run(o options) error {
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
-		return err
-	}
 	// The full peer table, beside the metrics (see agentcontroller.PeersPath).
 	if err := mgr.AddMetricsServerExtraHandler(agentcontroller.PeersPath, agentcontroller.PeerTableHandler(agent.PeerTable)); err != nil {
 		return err
@@ -159,6 +169,10 @@ func run(o options) error {
 	kernel := make(chan event.GenericEvent, 1)
 	r := &agentcontroller.Reconciler{Client: mgr.GetClient(), NodeName: o.nodeName, Agent: agent, Kernel: kernel}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 1}); err != nil {
+		return err
+	}
+	// Ready once the node's datapath matches its RoutingNode's generation.
+	if err := mgr.AddReadyzCheck("datapath", r.Ready); err != nil {
 		return err
 	}
 

@@ -17,12 +17,14 @@ import (
 	"github.com/routemode/routemode/hack/lab"
 )
 
-const usage = `usage: routemode-lab up|down|demo|relay [flags]
+const usage = `usage: routemode-lab up|down|demo|relay|supervise [flags]
 
   up     start the lab and leave it running
   down   remove everything the lab made
   demo   start the lab, switch it VXLAN -> native+BPF -> VXLAN under traffic
   relay  (internal) forward 127.0.0.1:6443 in a node namespace to the API server
+  supervise --pid-file F -- CMD ARGS...
+         (internal) run CMD, restarting it with backoff whenever it exits
 `
 
 func main() {
@@ -52,6 +54,7 @@ func run(ctx context.Context, cmd string, args []string) error {
 	rate := fs.Int("rate", 1000, "demo: probes per second in all")
 	netnsPath := fs.String("netns", "", "relay: the node namespace")
 	to := fs.String("to", "", "relay: the API server's host address")
+	pidFile := fs.String("pid-file", "", "supervise: where to write the running child's pid")
 	_ = fs.Parse(args)
 
 	switch cmd {
@@ -69,6 +72,8 @@ func run(ctx context.Context, cmd string, args []string) error {
 		return lab.Down(cfg.Dir)
 	case "relay":
 		return lab.Relay(ctx, *netnsPath, *to)
+	case "supervise":
+		return lab.Supervise(ctx, *pidFile, fs.Args())
 	case "demo":
 		return demo(ctx, cfg, *keep, *rate)
 	}

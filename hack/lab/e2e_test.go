@@ -21,9 +21,11 @@ import (
 
 	"github.com/routemode/routemode/internal/scheme"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -156,6 +158,24 @@ type kstatusWatch struct {
 	halt func()
 }
 
+// watch starts a watch of list's kind on the lab's API server.
+func (h *harness) watch(ctx context.Context, list client.ObjectList) watch.Interface {
+	h.t.Helper()
+	s, err := scheme.New()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	wc, err := client.NewWithWatch(h.l.cp.restConfig(), client.Options{Scheme: s})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	w, err := wc.Watch(ctx, list)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return w
+}
+
 // watchKstatus follows every change of the RoutingMode through a watch, so
 // even a rollout faster than any polling interval shows its InProgress
 // states (the spec change itself is one, until the operator observes it).
@@ -167,18 +187,7 @@ func (h *harness) watchKstatus() *kstatusWatch {
 		<-w.done
 	})
 	h.t.Cleanup(w.halt)
-	s, err := scheme.New()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	wc, err := client.NewWithWatch(h.l.cp.restConfig(), client.Options{Scheme: s})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	watcher, err := wc.Watch(context.Background(), &v1alpha1.RoutingModeList{})
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	watcher := h.watch(context.Background(), &v1alpha1.RoutingModeList{})
 	go func() {
 		defer close(w.done)
 		defer watcher.Stop()
@@ -313,7 +322,9 @@ func TestE2ESwitchTunnelNativeTunnel(t *testing.T) {
 			t.Errorf("%s's BPF direct routes: %v %v; want one per other node", n.NS, routes, err)
 		}
 	}
+	h.agentsInNodeNamespaces()
 	h.rollout("native+bpf→tunnel", tunnelSpec, encapsulated)
+	h.agentsInNodeNamespaces()
 	// Without host routing no program follows a direct route.
 	for _, n := range h.l.Nodes {
 		if routes, err := hostrouting.ListDirectRoutes(hostrouting.DefaultPinDir(n.NS)); err != nil || len(routes) != 0 {
@@ -349,6 +360,31 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 
 // agentExportsRedirects scrapes n's agent's metrics endpoint: the programs'
 // counters must be there, with packets delivered with redirect_peer.
+// agentsInNodeNamespaces checks, after the agents entered the health
+// endpoint's and scratch namespaces during reconciles, that each agent
+// process's network namespace (its main thread's, what `nsenter -t <pid>
+// -n` enters) is still its node's.
+func (h *harness) agentsInNodeNamespaces() {
+	h.t.Helper()
+	for _, n := range h.l.Nodes {
+		pid, err := h.l.agentPID(n)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		var want, got unix.Stat_t
+		if err := unix.Stat(filepath.Join("/var/run/netns", n.NS), &want); err != nil {
+			h.t.Fatal(err)
+		}
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &got); err != nil {
+			h.t.Fatal(err)
+		}
+		if got.Ino != want.Ino || got.Dev != want.Dev {
+			link, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+			h.t.Errorf("%s's agent (pid %d) is in network namespace %s, not its node's (inode %d)", n.NS, pid, link, want.Ino)
+		}
+	}
+}
+
 func (h *harness) agentExportsRedirects(n Node) {
 	h.t.Helper()
 	var body []byte

@@ -111,8 +111,12 @@ func (l *Lab) saveState() error {
 }
 
 // spawn starts a long-running process detached from the caller, so it
-// outlives `lab up`, with its output in logs/<name>.log.
+// outlives `lab up`, with its output in logs/<name>.log, under a
+// supervisor (`routemode-lab supervise`, see Supervise) that restarts it
+// when it exits, as a kubelet would.
 func (l *Lab) spawn(name, bin string, args ...string) error {
+	args = append([]string{"supervise", "--pid-file", l.pidFile(name), "--", bin}, args...)
+	bin = filepath.Join(l.cfg.Bin, "routemode-lab")
 	logf, err := os.OpenFile(l.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -128,6 +132,10 @@ func (l *Lab) spawn(name, bin string, args ...string) error {
 	go func() { _ = cmd.Wait() }()
 	return l.saveState()
 }
+
+// agentPID is the process id of n's running agent. nsenter execs the
+// agent in place, so the supervised process is the agent itself.
+func (l *Lab) agentPID(n Node) (int, error) { return l.supervisedPID("agent-" + n.NS) }
 
 // run runs a short command and returns its combined output.
 func run(name string, args ...string) (string, error) {

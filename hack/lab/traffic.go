@@ -40,6 +40,9 @@ type TrafficReport struct {
 	Pairs int
 	// Capture is the sum over the nodes' underlay captures.
 	Capture probe.CaptureStats
+	// LostByPair is UDP.Lost per pod pair, keyed "src->dst" by pod name,
+	// to tell loss on paths through a faulty node from loss elsewhere.
+	LostByPair map[string]int64
 }
 
 // StartTraffic starts the traffic at rate probes per second in all.
@@ -139,9 +142,10 @@ func (t *Traffic) captured() probe.CaptureStats {
 // Stop ends the traffic and reports it; loss is counted once the last
 // answers had time to arrive.
 func (t *Traffic) Stop() TrafficReport {
-	r := TrafficReport{Pairs: len(t.streams)}
-	for _, s := range t.streams {
+	r := TrafficReport{Pairs: len(t.streams), LostByPair: map[string]int64{}}
+	for key, s := range t.streams {
 		st := s.Stop()
+		r.LostByPair[key] = st.Lost
 		r.UDP.Sent += st.Sent
 		r.UDP.Received += st.Received
 		r.UDP.Lost += st.Lost

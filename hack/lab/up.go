@@ -147,10 +147,16 @@ func (l *Lab) startOperator(ctx context.Context, cs kubernetes.Interface) error 
 	if err != nil {
 		return err
 	}
-	kc := l.path("operator.kubeconfig")
-	if err := l.cp.kubeconfig(kc, l.cp.url(), "routemode-operator", tok); err != nil {
+	if err := l.cp.kubeconfig(l.path("operator.kubeconfig"), l.cp.url(), "routemode-operator", tok); err != nil {
 		return err
 	}
+	return l.spawnOperator("operator")
+}
+
+// spawnOperator starts an operator replica called name under a supervisor,
+// with the kubeconfig startOperator wrote; replicas elect a leader, as a
+// Deployment's would.
+func (l *Lab) spawnOperator(name string) error {
 	metrics, err := freePort()
 	if err != nil {
 		return err
@@ -159,9 +165,10 @@ func (l *Lab) startOperator(ctx context.Context, cs kubernetes.Interface) error 
 	if err != nil {
 		return err
 	}
-	return l.spawn("operator", filepath.Join(l.cfg.Bin, "routemode-operator"),
-		"--kubeconfig", kc, "--leader-elect", "--leader-election-namespace", Namespace,
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metrics),
+	return l.spawn(name, filepath.Join(l.cfg.Bin, "routemode-operator"),
+		"--kubeconfig", l.path("operator.kubeconfig"), "--leader-elect", "--leader-election-namespace", Namespace,
+		// Plain HTTP, loopback only: the lab scrapes without tokens.
+		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metrics), "--metrics-secure=false",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probes))
 }
 
@@ -198,13 +205,23 @@ func (l *Lab) startAgent(ctx context.Context, cs kubernetes.Interface, n Node) e
 	if err := l.saveState(); err != nil {
 		return err
 	}
+	return l.spawnAgent(n)
+}
+
+// spawnAgent starts n's agent under a supervisor, with the kubeconfig
+// startAgent wrote: also to bring back an agent a fault stopped for good.
+func (l *Lab) spawnAgent(n Node) error {
+	nsPath := filepath.Join("/var/run/netns", n.NS)
 	args := append([]string{"--net=" + nsPath, "--", filepath.Join(l.cfg.Bin, "routemode-agent"),
-		"--node-name", n.NS, "--kubeconfig", kc,
+		"--node-name", n.NS, "--kubeconfig", l.nodeDir(n, "kubeconfig"),
 		"--cni-conf-dir", l.nodeDir(n, "net.d"), "--cni-bin-dir", l.nodeDir(n, "bin"),
 		"--install-cni-from", filepath.Join(l.cfg.Bin, "routemode-cni"),
 		"--state-dir", l.nodeDir(n, "state"),
 		// In the node's namespace, so every node can use the same port.
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", AgentMetricsPort)}, l.cfg.AgentArgs...)
+		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", AgentMetricsPort),
+		// Plain HTTP: the e2e tests scrape from inside the node's namespace
+		// without a token.
+		"--metrics-secure=false"}, l.cfg.AgentArgs...)
 	return l.spawn("agent-"+n.NS, "nsenter", args...)
 }
 

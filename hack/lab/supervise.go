@@ -1,0 +1,124 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Restart backoff of supervised lab processes. A kubelet starts at 10 s
+// and doubles to 5 min; the lab starts at 2 s, the restart delay the chaos
+// suite's faults assume, and caps lower so a lab test recovers within its
+// timeouts.
+const (
+	RestartBackoff    = 2 * time.Second
+	MaxRestartBackoff = 30 * time.Second
+	// A run that lasted this long resets the backoff, as a container that
+	// ran fine for a while does.
+	restartReset = time.Minute
+	// stopGrace is how long a child has to exit after SIGTERM.
+	stopGrace = 10 * time.Second
+)
+
+// Supervise runs argv and starts it again whenever it exits, for whatever
+// reason, after a backoff that doubles from RestartBackoff to
+// MaxRestartBackoff: processes in the lab live as they would in pods, so a
+// fault measures the product, not the lab (an operator that exits on a
+// lost leader lease comes back). The running child's pid is written to
+// pidFile, for fault injection. When ctx ends, the child gets SIGTERM and
+// Supervise returns once it exited. The child stays in the supervisor's
+// process group, so stopping the group stops both.
+func Supervise(ctx context.Context, pidFile string, argv []string) error {
+	if len(argv) == 0 {
+		return errors.New("supervise: no command")
+	}
+	backoff := RestartBackoff
+	for {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("supervise: starting %s: %w", argv[0], err)
+		}
+		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return fmt.Errorf("supervise: %w", err)
+		}
+		started := time.Now()
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(stopGrace):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+			return nil
+		case err := <-exited:
+			ran := time.Since(started)
+			if ran >= restartReset {
+				backoff = RestartBackoff
+			}
+			fmt.Fprintf(os.Stderr, "supervise: %s exited after %s (%v); restarting in %s\n",
+				argv[0], ran.Round(time.Millisecond), err, backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, MaxRestartBackoff)
+		}
+	}
+}
+
+// supervisedPID is the pid of the process the supervisor of name runs now.
+func (l *Lab) supervisedPID(name string) (int, error) {
+	b, err := os.ReadFile(l.pidFile(name))
+	if err != nil {
+		return 0, fmt.Errorf("no supervised process %s: %w", name, err)
+	}
+	return strconv.Atoi(string(b))
+}
+
+func (l *Lab) pidFile(name string) string { return l.path("logs", name+".pid") }
+
+// stopSupervised SIGKILLs the process name and then its supervisor, so
+// that nothing starts it again: a node whose agent died for good. The
+// supervisor goes first, or it would restart the child in between.
+func (l *Lab) stopSupervised(name string) error {
+	pid, err := l.supervisedPID(name)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return fmt.Errorf("reading %s's parent: %w", name, err)
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: state, then the parent's pid.
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(fields) < 2 {
+		return fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	supervisor, err := strconv.Atoi(fields[1])
+	if err != nil {
+		return fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing %s's supervisor (pid %d): %w", name, supervisor, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing %s (pid %d): %w", name, pid, err)
+	}
+	return nil
+}

@@ -50,6 +50,7 @@ func run(ctx context.Context, cmd string, args []string) error {
 	cfg := lab.Config{}
 	fs.StringVar(&cfg.Dir, "dir", filepath.Join(root, ".lab"), "the lab's state directory")
 	fs.IntVar(&cfg.Nodes, "nodes", 3, "number of nodes")
+	fs.StringVar(&cfg.Prefix, "prefix", "", "prepended to every namespace name, for a second lab next to one with the plain names")
 	fs.StringVar(&cfg.Root, "root", root, "the repository root (for config/)")
 	fs.StringVar(&cfg.Bin, "bin", filepath.Dir(exe), "directory of the routemode binaries")
 	fs.StringVar(&cfg.K8sBin, "k8s-bin", filepath.Join(root, "bin", "k8s"), "directory of kube-apiserver, etcd and kubectl")

@@ -101,6 +101,11 @@ func (l *Lab) makeCgroup(path string) error {
 	if err != nil {
 		return err
 	}
+	// In hybrid mode runc also makes the containers' cgroups in the
+	// unified hierarchy: the lab does not create that path, but removes it.
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.controllers"); err == nil {
+		l.state.Cgroups = append(l.state.Cgroups, filepath.Join("/sys/fs/cgroup/unified", path))
+	}
 	for _, c := range ctrls {
 		dir := filepath.Join("/sys/fs/cgroup", c)
 		for _, part := range strings.Split(strings.Trim(path, "/"), "/") {
@@ -250,6 +255,10 @@ done
 # Volumes and pod network namespaces mounted later reach the containers
 # that mount them with propagation (the agent's /var/run/netns).
 mount --make-rshared /
+# A real node has a default route: without one, connections from the
+# node to ClusterIPs (the agent's to the API server) fail before
+# kube-proxy's rules see them. The underlay's own address is the gateway.
+ip route replace default via "$5" dev ` + netlab.UnderlayDev + `
 export PATH="$BIN:$PATH"
 containerd --config "$D/containerd.toml" &
 until [ -S ` + containerdSocket + ` ]; do
@@ -390,7 +399,7 @@ func (l *Lab) startRealNode(n Node) error {
 		return err
 	}
 	if err := l.spawn("node-"+n.NS, "nsenter", "--net="+nsPath, "--", "unshare", "-m", "--uts", "--propagation", "private", "--",
-		"/bin/bash", filepath.Join(dir, "node.sh"), dir, n.Name, l.cfg.NodeBin, n.IP.String()); err != nil {
+		"/bin/bash", filepath.Join(dir, "node.sh"), dir, n.Name, l.cfg.NodeBin, n.IP.String(), netlab.OutsideIP.String()); err != nil {
 		return err
 	}
 	l.state.NodePIDs = append(l.state.NodePIDs, l.state.PIDs[len(l.state.PIDs)-1])

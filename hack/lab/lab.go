@@ -88,6 +88,17 @@ type PodState struct {
 	Name string     `json:"name"`
 	Node string     `json:"node"`
 	IP   netip.Addr `json:"ip"`
+	// NSPath is a real node's pod network namespace, as its containerd
+	// made it; empty for the lab's own named namespaces.
+	NSPath string `json:"nsPath,omitempty"`
+}
+
+// netns is the path of the pod's network namespace.
+func (p PodState) netns() string {
+	if p.NSPath != "" {
+		return p.NSPath
+	}
+	return nsPath(p.Name)
 }
 
 // Lab is a running lab.

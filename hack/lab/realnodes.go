@@ -536,3 +536,88 @@ func (l *Lab) WaitInstalled(limit time.Duration) error {
 
 // Real says whether the lab runs real nodes.
 func (l *Lab) Real() bool { return len(l.state.NodePIDs) > 0 }
+
+// realPods is a DaemonSet of pause containers: one real pod per node,
+// started by its kubelet through containerd and wired by routemode-cni. The
+// lab's traffic runs its echo servers and probe streams inside their
+// network namespaces, as it does in the lab's own pods.
+const realPods = `apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: lab-pods
+  namespace: default
+spec:
+  selector:
+    matchLabels: {app: lab-pods}
+  template:
+    metadata:
+      labels: {app: lab-pods}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: pause
+        image: ` + "{{PAUSE}}" + `
+`
+
+// pauseImage is the tag make node-bin gives the pause image (PAUSE_IMAGE
+// in the Makefile), containerd's default sandbox image.
+const pauseImage = "registry.k8s.io/pause:3.10.2"
+
+// addRealPods runs realPods and records each pod with its network
+// namespace, found through the node's mount namespace (/proc/PID/root) by
+// the address on its eth0.
+func (l *Lab) addRealPods(ctx context.Context) error {
+	manifest := l.path("lab-pods.yaml")
+	if err := os.WriteFile(manifest, []byte(render(realPods, "{{PAUSE}}", pauseImage)), 0o600); err != nil {
+		return err
+	}
+	if _, err := l.Apply(manifest); err != nil {
+		return err
+	}
+	if _, err := l.Kubectl("rollout", "status", "daemonset/lab-pods", "--timeout=3m"); err != nil {
+		return err
+	}
+	out, err := l.Kubectl("get", "pods", "-l", "app=lab-pods", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}`)
+	if err != nil {
+		return err
+	}
+	l.state.Pods = nil
+	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return fmt.Errorf("pod line %q: want name, node and address", line)
+		}
+		ip, err := netip.ParseAddr(f[2])
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(l.Nodes, func(n Node) bool { return n.Name == f[1] })
+		if i < 0 {
+			return fmt.Errorf("pod %s on unknown node %s", f[0], f[1])
+		}
+		ns, err := l.podNetns(ctx, i, ip)
+		if err != nil {
+			return fmt.Errorf("pod %s: %w", f[0], err)
+		}
+		l.state.Pods = append(l.state.Pods, PodState{Name: f[0], Node: l.Nodes[i].NS, IP: ip, NSPath: ns})
+	}
+	return l.saveState()
+}
+
+// podNetns finds the network namespace containerd made on node i for the
+// pod with address ip.
+func (l *Lab) podNetns(ctx context.Context, i int, ip netip.Addr) (string, error) {
+	dir := fmt.Sprintf("/proc/%d/root/run/netns", l.nodePID(i))
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		out, err := exec.CommandContext(ctx, "nsenter", "--net="+p, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0").Output()
+		if err == nil && strings.Contains(string(out), " "+ip.String()+"/") {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no network namespace with %s in %s", ip, dir)
+}

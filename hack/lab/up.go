@@ -120,6 +120,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 // configuration (after the first RoutingMode reached them). Pods that exist
 // are kept.
 func (l *Lab) AddPods(ctx context.Context) error {
+	if l.Real() {
+		return l.addRealPods(ctx)
+	}
 	for i, n := range l.Nodes {
 		name := l.podName(i + 1)
 		if slices.ContainsFunc(l.state.Pods, func(p PodState) bool { return p.Name == name }) {

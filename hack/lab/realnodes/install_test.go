@@ -17,14 +17,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/routemode/routemode/hack/lab"
 	"github.com/routemode/routemode/internal/testenv"
 )
 
-// TestInstall installs routemode the way the README tells users, on real
-// nodes, brings a RoutingMode up, and removes the lab leaving nothing on
-// the host.
-func TestInstall(t *testing.T) {
+// TestInstallAndSwitch installs routemode the way the README tells users,
+// on real nodes, brings a RoutingMode up, switches it VXLAN -> native+bpf
+// -> VXLAN under the demo's UDP probe streams and TCP connections between
+// real pods (a DaemonSet, wired by routemode-cni through containerd) on
+// different nodes, and removes the lab leaving nothing on the host.
+func TestInstallAndSwitch(t *testing.T) {
+	// The lab's clients log nothing worth reading here; without a logger
+	// controller-runtime prints a stack trace saying so.
+	ctrllog.SetLogger(logr.Discard())
 	if os.Geteuid() != 0 {
 		t.Fatal("the real nodes need network, mount and UTS namespaces and cgroups: run as root")
 	}
@@ -78,6 +86,23 @@ func TestInstall(t *testing.T) {
 	for _, n := range l.Nodes {
 		if !strings.Contains(out, n.Name) {
 			t.Errorf("no pod on node %s", n.Name)
+		}
+	}
+	var log strings.Builder
+	d := &lab.Demo{Lab: l, Out: &log, Rate: 400, Window: 2 * time.Second}
+	switchStart := time.Now()
+	results, err := d.Run(ctx)
+	t.Log("\n" + log.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pods and both switches took %s", time.Since(switchStart).Round(time.Second))
+	for _, r := range results {
+		if r.Traffic.UDP.Sent == 0 || r.Traffic.TCP.Messages == 0 {
+			t.Errorf("%s: no traffic ran (%d probes, %d TCP messages)", r.Name, r.Traffic.UDP.Sent, r.Traffic.TCP.Messages)
+		}
+		if r.Traffic.UDP.Lost != 0 || r.Traffic.TCP.Resets != 0 || r.Traffic.TCP.Errors != 0 {
+			t.Errorf("%s: lost %d of %d probes, %d TCP resets, %d TCP errors", r.Name, r.Traffic.UDP.Lost, r.Traffic.UDP.Sent, r.Traffic.TCP.Resets, r.Traffic.TCP.Errors)
 		}
 	}
 }

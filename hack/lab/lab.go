@@ -133,7 +133,13 @@ func (l *Lab) saveState() error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(l.path("state.json"), b, 0o600)
+	// Through a rename, so a lab killed while saving leaves the previous
+	// state for Down, not a torn file.
+	tmp := l.path("state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, l.path("state.json"))
 }
 
 // spawn starts a long-running process detached from the caller, so it

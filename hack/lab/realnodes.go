@@ -187,17 +187,28 @@ func rmdirWhenEmpty(dir string) error {
 	}
 }
 
-// mountNamespacePeers lists the processes in the same mount namespace as
-// pid: a node's containerd, shims, kubelet and kube-proxy, whatever process
-// group they put themselves in.
-func mountNamespacePeers(pid int) []int {
-	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+// nodeNamespaces are the mount and network namespaces of the node whose
+// namespaces pid holds, or none when pid is gone or shares the lab's own
+// mount namespace: a recorded pid that is gone and reused by a host
+// process must never make the host's processes pass for a node's.
+func nodeNamespaces(pid int) []string {
+	mnt, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
 	own, _ := os.Readlink("/proc/self/ns/mnt")
-	// A recorded pid that is gone and reused by a host process shares the
-	// host's mount namespace: never take the host's processes for a node's.
-	if err != nil || ns == own {
+	if err != nil || mnt == own {
 		return nil
 	}
+	net, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return nil
+	}
+	return []string{mnt, net}
+}
+
+// inNamespaces lists the processes in any of the namespaces nss: a node's
+// containerd, kubelet and kube-proxy (its mount namespace), its shims,
+// which unshare a mount namespace of their own, and its host-network pods
+// (its network namespace), whatever session or process group they are in.
+func inNamespaces(nss map[string]bool) []int {
 	entries, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range entries {
@@ -205,8 +216,11 @@ func mountNamespacePeers(pid int) []int {
 		if err != nil {
 			continue
 		}
-		if other, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", p)); err == nil && other == ns {
-			out = append(out, p)
+		for _, kind := range []string{"mnt", "net"} {
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", p, kind)); err == nil && nss[ns] {
+				out = append(out, p)
+				break
+			}
 		}
 	}
 	return out
@@ -443,18 +457,32 @@ func (l *Lab) Load(ctx context.Context, archives ...string) error {
 	return nil
 }
 
-// stopRealNodes kills every process of the recorded nodes' mount
-// namespaces, whatever session or group they put themselves in (shims
-// daemonize), before the namespaces' holders go.
+// stopRealNodes kills every process of the recorded nodes' namespaces,
+// the namespaces' holders included. It scans until none is
+// left: a containerd killed while starting a shim may have forked it
+// after a scan, and a shim left running would have runc make the nodes'
+// cgroups again after they are removed.
 func stopRealNodes(pids []int) {
-	var all []int
+	nss := map[string]bool{}
 	for _, pid := range pids {
-		all = append(all, mountNamespacePeers(pid)...)
+		for _, ns := range nodeNamespaces(pid) {
+			nss[ns] = true
+		}
 	}
-	for _, p := range all {
-		_ = syscall.Kill(p, syscall.SIGKILL)
+	if len(nss) == 0 {
+		return
 	}
-	waitGone(all, 10*time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		left := inNamespaces(nss)
+		if len(left) == 0 {
+			return
+		}
+		for _, p := range left {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		waitGone(left, 5*time.Second)
+	}
 }
 
 // upReal brings up the real nodes once the API server runs, imports the

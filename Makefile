@@ -85,6 +85,42 @@ $(K8S_BIN)/kube-apiserver $(K8S_BIN)/kubectl:
 $(K8S_BIN)/etcd:
 	cd hack/envtest && $(GO) build -o $@ go.etcd.io/etcd/server/v3
 
+NODE_BIN := $(BIN)/node
+# The pause image's tag: Kubernetes' build/pause/Makefile TAG for $(K8S_VERSION).
+PAUSE_IMAGE := registry.k8s.io/pause:3.10.2
+NODE_K8S := kubelet kube-proxy kube-scheduler kube-controller-manager
+NODE_CONTAINERD := containerd ctr containerd-shim-runc-v2
+
+.PHONY: node-bin
+node-bin: $(addprefix $(NODE_BIN)/,$(NODE_K8S) $(NODE_CONTAINERD)) $(NODE_BIN)/images/pause.tar node-deps ## Build the real nodes' kubelet, kube-proxy, scheduler, controller-manager, containerd and pause image into bin/node (first build about 20 minutes).
+
+# Built only when missing, like envtest-bin; from hack/envtest's module, so
+# every Kubernetes binary of the lab is the same release.
+$(addprefix $(NODE_BIN)/,$(NODE_K8S)):
+	cd hack/envtest && $(GO) build -ldflags '$(ENVTEST_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/$(@F)
+
+# Static, so the binary runs whatever libc the node has; no_btrfs because
+# the lab's nodes use the overlayfs snapshotter and the btrfs one needs cgo.
+$(NODE_BIN)/containerd $(NODE_BIN)/ctr:
+	cd hack/containerd && CGO_ENABLED=0 $(GO) build -tags 'urfave_cli_no_docs no_btrfs' -o $@ github.com/containerd/containerd/v2/cmd/$(@F)
+
+$(NODE_BIN)/containerd-shim-runc-v2:
+	cd hack/containerd && CGO_ENABLED=0 $(GO) build -tags 'urfave_cli_no_docs no_grpc' -o $@ github.com/containerd/containerd/v2/cmd/$(@F)
+
+# The pause image: Kubernetes' own pause.c from the module cache, built as
+# its Makefile builds it, written as an image archive without an engine.
+$(NODE_BIN)/images/pause.tar:
+	mkdir -p $(NODE_BIN)
+	src=$$(cd hack/envtest && $(GO) mod download -json k8s.io/kubernetes | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	gcc -Os -Wall -Werror -static -DVERSION=v$(lastword $(subst :, ,$(PAUSE_IMAGE))) -o $(NODE_BIN)/pause $$src/build/pause/linux/pause.c
+	$(GO) run ./hack/images single -bin $(NODE_BIN)/pause -path /pause -ref $(PAUSE_IMAGE) -out $@
+
+# runc runs the containers and kube-proxy's nftables mode drives nft:
+# Debian's packages, installed when missing.
+.PHONY: node-deps
+node-deps:
+	@command -v runc >/dev/null && command -v nft >/dev/null || { apt-get update -qq && apt-get install -y -qq runc nftables; }
+
 ##@ Test
 
 .PHONY: test
@@ -97,6 +133,10 @@ chaos: envtest-bin ## Run the chaos suite in the lab (faults during a live switc
 	KUBEBUILDER_ASSETS=$(K8S_BIN) CHAOS_TABLE=$(BIN)/chaos-table.md CHAOS_FREEZE=60s $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestChaos' -v ./hack/lab/
 	@echo; echo "| fault | when | probes sent | lost | lost outside the faulty node | TCP resets | rollout | fault to Ready |"; \
 	echo "|---|---|---|---|---|---|---|---|"; cat $(BIN)/chaos-table.md
+
+.PHONY: test-realnodes
+test-realnodes: envtest-bin node-bin images ## Run the end-to-end tests on real nodes (containerd, kubelet, kube-proxy; root; not yet in make test).
+	$(GO) test -tags realnodes -count=1 -v -timeout $(TEST_TIMEOUT) ./hack/lab/realnodes
 
 .PHONY: bench-datapath
 bench-datapath: ## Benchmark cross-node pod traffic: baseline, legacy, legacy+netfilter, bpf, tunnel (root).
@@ -111,6 +151,15 @@ bench-scale: envtest-bin ## Benchmark the control plane at 100 and 1,000 nodes (
 .PHONY: lab-up
 lab-up: envtest-bin build ## Start the lab: an API server and 3 nodes as network namespaces.
 	$(BIN)/routemode-lab up
+
+.PHONY: lab-up-real
+lab-up-real: envtest-bin node-bin build images ## Start the lab with real nodes: containerd, kubelet and kube-proxy per node, routemode from config/default.
+	$(BIN)/routemode-lab up --real-nodes --node-bin $(NODE_BIN)
+
+.PHONY: lab-load
+lab-load: build ## Import image archives into every real node of the running lab: make lab-load IMAGES="a.tar b.tar".
+	@test -n "$(IMAGES)" || { echo "make lab-load needs IMAGES=\"FILE...\", the image archives to import" >&2; exit 2; }
+	$(BIN)/routemode-lab load $(IMAGES)
 
 .PHONY: lab-down
 lab-down: ## Remove everything the lab made.

@@ -11,16 +11,21 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/routemode/routemode/hack/lab"
 )
 
-const usage = `usage: routemode-lab up|down|demo|relay|supervise [flags]
+const usage = `usage: routemode-lab up|down|demo|load|relay|supervise [flags] [FILE...]
 
-  up     start the lab and leave it running
+  up     start the lab and leave it running (--real-nodes: containerd,
+         kubelet and kube-proxy on every node, routemode installed with
+         kubectl apply -k config/default)
   down   remove everything the lab made
+  load   import image archives (FILE...) into every real node's containerd,
+         under the names they carry, like kind load image-archive
   demo   start the lab, switch it VXLAN -> native+BPF -> VXLAN under traffic
   relay  (internal) forward 127.0.0.1:6443 in a node namespace to the API server
   supervise --pid-file F -- CMD ARGS...
@@ -47,15 +52,24 @@ func run(ctx context.Context, cmd string, args []string) error {
 	cfg := lab.Config{}
 	fs.StringVar(&cfg.Dir, "dir", filepath.Join(root, ".lab"), "the lab's state directory")
 	fs.IntVar(&cfg.Nodes, "nodes", 3, "number of nodes")
+	fs.StringVar(&cfg.Prefix, "prefix", "", "prepended to every namespace name, for a second lab next to one with the plain names")
 	fs.StringVar(&cfg.Root, "root", root, "the repository root (for config/)")
 	fs.StringVar(&cfg.Bin, "bin", filepath.Dir(exe), "directory of the routemode binaries")
 	fs.StringVar(&cfg.K8sBin, "k8s-bin", filepath.Join(root, "bin", "k8s"), "directory of kube-apiserver, etcd and kubectl")
+	fs.BoolVar(&cfg.RealNodes, "real-nodes", false, "up: run containerd, kubelet and kube-proxy on the nodes and install routemode from config/default")
+	fs.StringVar(&cfg.NodeBin, "node-bin", filepath.Join(root, "bin", "node"), "directory of the real nodes' binaries (make node-bin)")
+	images := fs.String("images", filepath.Join(root, "bin", "images", "routemode-operator.tar")+","+filepath.Join(root, "bin", "images", "routemode-agent.tar"),
+		"up --real-nodes: comma-separated image archives to import into every node (make images)")
 	keep := fs.Bool("keep", os.Getenv("DEMO_KEEP") != "0", "demo: leave the lab up afterwards (DEMO_KEEP=0 removes it)")
 	rate := fs.Int("rate", 1000, "demo: probes per second in all")
 	netnsPath := fs.String("netns", "", "relay: the node namespace")
 	to := fs.String("to", "", "relay: the API server's host address")
 	pidFile := fs.String("pid-file", "", "supervise: where to write the running child's pid")
+	listen := fs.String("listen", "", "relay: the address to listen on in the namespace (default 127.0.0.1:6443)")
 	_ = fs.Parse(args)
+	if *images != "" {
+		cfg.Images = strings.Split(*images, ",")
+	}
 
 	switch cmd {
 	case "up":
@@ -71,9 +85,18 @@ func run(ctx context.Context, cmd string, args []string) error {
 	case "down":
 		return lab.Down(cfg.Dir)
 	case "relay":
-		return lab.Relay(ctx, *netnsPath, *to)
+		return lab.Relay(ctx, *netnsPath, *listen, *to)
 	case "supervise":
 		return lab.Supervise(ctx, *pidFile, fs.Args())
+	case "load":
+		if fs.NArg() == 0 {
+			return errors.New("load: name the image archives to import")
+		}
+		l, err := lab.Open(cfg)
+		if err != nil {
+			return err
+		}
+		return l.Load(ctx, fs.Args()...)
 	case "demo":
 		return demo(ctx, cfg, *keep, *rate)
 	}
@@ -110,6 +133,18 @@ func demo(ctx context.Context, cfg lab.Config, keep bool, rate int) error {
 
 func printUsage(l *lab.Lab) {
 	n := l.Nodes[0].NS
+	if l.Real() {
+		fmt.Printf(`
+The lab is up, with real nodes. To use it:
+  export KUBECONFIG=%s
+  %s get pods -A -o wide
+  routemode-lab load my-image.tar            # import an image archive into every node
+  nsenter --net=/var/run/netns/%s ip route   # a node's routes
+  kubectl apply -f config/samples/native-routing.yaml   # switch it live
+Remove it with: make lab-down
+`, l.Kubeconfig(), filepath.Join(filepathK8s(l), "kubectl"), n)
+		return
+	}
 	fmt.Printf(`
 The lab is up. To use it:
   export KUBECONFIG=%s

@@ -31,10 +31,14 @@ import (
 // controlPlane is the lab's etcd and kube-apiserver, both built from source,
 // listening on the host's loopback only.
 type controlPlane struct {
-	dir      string
-	apiPort  int
-	caPEM    []byte
-	adminTok string
+	dir string
+	// advertise, for real nodes, is the API server's address for pods: a
+	// relay on the underlay (netlab.OutsideIP) forwards it to the host's
+	// loopback, and the kubernetes Service's endpoint names it.
+	advertise string
+	apiPort   int
+	caPEM     []byte
+	adminTok  string
 }
 
 // freePort asks the kernel for an unused loopback port.
@@ -78,7 +82,11 @@ func (cp *controlPlane) writeCerts() error {
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost", "kubernetes"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost", "kubernetes", "kubernetes.default.svc"},
+	}
+	if cp.advertise != "" {
+		// Pods reach it as the kubernetes Service and through the relay.
+		srvTmpl.IPAddresses = append(srvTmpl.IPAddresses, net.ParseIP(cp.advertise), net.ParseIP(kubernetesSvcIP))
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {
@@ -143,12 +151,16 @@ func (cp *controlPlane) start(ctx context.Context, l *Lab) error {
 		"--unsafe-no-fsync", "--log-level", "warn"); err != nil {
 		return err
 	}
-	if err := l.spawn("kube-apiserver", filepath.Join(l.cfg.K8sBin, "kube-apiserver"),
+	// Without real nodes the lab has no kubernetes Service to keep in
+	// step, and a loopback advertise address is refused by the endpoint
+	// reconciler.
+	advertise := []string{"--advertise-address", "127.0.0.1", "--endpoint-reconciler-type", "none"}
+	if cp.advertise != "" {
+		advertise = []string{"--advertise-address", cp.advertise}
+	}
+	if err := l.spawn("kube-apiserver", filepath.Join(l.cfg.K8sBin, "kube-apiserver"), append(advertise,
 		"--etcd-servers", etcdURL,
-		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-		// The lab has no kubernetes Service to keep in step, and a loopback
-		// advertise address is refused by the endpoint reconciler.
-		"--endpoint-reconciler-type", "none",
+		"--bind-address", "127.0.0.1",
 		"--secure-port", fmt.Sprint(cp.apiPort),
 		"--tls-cert-file", filepath.Join(cp.dir, "apiserver.crt"),
 		"--tls-private-key-file", filepath.Join(cp.dir, "apiserver.key"),
@@ -157,11 +169,46 @@ func (cp *controlPlane) start(ctx context.Context, l *Lab) error {
 		"--service-account-key-file", filepath.Join(cp.dir, "sa.key"),
 		"--service-account-signing-key-file", filepath.Join(cp.dir, "sa.key"),
 		"--authorization-mode", "RBAC",
-		"--service-cluster-ip-range", "10.96.0.0/16",
-		"--cert-dir", filepath.Join(cp.dir, "certs")); err != nil {
+		"--service-cluster-ip-range", serviceCIDR,
+		"--cert-dir", filepath.Join(cp.dir, "certs"))...); err != nil {
 		return err
 	}
 	return cp.waitReady(ctx)
+}
+
+// startControllers runs kube-scheduler and kube-controller-manager, for
+// real nodes: DaemonSets and Deployments need them, and the node IPAM
+// controller gives every node its podCIDR from ClusterCIDR, as on a real
+// cluster. Both use the admin kubeconfig and serve only on loopback.
+func (cp *controlPlane) startControllers(l *Lab) error {
+	kc := filepath.Join(cp.dir, "admin.kubeconfig")
+	if err := cp.kubeconfig(kc, cp.url(), "lab-admin", cp.adminTok); err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"kube-scheduler", nil},
+		{"kube-controller-manager", []string{
+			"--allocate-node-cidrs", "--cluster-cidr", ClusterCIDR.String(), "--node-cidr-mask-size", "24",
+			"--service-cluster-ip-range", serviceCIDR,
+			// Service account tokens for the pods, and the CA they trust.
+			"--service-account-private-key-file", filepath.Join(cp.dir, "sa.key"),
+			"--root-ca-file", filepath.Join(cp.dir, "ca.crt"),
+		}},
+	} {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		args := append([]string{"--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
+			"--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port)}, c.args...)
+		if err := l.spawn(c.name, filepath.Join(l.cfg.NodeBin, c.name), args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (cp *controlPlane) waitReady(ctx context.Context) error {

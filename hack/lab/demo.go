@@ -6,6 +6,8 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -138,10 +140,15 @@ func (d *Demo) showEndpoints(node string) {
 	d.routemodectl(node, "(what the programs did with the packets so far)", "bpf", "metrics", "list", "--node", node)
 }
 
-// routemodectl runs routemodectl in node's network namespace and shows it.
+// routemodectl runs routemodectl in node's network namespace and shows it;
+// on a real node also in its mount namespace, whose bpffs holds the pins.
 func (d *Demo) routemodectl(node, note string, args ...string) {
 	ctl := filepath.Join(d.Lab.cfg.Bin, "routemodectl")
-	out, err := exec.Command("nsenter", append([]string{"--net=" + nsPath(node), "--", ctl}, args...)...).CombinedOutput()
+	enter := []string{"--net=" + nsPath(node)}
+	if i := slices.IndexFunc(d.Lab.Nodes, func(n Node) bool { return n.NS == node }); d.Lab.Real() && i >= 0 {
+		enter = []string{"-t", strconv.Itoa(d.Lab.nodePID(i)), "-n", "-m"}
+	}
+	out, err := exec.Command("nsenter", append(append(enter, "--", ctl), args...)...).CombinedOutput()
 	if err != nil {
 		out = append(out, []byte(err.Error())...)
 	}

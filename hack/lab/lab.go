@@ -53,6 +53,17 @@ type Config struct {
 	Root string
 	// HealthCheckTimeout shortens the agents' probe intervals in tests.
 	AgentArgs []string
+	// RealNodes runs containerd, a kubelet and kube-proxy on every node
+	// and installs routemode with `kubectl apply -k config/default`
+	// (realnodes.go), instead of running the agents and operator as
+	// processes and wiring pods by hand.
+	RealNodes bool
+	// NodeBin holds the real nodes' binaries and images/pause.tar (`make
+	// node-bin`).
+	NodeBin string
+	// Images are the image archives imported into every real node before
+	// routemode is installed (`make images`).
+	Images []string
 }
 
 // State is what Down needs to remove everything: saved as state.json. The
@@ -66,6 +77,10 @@ type State struct {
 	APIPort    int        `json:"apiPort"`
 	Pods       []PodState `json:"pods"`
 	Nodes      []Node     `json:"nodes"`
+	// NodePIDs hold the real nodes' mount namespaces; Cgroups are the
+	// cgroup directories the lab made for them.
+	NodePIDs []int    `json:"nodePIDs,omitempty"`
+	Cgroups  []string `json:"cgroups,omitempty"`
 }
 
 // PodState is one pod of the lab.
@@ -73,6 +88,17 @@ type PodState struct {
 	Name string     `json:"name"`
 	Node string     `json:"node"`
 	IP   netip.Addr `json:"ip"`
+	// NSPath is a real node's pod network namespace, as its containerd
+	// made it; empty for the lab's own named namespaces.
+	NSPath string `json:"nsPath,omitempty"`
+}
+
+// netns is the path of the pod's network namespace.
+func (p PodState) netns() string {
+	if p.NSPath != "" {
+		return p.NSPath
+	}
+	return nsPath(p.Name)
 }
 
 // Lab is a running lab.
@@ -107,7 +133,13 @@ func (l *Lab) saveState() error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(l.path("state.json"), b, 0o600)
+	// Through a rename, so a lab killed while saving leaves the previous
+	// state for Down, not a torn file.
+	tmp := l.path("state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, l.path("state.json"))
 }
 
 // spawn starts a long-running process detached from the caller, so it
@@ -164,6 +196,7 @@ func Down(dir string) error {
 		return fmt.Errorf("reading %s: %w", filepath.Join(dir, "state.json"), err)
 	}
 	var errs []error
+	stopRealNodes(st.NodePIDs)
 	for _, pid := range st.PIDs {
 		// Each process leads its own session: end its whole group.
 		if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -173,6 +206,9 @@ func Down(dir string) error {
 	waitGone(st.PIDs, 10*time.Second)
 	for _, pid := range st.PIDs {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+	if err := removeCgroups(st.Cgroups); err != nil {
+		errs = append(errs, err)
 	}
 	for _, ns := range st.Namespaces {
 		if err := nsutil.Delete(ns); err != nil {

@@ -142,6 +142,15 @@ func (l *Lab) Bootstrap(ctx context.Context, sample string) error {
 	if _, err := l.Apply(sample); err != nil {
 		return err
 	}
+	if l.Real() {
+		// The operator and the agents are pods: they start, then roll the
+		// RoutingMode out; the nodes' pods are the workloads users run.
+		if err := l.WaitInstalled(5 * time.Minute); err != nil {
+			return err
+		}
+		_, err := l.WaitRollout(ctx, c, 3*time.Minute, nil)
+		return err
+	}
 	if _, err := l.WaitRollout(ctx, c, 3*time.Minute, nil); err != nil {
 		return err
 	}

@@ -30,11 +30,15 @@ func listenIn(nsPath, addr string) (net.Listener, error) {
 	return l, err
 }
 
-// Relay forwards connections made to 127.0.0.1:RelayPort inside the node
-// namespace at nsPath to target on the host's loopback, so agents reach the
-// API server without the lab adding any address or route to the host.
-func Relay(ctx context.Context, nsPath, target string) error {
-	l, err := listenIn(nsPath, fmt.Sprintf("127.0.0.1:%d", RelayPort))
+// Relay forwards connections made to listen (127.0.0.1:RelayPort when
+// empty) inside the namespace at nsPath to target on the host's loopback,
+// so agents reach the API server without the lab adding any address or
+// route to the host.
+func Relay(ctx context.Context, nsPath, listen, target string) error {
+	if listen == "" {
+		listen = fmt.Sprintf("127.0.0.1:%d", RelayPort)
+	}
+	l, err := listenIn(nsPath, listen)
 	if err != nil {
 		return fmt.Errorf("listening in %s: %w", nsPath, err)
 	}

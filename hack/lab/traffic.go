@@ -64,12 +64,12 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 		if !use(p) {
 			continue
 		}
-		e, err := probe.StartEcho(nsPath(p.Name), netip.AddrPortFrom(p.IP, udpEchoPort))
+		e, err := probe.StartEcho(p.netns(), netip.AddrPortFrom(p.IP, udpEchoPort))
 		if err != nil {
 			return nil, fmt.Errorf("starting the UDP echo in %s: %w", p.Name, err)
 		}
 		t.echoes = append(t.echoes, e)
-		te, err := probe.StartTCPEcho(nsPath(p.Name), netip.AddrPortFrom(p.IP, tcpEchoPort))
+		te, err := probe.StartTCPEcho(p.netns(), netip.AddrPortFrom(p.IP, tcpEchoPort))
 		if err != nil {
 			return nil, fmt.Errorf("starting the TCP echo in %s: %w", p.Name, err)
 		}
@@ -84,15 +84,15 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 	}
 	for _, pr := range pairs {
 		key := pr[0].Name + "->" + pr[1].Name
-		if err := probe.Warm(ctx, nsPath(pr[0].Name), netip.AddrPortFrom(pr[1].IP, udpEchoPort), 30); err != nil {
+		if err := probe.Warm(ctx, pr[0].netns(), netip.AddrPortFrom(pr[1].IP, udpEchoPort), 30); err != nil {
 			return nil, fmt.Errorf("%s: %w", key, err)
 		}
-		s, err := probe.StartStream(probe.StreamConfig{NSPath: nsPath(pr[0].Name), Target: netip.AddrPortFrom(pr[1].IP, udpEchoPort), Rate: max(1, rate/len(pairs))})
+		s, err := probe.StartStream(probe.StreamConfig{NSPath: pr[0].netns(), Target: netip.AddrPortFrom(pr[1].IP, udpEchoPort), Rate: max(1, rate/len(pairs))})
 		if err != nil {
 			return nil, fmt.Errorf("starting the probe stream %s: %w", key, err)
 		}
 		t.streams[key] = s
-		c, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: nsPath(pr[0].Name), Target: netip.AddrPortFrom(pr[1].IP, tcpEchoPort)})
+		c, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: pr[0].netns(), Target: netip.AddrPortFrom(pr[1].IP, tcpEchoPort)})
 		if err != nil {
 			return nil, fmt.Errorf("connecting %s over TCP: %w", key, err)
 		}

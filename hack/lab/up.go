@@ -18,6 +18,7 @@ import (
 
 	"github.com/routemode/routemode/agent/cniconf"
 	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/internal/netlab"
 )
 
 // Up starts a lab and returns once every agent is running and every pod is
@@ -39,10 +40,25 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			return nil, fmt.Errorf("%s not found in %s: run `make envtest-bin`", b, cfg.K8sBin)
 		}
 	}
+	if cfg.RealNodes {
+		for _, b := range append(slices.Clone(NodeBinaries), filepath.Join("images", "pause.tar")) {
+			if _, err := os.Stat(filepath.Join(cfg.NodeBin, b)); err != nil {
+				return nil, fmt.Errorf("%s not found in %s: run `make node-bin`", b, cfg.NodeBin)
+			}
+		}
+		for _, img := range cfg.Images {
+			if _, err := os.Stat(img); err != nil {
+				return nil, fmt.Errorf("image archive %s: %w (run `make images`)", img, err)
+			}
+		}
+	}
 	if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
 		return nil, err
 	}
 	l = &Lab{cfg: cfg, cp: &controlPlane{dir: filepath.Join(cfg.Dir, "controlplane")}}
+	if cfg.RealNodes {
+		l.cp.advertise = netlab.OutsideIP.String()
+	}
 	if err := l.checkFree(); err != nil {
 		return nil, err
 	}
@@ -68,6 +84,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	l.state.APIPort = l.cp.apiPort
 	if err := l.cp.kubeconfig(l.Kubeconfig(), l.cp.url(), "lab-admin", l.cp.adminTok); err != nil {
 		return nil, err
+	}
+	if cfg.RealNodes {
+		return l, l.upReal(ctx)
 	}
 	if err := l.installAPI(); err != nil {
 		return nil, err
@@ -101,6 +120,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 // configuration (after the first RoutingMode reached them). Pods that exist
 // are kept.
 func (l *Lab) AddPods(ctx context.Context) error {
+	if l.Real() {
+		return l.addRealPods(ctx)
+	}
 	for i, n := range l.Nodes {
 		name := l.podName(i + 1)
 		if slices.ContainsFunc(l.state.Pods, func(p PodState) bool { return p.Name == name }) {

@@ -36,7 +36,8 @@ type File struct {
 	// Path is where the image holds it.
 	Path string
 	// Package is the Go main package that builds it, relative to the
-	// repository root.
+	// repository root; for a binary built otherwise (the pause image's
+	// static C program), its path relative to the build's binary directory.
 	Package string
 }
 

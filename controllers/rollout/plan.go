@@ -229,7 +229,10 @@ func joinNewNodes(nodes []Node, target v1alpha1.NodeDatapath, r receive, routing
 		}
 		u := Update{Node: n.Name, Datapath: target, Step: v1alpha1.StepSteady}
 		switch {
-		case routing && allReady:
+		// With no node left sending the old way (model == nil: a finalize
+		// in progress, some nodes already receiving only the new way), the
+		// new node sends the new way too, while still receiving both.
+		case routing && (allReady || model == nil):
 			u.Datapath, u.Step = switched(r, target), v1alpha1.StepSwitch
 		case routing:
 			u.Datapath, u.Step = prepared(*model, r, target), v1alpha1.StepPrepare

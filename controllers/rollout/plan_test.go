@@ -366,7 +366,7 @@ func TestPlanPauseAndResume(t *testing.T) {
 }
 
 func TestPlanNodeJoiningMidRollout(t *testing.T) {
-	for _, joinAfter := range []int{0, 1, 2, 3} {
+	for joinAfter := range 10 {
 		t.Run(fmt.Sprint("after ", joinAfter, " decisions"), func(t *testing.T) {
 			s := newSim(t, 3, tunnelSpec)
 			s.setSpec(nativeSpec)
@@ -382,6 +382,30 @@ func TestPlanNodeJoiningMidRollout(t *testing.T) {
 				t.Errorf("new node ends with %+v", s.nodes[3].Datapath)
 			}
 		})
+	}
+}
+
+// A node that joins while a finalize is half done finds every node sending
+// the new way, some of them no longer receiving the old: it must join
+// sending the new way, not copy a node that sends the old way (there is
+// none).
+func TestJoinMidFinalize(t *testing.T) {
+	target := Steady(nativeSpec)
+	old := Steady(tunnelSpec)
+	r := unionReceive(target, []*v1alpha1.NodeDatapath{&old, &target})
+	sw := switched(r, target)
+	nodes := []Node{
+		{Name: "node-1", Datapath: &target, Step: v1alpha1.StepFinalize},
+		{Name: "node-2", Datapath: &sw, Step: v1alpha1.StepSwitch},
+		{Name: "node-3"},
+	}
+	got := joinNewNodes(nodes, target, r, true)
+	if len(got) != 1 || got[0].Node != "node-3" || got[0].Step != v1alpha1.StepSwitch || !Equal(&got[0].Datapath, &sw) {
+		t.Fatalf("node-3 joins with %+v, want %+v at Switch", got, sw)
+	}
+	world := map[string]*v1alpha1.NodeDatapath{"node-1": &target, "node-2": &sw, "node-3": &got[0].Datapath}
+	if err := lossless(world); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/controllers/rollout"
 )
 
 var (
@@ -35,6 +36,14 @@ var (
 
 func init() {
 	metrics.Registry.MustRegister(rolloutSteps, rolloutNodes, rolloutPhase, rolloutDuration, rolloutFailures)
+	// Exported at zero from the start, so a dashboard or an alert on them
+	// finds the series before the first step or halt.
+	for _, step := range []v1alpha1.RolloutStep{v1alpha1.StepSteady, v1alpha1.StepPrepare, v1alpha1.StepSwitch, v1alpha1.StepFinalize, v1alpha1.StepRollback} {
+		rolloutSteps.WithLabelValues(string(step))
+	}
+	for _, reason := range []string{rollout.ReasonNodeFailed, rollout.ReasonAgentTimeout} {
+		rolloutFailures.WithLabelValues(reason)
+	}
 }
 
 var phases = []v1alpha1.RolloutPhase{

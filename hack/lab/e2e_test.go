@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -354,6 +355,7 @@ func TestE2EHostRoutingToggle(t *testing.T) {
 	}
 	h.metricsListShowsRedirects(h.l.Nodes[0])
 	h.agentExportsRedirects(h.l.Nodes[0])
+	h.dashboardQueriesExportedMetrics(h.l.Nodes[0])
 	h.newPodEntersEndpointMap(h.l.Nodes[0])
 	h.rollout("tunnel bpf→legacy", tunnelSpec, encapsulated)
 }
@@ -387,10 +389,24 @@ func (h *harness) agentsInNodeNamespaces() {
 
 func (h *harness) agentExportsRedirects(n Node) {
 	h.t.Helper()
+	body := h.scrape(filepath.Join("/var/run/netns", n.NS), AgentMetricsPort)
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "routemode_hostrouting_packets_total{") && strings.Contains(l, `reason="redirect_peer"`) && !strings.HasSuffix(l, " 0") {
+			h.t.Logf("%s's agent exports %s", n.NS, l)
+			return
+		}
+	}
+	h.t.Errorf("%s's agent exports no redirect_peer packets in routemode_hostrouting_packets_total:\n%s", n.NS, body)
+}
+
+// scrape reads /metrics at 127.0.0.1:port in the network namespace at
+// nsPath ("" for the test's own).
+func (h *harness) scrape(nsPath string, port int) []byte {
+	h.t.Helper()
 	var body []byte
-	err := nsutil.RunIn(filepath.Join("/var/run/netns", n.NS), func() error {
-		// Dialled here, the socket belongs to the node's namespace.
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", AgentMetricsPort), 5*time.Second)
+	get := func() error {
+		// Dialled here, the socket belongs to the namespace.
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
 		if err != nil {
 			return err
 		}
@@ -406,17 +422,63 @@ func (h *harness) agentExportsRedirects(n Node) {
 		defer resp.Body.Close()
 		body, err = io.ReadAll(resp.Body)
 		return err
-	})
-	if err != nil {
-		h.t.Fatalf("scraping %s's agent: %v", n.NS, err)
 	}
-	for _, l := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(l, "routemode_hostrouting_packets_total{") && strings.Contains(l, `reason="redirect_peer"`) && !strings.HasSuffix(l, " 0") {
-			h.t.Logf("%s's agent exports %s", n.NS, l)
-			return
+	var err error
+	if nsPath == "" {
+		err = get()
+	} else {
+		err = nsutil.RunIn(nsPath, get)
+	}
+	if err != nil {
+		h.t.Fatalf("scraping 127.0.0.1:%d in %q: %v", port, nsPath, err)
+	}
+	return body
+}
+
+// dashboardQueriesExportedMetrics reads every query of the Grafana
+// dashboard shipped in config/grafana and fails for each metric it names
+// that neither the real operator nor n's real agent exports, so a renamed
+// or removed metric cannot leave a panel silently empty.
+func (h *harness) dashboardQueriesExportedMetrics(n Node) {
+	h.t.Helper()
+	raw, err := os.ReadFile(filepath.Join(h.l.cfg.Root, "config", "grafana", "routemode-dashboard.json"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
 		}
 	}
-	h.t.Errorf("%s's agent exports no redirect_peer packets in routemode_hostrouting_packets_total:\n%s", n.NS, body)
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		h.t.Fatalf("the dashboard: %v", err)
+	}
+	exported := map[string]bool{}
+	for _, body := range [][]byte{h.scrape("", h.l.state.OperatorMetricsPort), h.scrape(filepath.Join("/var/run/netns", n.NS), AgentMetricsPort)} {
+		for _, l := range strings.Split(string(body), "\n") {
+			if name, _, _ := strings.Cut(strings.TrimSpace(l), "{"); name != "" && !strings.HasPrefix(name, "#") {
+				name, _, _ = strings.Cut(name, " ")
+				exported[name] = true
+			}
+		}
+	}
+	metric := regexp.MustCompile(`\b(?:routemode|controller_runtime)_[a-z0-9_]+`)
+	queried := 0
+	for _, p := range dash.Panels {
+		for _, t := range p.Targets {
+			for _, m := range metric.FindAllString(t.Expr, -1) {
+				queried++
+				if !exported[m] {
+					h.t.Errorf("dashboard panel %q queries %s, which neither the operator nor %s's agent exports", p.Title, m, n.NS)
+				}
+			}
+		}
+	}
+	if queried == 0 {
+		h.t.Errorf("the dashboard queries no routemode metric")
+	}
+	h.t.Logf("the dashboard's %d panels query %d metrics", len(dash.Panels), queried)
 }
 
 // metricsListShowsRedirects runs the real `routemodectl bpf metrics list`

@@ -69,14 +69,17 @@ type Config struct {
 // State is what Down needs to remove everything: saved as state.json. The
 // nodes and the underlay are internal/netlab's, recorded in netlab.json.
 type State struct {
-	Prefix     string     `json:"prefix"`
-	Underlay   string     `json:"underlay"`
-	Namespaces []string   `json:"namespaces"`
-	PIDs       []int      `json:"pids"`
-	PinDirs    []string   `json:"pinDirs"`
-	APIPort    int        `json:"apiPort"`
-	Pods       []PodState `json:"pods"`
-	Nodes      []Node     `json:"nodes"`
+	Prefix     string   `json:"prefix"`
+	Underlay   string   `json:"underlay"`
+	Namespaces []string `json:"namespaces"`
+	PIDs       []int    `json:"pids"`
+	PinDirs    []string `json:"pinDirs"`
+	APIPort    int      `json:"apiPort"`
+	// OperatorMetricsPort is where the first operator replica serves its
+	// metrics, on the host's loopback.
+	OperatorMetricsPort int        `json:"operatorMetricsPort,omitempty"`
+	Pods                []PodState `json:"pods"`
+	Nodes               []Node     `json:"nodes"`
 	// NodePIDs hold the real nodes' mount namespaces; Cgroups are the
 	// cgroup directories the lab made for them.
 	NodePIDs []int    `json:"nodePIDs,omitempty"`

@@ -187,6 +187,9 @@ func (l *Lab) spawnOperator(name string) error {
 	if err != nil {
 		return err
 	}
+	if name == "operator" {
+		l.state.OperatorMetricsPort = metrics
+	}
 	return l.spawn(name, filepath.Join(l.cfg.Bin, "routemode-operator"),
 		"--kubeconfig", l.path("operator.kubeconfig"), "--leader-elect", "--leader-election-namespace", Namespace,
 		// Plain HTTP, loopback only: the lab scrapes without tokens.

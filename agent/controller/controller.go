@@ -43,7 +43,6 @@ import (
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/internal/nodefacts"
-	"github.com/routemode/routemode/internal/peertable"
 )
 
 // ControllerName names the agent's controller.
@@ -89,11 +88,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 	req := BuildRequest(r.NodeName, &rn, nodes.Items)
 	start := time.Now()
 	res := r.Agent.Reconcile(ctx, req)
-	var rows []peertable.Row
-	if t, ok := r.Agent.(interface{ PeerTable() []peertable.Row }); ok {
-		rows = t.PeerTable()
-	}
-	record(time.Since(start), res, rows)
+	record(time.Since(start), res)
 	r.recordApplied(rn.Generation, res.Status)
 	if !StatusEqual(rn.Status, res.Status) {
 		patch := client.MergeFrom(rn.DeepCopy())

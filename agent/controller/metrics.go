@@ -8,7 +8,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/routemode/routemode/agent/node"
-	"github.com/routemode/routemode/internal/peertable"
 )
 
 // The agent's own metrics, served with controller-runtime's on the agent's
@@ -38,18 +37,18 @@ func init() {
 	metrics.Registry.MustRegister(reconcileSeconds, changes, peers, peerRTT)
 }
 
-// record accounts for one reconcile that took d and returned res; rows is
-// the agent's full peer table when it keeps one (the status holds only
-// counts, so the round trips come from the table).
-func record(d time.Duration, res node.Result, rows []peertable.Row) {
+// record accounts for one reconcile that took d and returned res: the
+// round trips of the probes it sent (at most the probe budget in steady
+// state), and the peer counts of its status.
+func record(d time.Duration, res node.Result) {
 	reconcileSeconds.Observe(d.Seconds())
 	for _, c := range res.Changes {
 		kind, _, _ := strings.Cut(c, " ")
 		changes.WithLabelValues(kind).Inc()
 	}
-	for _, p := range rows {
-		if p.Probed && p.Reachable {
-			peerRTT.Observe(time.Duration(p.RTTMicroseconds * int64(time.Microsecond)).Seconds())
+	for _, p := range res.Probes {
+		if p.Reachable {
+			peerRTT.Observe(p.RTT.Seconds())
 		}
 	}
 	var up, down float64

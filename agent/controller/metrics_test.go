@@ -8,9 +8,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/routemode/routemode/agent/health"
 	"github.com/routemode/routemode/agent/node"
 	"github.com/routemode/routemode/api/v1alpha1"
-	"github.com/routemode/routemode/internal/peertable"
 )
 
 func TestRecordReconcile(t *testing.T) {
@@ -24,14 +24,15 @@ func TestRecordReconcile(t *testing.T) {
 			"tcx ingress eth0: attached rm_from_netdev",
 		},
 		Status: v1alpha1.RoutingNodeStatus{PeerSummary: &v1alpha1.PeerSummary{Total: 4, Probed: 3, Unreachable: 1}},
+		// The probes this reconcile sent; node-5 answered earlier and was
+		// not probed this time, so its round trip is not counted again.
+		Probes: []health.Result{
+			{Name: "node-2", Reachable: true, RTT: 250 * time.Microsecond},
+			{Name: "node-3", Reachable: true, RTT: 900 * time.Microsecond},
+			{Name: "node-4"},
+		},
 	}
-	rows := []peertable.Row{
-		{Node: "node-2", Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 250},
-		{Node: "node-3", Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 900},
-		{Node: "node-4", Direct: true, Probed: true},
-		{Node: "node-5", Direct: true}, // not probed this time
-	}
-	record(40*time.Millisecond, res, rows)
+	record(40*time.Millisecond, res)
 	if d := testutil.ToFloat64(changes.WithLabelValues("route")) - routes; d != 2 {
 		t.Errorf("route changes +%v, want +2", d)
 	}

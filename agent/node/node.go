@@ -172,6 +172,10 @@ type Result struct {
 	Changes []string
 	// RequeueAfter is when to reconcile again at the latest.
 	RequeueAfter time.Duration
+	// Probes are the health probes this reconcile sent, one per peer
+	// probed (a rotating subset in steady state), for metrics; the peer
+	// table also keeps older answers.
+	Probes []health.Result
 }
 
 func (a *Agent) capabilities(ctx context.Context) caps.Result {
@@ -194,7 +198,7 @@ func (a *Agent) Reconcile(ctx context.Context, req Request) Result {
 	}
 	st := computeStatus(req.Previous, r.obs)
 	a.peerTable.set(peerRows(r.obs))
-	return Result{Status: st, Changes: r.changes, RequeueAfter: requeueAfter(st, a.cfg.ResyncPeriod)}
+	return Result{Status: st, Changes: r.changes, RequeueAfter: requeueAfter(st, a.cfg.ResyncPeriod), Probes: r.probed}
 }
 
 // run is one reconcile.
@@ -204,6 +208,9 @@ type run struct {
 	log     logr.Logger
 	obs     observation
 	changes []string
+	// probed are this reconcile's own probe results (obs.Probes also
+	// holds earlier answers of peers not probed this time).
+	probed []health.Result
 }
 
 // target is what one reconcile applies, as prepare works it out.
@@ -438,5 +445,6 @@ func (r *run) probe(ctx context.Context) map[string]health.Result {
 	}
 	pr := &r.a.prober
 	chosen := pr.pick(targets, pr.fullSweep(r.req.Generation, r.req.Previous), r.a.cfg.ProbeBudget)
-	return pr.record(targets, r.a.health.Probe(ctx, chosen, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout))
+	r.probed = r.a.health.Probe(ctx, chosen, r.a.cfg.ProbeAttempts, r.a.cfg.ProbeTimeout)
+	return pr.record(targets, r.probed)
 }

@@ -24,8 +24,8 @@ func TestRecordReconcile(t *testing.T) {
 			"tcx ingress eth0: attached rm_from_netdev",
 		},
 		Status: v1alpha1.RoutingNodeStatus{PeerSummary: &v1alpha1.PeerSummary{Total: 4, Probed: 3, Unreachable: 1}},
-		// The probes this reconcile sent; node-5 answered earlier and was
-		// not probed this time, so its round trip is not counted again.
+		// The probes this reconcile sent: only the answered ones have a
+		// round trip to count.
 		Probes: []health.Result{
 			{Name: "node-2", Reachable: true, RTT: 250 * time.Microsecond},
 			{Name: "node-3", Reachable: true, RTT: 900 * time.Microsecond},

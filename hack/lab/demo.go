@@ -1,14 +1,17 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -109,6 +112,9 @@ func (d *Demo) Run(ctx context.Context) ([]SwitchResult, error) {
 	}
 	node1 := d.Lab.Nodes[0].NS
 	d.nodeCmd(node1, "ip", "route")
+	if err := d.showMonitor(ctx, node1, "(the seed's cilium monitor -vv; legacy host routing leaves every packet to-stack, the kernel's routing and netfilter)", monitorEvents); err != nil {
+		return nil, err
+	}
 
 	var results []SwitchResult
 	for _, sw := range []struct{ name, sample, explain string }{
@@ -127,6 +133,9 @@ func (d *Demo) Run(ctx context.Context) ([]SwitchResult, error) {
 		d.nodeCmd(node1, "ip", "route")
 		if len(results) == 1 {
 			d.showEndpoints(node1)
+			if err := d.showMonitor(ctx, node1, "(eBPF host routing: to-network straight out of the pod, to-endpoint straight into it)", monitorEvents); err != nil {
+				return results, err
+			}
 		}
 	}
 	d.say("\n== Summary ==")
@@ -140,19 +149,72 @@ func (d *Demo) showEndpoints(node string) {
 	d.routemodectl(node, "(what the programs did with the packets so far)", "bpf", "metrics", "list", "--node", node)
 }
 
-// routemodectl runs routemodectl in node's network namespace and shows it;
-// on a real node also in its mount namespace, whose bpffs holds the pins.
+// routemodectl runs routemodectl on node and shows it.
 func (d *Demo) routemodectl(node, note string, args ...string) {
+	out, err := d.routemodectlCmd(context.Background(), node, args...).CombinedOutput()
+	if err != nil {
+		out = append(out, []byte(err.Error())...)
+	}
+	d.sayCmd("routemodectl "+strings.Join(args, " ")+"   "+note, string(out))
+}
+
+// routemodectlCmd is routemodectl in node's network namespace; on a real
+// node also in its mount namespace, whose bpffs holds the pins.
+func (d *Demo) routemodectlCmd(ctx context.Context, node string, args ...string) *exec.Cmd {
 	ctl := filepath.Join(d.Lab.cfg.Bin, "routemodectl")
 	enter := []string{"--net=" + nsPath(node)}
 	if i := slices.IndexFunc(d.Lab.Nodes, func(n Node) bool { return n.NS == node }); d.Lab.Real() && i >= 0 {
 		enter = []string{"-t", strconv.Itoa(d.Lab.nodePID(i)), "-n", "-m"}
 	}
-	out, err := exec.Command("nsenter", append(append(enter, "--", ctl), args...)...).CombinedOutput()
-	if err != nil {
-		out = append(out, []byte(err.Error())...)
+	return exec.CommandContext(ctx, "nsenter", append(append(enter, "--", ctl), args...)...)
+}
+
+// monitorEvents is how many packets' events the demo's monitors show:
+// enough for both directions of a probe and its answer.
+const monitorEvents = 4
+
+// showMonitor shows the path of a few packets between node and a pod on
+// another node, as the seed shows a ping's with `cilium monitor -vv`: it
+// runs `routemodectl monitor -vv` on node while probes flow, and ends it
+// with Ctrl-C (SIGINT, which turns the events off again) once it printed
+// events packets.
+func (d *Demo) showMonitor(ctx context.Context, node, note string, events int) error {
+	peer := slices.IndexFunc(d.Lab.Pods(), func(p PodState) bool { return p.Node != node })
+	if peer < 0 {
+		return fmt.Errorf("no pod on a node other than %s to watch", node)
 	}
-	d.sayCmd("routemodectl "+strings.Join(args, " ")+"   "+note, string(out))
+	ip := d.Lab.Pods()[peer].IP.String()
+	args := []string{"monitor", "--node", node, "-vv", "--related-to", ip}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := d.routemodectlCmd(ctx, node, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 10 * time.Second
+	var stderr strings.Builder
+	out := &eventLines{want: events, enough: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = out, &stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	t, err := d.Lab.StartTraffic(ctx, 20, 8472)
+	if err != nil {
+		cancel()
+		_ = cmd.Wait()
+		return err
+	}
+	select {
+	case <-out.enough:
+	case <-ctx.Done():
+	}
+	t.Stop()
+	cancel()
+	werr := cmd.Wait()
+	lines, seen := out.result()
+	d.sayCmd("routemodectl "+strings.Join(args, " ")+"   "+note, strings.Join(lines, "\n")+"\n^C")
+	if seen < events {
+		return fmt.Errorf("routemodectl monitor on %s showed %d of %d events within a minute (%v): %s", node, seen, events, werr, stderr.String())
+	}
+	return nil
 }
 
 // switchTo applies a sample while traffic flows and reports what the
@@ -207,4 +269,42 @@ func (d *Demo) table(results []SwitchResult) {
 	}
 	w.Flush()
 	fmt.Fprintf(d.Out, "Each switch began %s after its traffic started; the largest gap between two answers on any stream, and when it began, is in the table.\n", d.Window)
+}
+
+// eventLines keeps the monitor's output up to its want-th event, each
+// event ending with its "CPU nn:" line, and closes enough then.
+type eventLines struct {
+	mu      sync.Mutex
+	partial []byte
+	lines   []string
+	seen    int
+	want    int
+	enough  chan struct{}
+}
+
+func (e *eventLines) Write(p []byte) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.partial = append(e.partial, p...)
+	for e.seen < e.want {
+		i := bytes.IndexByte(e.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(e.partial[:i])
+		e.partial = e.partial[i+1:]
+		e.lines = append(e.lines, line)
+		if strings.HasPrefix(line, "CPU ") {
+			if e.seen++; e.seen == e.want {
+				close(e.enough)
+			}
+		}
+	}
+	return len(p), nil
+}
+
+func (e *eventLines) result() ([]string, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.lines, e.seen
 }

@@ -142,6 +142,10 @@ test-realnodes: envtest-bin node-bin images ## Run the end-to-end tests on real 
 bench-datapath: ## Benchmark cross-node pod traffic: baseline, legacy, legacy+netfilter, bpf, tunnel (root).
 	hack/bpf/bench.sh
 
+.PHONY: bench-monitor
+bench-monitor: ## Benchmark what the monitor costs the programs per packet: before the monitor, flag off, flag on (root).
+	cd bpf && $(GO) test -run '^$$' -bench MonitorCost -benchtime 30x .
+
 .PHONY: bench-scale
 bench-scale: envtest-bin ## Benchmark the control plane at 100 and 1,000 nodes (SCALE_NODES=100,1000,5000; SCALE_DESIGNS=new skips the merge base's design): real API server, operator process, simulated agents.
 	cd test/scale && KUBEBUILDER_ASSETS=$(K8S_BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m .

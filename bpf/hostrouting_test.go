@@ -106,12 +106,12 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 	return <-errc
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	privileged.Require(t, "BPF_PROG_TEST_RUN and network namespaces")
 }
 
-func newTestNet(t *testing.T) *testNet {
+func newTestNet(t testing.TB) *testNet {
 	t.Helper()
 	requireRoot(t)
 
@@ -199,13 +199,20 @@ type objects struct {
 	coll *ebpf.Collection
 }
 
-func loadObjects(t *testing.T, cfg Config) *objects {
+func loadObjects(t testing.TB, cfg Config) *objects {
 	t.Helper()
 	cfg.RecordLastRedirect = true
 	spec, err := LoadSpec(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newObjects(t, spec)
+}
+
+// newObjects loads spec unpinned, with the test's endpoints and direct
+// routes in its maps.
+func newObjects(t testing.TB, spec *ebpf.CollectionSpec) *objects {
+	t.Helper()
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}

@@ -106,6 +106,14 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+	return spec, nil
+}
+
+// configure sets cfg in spec's load-time variables.
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	vars := map[string]any{
 		hostroutingVarCfgCidrAddr:               uint32(0),
 		hostroutingVarCfgCidrMask:               uint32(0),
@@ -115,7 +123,7 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	}
 	if p := cfg.NativeRoutingCIDR; p.IsValid() {
 		if !p.Addr().Is4() {
-			return nil, fmt.Errorf("native routing CIDR %s is not IPv4", p)
+			return fmt.Errorf("native routing CIDR %s is not IPv4", p)
 		}
 		p = p.Masked()
 		var mask [4]byte
@@ -127,13 +135,13 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
 		if !ok {
-			return nil, fmt.Errorf("variable %s missing from the BPF object", name)
+			return fmt.Errorf("variable %s missing from the BPF object", name)
 		}
 		if err := vs.Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
+			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	return spec, nil
+	return nil
 }
 
 func boolByte(b bool) uint8 {

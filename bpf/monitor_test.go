@@ -21,7 +21,7 @@ import (
 )
 
 // monitorOn sets the flag the programs check before emitting.
-func (o *objects) monitorOn(t *testing.T, on bool) {
+func (o *objects) monitorOn(t testing.TB, on bool) {
 	t.Helper()
 	v := uint32(0)
 	if on {
@@ -32,7 +32,7 @@ func (o *objects) monitorOn(t *testing.T, on bool) {
 	}
 }
 
-func (o *objects) reader(t *testing.T) *ringbuf.Reader {
+func (o *objects) reader(t testing.TB) *ringbuf.Reader {
 	t.Helper()
 	rd, err := ringbuf.NewReader(o.coll.Maps[MapEvents])
 	if err != nil {
@@ -65,7 +65,7 @@ func drain(t *testing.T, rd *ringbuf.Reader) []Event {
 	}
 }
 
-func (o *objects) lost(t *testing.T) uint64 {
+func (o *objects) lost(t testing.TB) uint64 {
 	t.Helper()
 	var per []uint64
 	if err := o.coll.Maps[MapMonitorLost].Lookup(uint32(0), &per); err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	rmscheme "github.com/routemode/routemode/internal/scheme"
 
@@ -73,6 +74,10 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
+		// envtest's 20 s is an idle machine's figure: under a load
+		// average of 40 on 2 cores kube-apiserver took longer, and every
+		// test of the package failed without having run.
+		ControlPlaneStartTimeout: 2 * time.Minute,
 	}
 	cfg, err := env.Start()
 	if err != nil {

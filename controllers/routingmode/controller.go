@@ -214,6 +214,8 @@ func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode,
 	}
 
 	var errs []error
+	var joined []string
+	var first *v1alpha1.RoutingNode
 	nodes = make([]rollout.Node, 0, len(nodeList.Items))
 	for i := range nodeList.Items {
 		node := &nodeList.Items[i]
@@ -223,12 +225,16 @@ func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode,
 			_, pending := r.creating[node.Name]
 			more = true
 			if !pending && created < budget {
-				rn, err = r.createRoutingNode(ctx, rm, node)
+				rn, err = r.createRoutingNode(ctx, node)
 				if err != nil && !apierrors.IsAlreadyExists(err) {
 					errs = append(errs, err)
 				}
 				if err == nil {
 					created++
+					joined = append(joined, node.Name)
+					if first == nil {
+						first = rn
+					}
 				}
 			}
 			// Planned without its RoutingNode until the cache has it:
@@ -238,6 +244,16 @@ func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode,
 			continue
 		}
 		nodes = append(nodes, view(node, rn))
+	}
+	if len(joined) > 0 {
+		// One event per reconcile, naming a few: at 5,000 nodes an event
+		// per node would be 5,000 more writes for the API server.
+		var regarding runtime.Object = first
+		if rm != nil {
+			regarding = rm
+		}
+		r.Recorder.Eventf(regarding, nil, corev1.EventTypeNormal, "NodeAdded", "Create", "%s joined; waiting for their agents to report",
+			bounded.Names(joined, bounded.DefaultNames))
 	}
 	for _, orphan := range rns {
 		if err := r.Delete(ctx, orphan); client.IgnoreNotFound(err) != nil {
@@ -253,7 +269,7 @@ func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode,
 // says the cache is behind; a RoutingNode deleted meanwhile is made anew).
 const createLag = 10 * time.Second
 
-func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.RoutingMode, node *corev1.Node) (*v1alpha1.RoutingNode, error) {
+func (r *Reconciler) createRoutingNode(ctx context.Context, node *corev1.Node) (*v1alpha1.RoutingNode, error) {
 	rn := &v1alpha1.RoutingNode{
 		ObjectMeta: metav1.ObjectMeta{Name: node.Name},
 		Spec:       v1alpha1.RoutingNodeSpec{NodeName: node.Name, Step: v1alpha1.StepPending},
@@ -270,11 +286,6 @@ func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.Routing
 		r.creating = map[string]time.Time{}
 	}
 	r.creating[node.Name] = r.Now()
-	var regarding runtime.Object = rn
-	if rm != nil {
-		regarding = rm
-	}
-	r.Recorder.Eventf(regarding, rn, corev1.EventTypeNormal, "NodeAdded", "Create", "Node %s joined; waiting for its agent to report", node.Name)
 	return rn, nil
 }
 
@@ -343,6 +354,14 @@ func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode,
 		next++
 		return updates[next-1], true
 	}
+	// One event per step and datapath for the nodes this reconcile moved,
+	// naming a few: an event per node would be 15,000 objects for a
+	// 5,000-node rollout, each another write for the API server.
+	type group struct {
+		step v1alpha1.RolloutStep
+		dp   string
+	}
+	moved := map[group][]string{}
 	var wg sync.WaitGroup
 	for range min(writeWorkers, len(updates)) {
 		wg.Go(func() {
@@ -353,12 +372,21 @@ func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode,
 					errs = append(errs, err)
 				} else {
 					r.written[u.Node] = writtenAt{uid: rn.UID, generation: rn.Generation}
+					if u.Step != v1alpha1.StepRollback {
+						g := group{u.Step, describe(u.Datapath)}
+						moved[g] = append(moved[g], u.Node)
+					}
 				}
 				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
+	for g, names := range moved {
+		slices.Sort(names)
+		r.Recorder.Eventf(rm, nil, corev1.EventTypeNormal, "Node"+string(g.step), string(g.step), "%s %s (%s)",
+			bounded.Names(names, bounded.DefaultNames), g.step, g.dp)
+	}
 	return errors.Join(errs...)
 }
 
@@ -392,11 +420,10 @@ func (r *Reconciler) writeUpdate(ctx context.Context, rm *v1alpha1.RoutingMode, 
 		return nil, fmt.Errorf("writing step %s to routingnode %s: %w", u.Step, u.Node, err)
 	}
 	log.FromContext(ctx).Info("Wrote RoutingNode step", "routingNode", u.Node, "step", u.Step, "datapath", describe(dp))
-	eventType := corev1.EventTypeNormal
 	if u.Step == v1alpha1.StepRollback {
-		eventType = corev1.EventTypeWarning
+		// Rare, and each has its own reason: an event of its own.
+		r.Recorder.Eventf(rm, rn, corev1.EventTypeWarning, "Node"+string(u.Step), string(u.Step), "Node %s: %s (%s): %s", u.Node, u.Step, describe(dp), u.Reason)
 	}
-	r.Recorder.Eventf(rm, rn, eventType, "Node"+string(u.Step), string(u.Step), "Node %s: %s (%s)", u.Node, u.Step, describe(dp))
 	rolloutSteps.WithLabelValues(string(u.Step)).Inc()
 	return rn, nil
 }

@@ -144,12 +144,22 @@ func TestCreationCappedPerReconcile(t *testing.T) {
 	cleanCluster(t)
 	t.Cleanup(func() { cleanCluster(t) })
 	addNodes(t, 7)
-	r := &Reconciler{Client: env.Client, Recorder: events.NewFakeRecorder(100), Now: time.Now}
+	rec := events.NewFakeRecorder(100)
+	r := &Reconciler{Client: env.Client, Recorder: rec, Now: time.Now}
 	ctx := context.Background()
 	for pass, want := range []int{3, 6, 7} {
 		nodes, created, more, err := r.observeNodes(ctx, nil, 3)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// One event per pass names the nodes it added, not one per node.
+		if got := len(rec.Events); got != 1 {
+			t.Errorf("pass %d: %d events, want 1", pass, got)
+		}
+		for len(rec.Events) > 0 {
+			if ev := <-rec.Events; !strings.Contains(ev, fmt.Sprintf("node-%04d", want-1)) {
+				t.Errorf("pass %d: event %q does not name the last node added", pass, ev)
+			}
 		}
 		var list v1alpha1.RoutingNodeList
 		if err := env.Client.List(ctx, &list); err != nil {

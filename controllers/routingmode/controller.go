@@ -313,7 +313,7 @@ func view(node *corev1.Node, rn *v1alpha1.RoutingNode) rollout.Node {
 	if rn == nil {
 		return n
 	}
-	n.HasRoutingNode, n.UID, n.Generation = true, rn.UID, rn.Generation
+	n.HasRoutingNode, n.UID, n.Created, n.Generation = true, rn.UID, rn.CreationTimestamp.Time, rn.Generation
 	n.Datapath, n.Step, n.TargetGeneration = rn.Spec.Datapath, rn.Spec.Step, rn.Spec.TargetGeneration
 	n.RollbackReason, n.Status = rn.Annotations[AnnotationRollbackReason], rn.Status
 	if t, err := time.Parse(time.RFC3339Nano, rn.Annotations[AnnotationStepStarted]); err == nil {

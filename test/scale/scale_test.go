@@ -3,9 +3,11 @@
 // (bin/k8s): N Node objects with podCIDRs and InternalIPs, the real
 // operator binary as its own process (so its RSS and CPU are its own), and
 // N simulated agents in this process that report status the way the real
-// agent does. It measures today's design and the design at the merge base
-// with main ("old": per-peer status, full caches) the same way, side by
-// side. make bench-scale runs it; RESULTS.md holds the figures.
+// agent does. It measures today's design and the design before issue 15
+// (oldCommit: per-peer status, full caches) the same way, side by side.
+// make bench-scale runs it; RESULTS.md holds the figures. agent_test.go and
+// sweep_test.go measure one node's agent in a network namespace (make
+// bench-agent).
 package scale
 
 import (
@@ -52,6 +54,8 @@ type design struct {
 	name, crdDir, operator, agent string
 	// pprof is whether its operator has --pprof-bind-address.
 	pprof bool
+	// operatorArgs are flags its operator needs besides the common ones.
+	operatorArgs []string
 	// peers is the status fragment about peers for a node of an n-node
 	// cluster whose peers all answer.
 	peers func(self, n int) map[string]any
@@ -69,18 +73,20 @@ func podCIDR(i int) string  { return fmt.Sprintf("10.%d.%d.0/24", i/256, i%256) 
 // when every peer is direct and answers.
 func newDesign(root string) design {
 	return design{name: "new", crdDir: filepath.Join(root, "config", "crd", "bases"), operator: build(root, "new", "operator"), agent: build(root, "new", "agent"), pprof: true,
+		// Plain HTTP, so the benchmark reads the reconcile histogram and the
+		// client's request counts without a token.
+		operatorArgs: []string{"--metrics-secure=false"},
 		peers: func(_, n int) map[string]any {
 			return map[string]any{"peerSummary": map[string]any{"total": n - 1, "probed": n - 1}}
 		}}
 }
 
-// oldDesign is the tree at the merge base with main: one status.peers entry
-// per peer, with its round trip, as that agent wrote it.
+// oldCommit is main before issue 15's change: the "old" design.
+const oldCommit = "2251e90"
+
+// oldDesign is the tree at oldCommit: one status.peers entry per peer, with
+// its round trip, as that agent wrote it.
 func oldDesign(root string) (design, error) {
-	base, err := exec.Command("git", "-C", root, "merge-base", "HEAD", "main").Output()
-	if err != nil {
-		return design{}, fmt.Errorf("finding the merge base with main: %w", err)
-	}
 	dir := filepath.Join(root, "bin", "scale-old")
 	if err := os.RemoveAll(dir); err != nil {
 		return design{}, err
@@ -88,9 +94,9 @@ func oldDesign(root string) (design, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return design{}, err
 	}
-	archive := exec.Command("sh", "-c", fmt.Sprintf("git -C %s archive %s | tar -x -C %s", root, strings.TrimSpace(string(base)), dir))
+	archive := exec.Command("sh", "-c", fmt.Sprintf("git -C %s archive %s | tar -x -C %s", root, oldCommit, dir))
 	if out, err := archive.CombinedOutput(); err != nil {
-		return design{}, fmt.Errorf("extracting the merge base: %v: %s", err, out)
+		return design{}, fmt.Errorf("extracting the old design (%s): %v: %s", oldCommit, err, out)
 	}
 	return design{name: "old", crdDir: filepath.Join(dir, "config", "crd", "bases"), operator: build(dir, "old", "operator"), agent: build(dir, "old", "agent"),
 		peers: func(self, n int) map[string]any {
@@ -398,6 +404,7 @@ func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
 	kcPath := kubeconfig(b, env, "routemode-operator", "")
 	o := &operator{metrics: freePort(b), done: make(chan struct{})}
 	args := []string{"--kubeconfig", kcPath, "--leader-elect=false", "--metrics-bind-address", o.metrics, "--health-probe-bind-address", "0"}
+	args = append(args, d.operatorArgs...)
 	if d.pprof {
 		o.pprof = freePort(b)
 		args = append(args, "--pprof-bind-address", o.pprof)

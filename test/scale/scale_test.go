@@ -241,7 +241,7 @@ func run(b *testing.B, root string, d design, n int) (f figures) {
 	defer cancel()
 	createNodes(b, c, n)
 
-	op := startOperator(b, env, d)
+	op := startOperator(b, env, d, n)
 	defer op.stop()
 	ag1 := startRealAgent(b, env, d)
 	defer ag1.stop()
@@ -400,7 +400,7 @@ func apiServer(env *envtest.Environment) string {
 	return strings.TrimSuffix(strings.TrimPrefix(env.Config.Host, "https://"), "/")
 }
 
-func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
+func startOperator(b *testing.B, env *envtest.Environment, d design, n int) *operator {
 	kcPath := kubeconfig(b, env, "routemode-operator", "")
 	o := &operator{metrics: freePort(b), done: make(chan struct{})}
 	args := []string{"--kubeconfig", kcPath, "--leader-elect=false", "--metrics-bind-address", o.metrics, "--health-probe-bind-address", "0"}
@@ -411,7 +411,7 @@ func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
 	}
 	o.cmd = exec.Command(d.operator, args...)
 	// Kept after the run, with the profile, to see where a rollout's time went.
-	o.log = filepath.Join(os.TempDir(), fmt.Sprintf("routemode-scale-%s-operator.log", d.name))
+	o.log = filepath.Join(os.TempDir(), fmt.Sprintf("routemode-scale-%s-%d-operator.log", d.name, n))
 	logFile, err := os.Create(o.log)
 	if err != nil {
 		b.Fatal(err)

@@ -146,7 +146,7 @@ func BenchmarkAgentConverge(b *testing.B) {
 	for _, c := range cases {
 		r := results[c.name]
 		ratio := "—"
-		if r.raw >= time.Millisecond {
+		if r.raw >= 10*time.Millisecond {
 			ratio = fmt.Sprintf("%.2f×", float64(r.agent)/float64(r.raw))
 		}
 		fmt.Printf("| %s | %s | %s | %s |\n", c.name, r.agent.Round(time.Millisecond), r.raw.Round(time.Millisecond), ratio)

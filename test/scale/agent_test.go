@@ -145,6 +145,9 @@ func BenchmarkAgentConverge(b *testing.B) {
 	fmt.Printf("\n%d peers, best of each side's iterations:\n\n| change | agent | raw netlink | agent / raw |\n|---|---|---|---|\n", len(peers))
 	for _, c := range cases {
 		r := results[c.name]
+		if r.agent == 0 && r.raw == 0 {
+			continue // filtered out by -bench
+		}
 		ratio := "—"
 		if r.raw >= 10*time.Millisecond {
 			ratio = fmt.Sprintf("%.2f×", float64(r.agent)/float64(r.raw))

@@ -213,11 +213,7 @@ func rawApply(n *netlab.Node, have, want datapath.State) error {
 		}
 	}
 	if t := want.Tunnel; t != nil && have.Tunnel == nil {
-		mac, err := net.ParseMAC(t.MAC)
-		if err != nil {
-			return err
-		}
-		v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: t.Name, MTU: t.MTU, HardwareAddr: mac}, VxlanId: t.VNI,
+		v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: t.Name, MTU: t.MTU, HardwareAddr: mustMAC(t.MAC)}, VxlanId: t.VNI,
 			VtepDevIndex: links[t.Underlay], SrcAddr: t.Local.AsSlice(), Port: t.Port}
 		if err := h.LinkAdd(v); err != nil {
 			return err
@@ -227,29 +223,23 @@ func rawApply(n *netlab.Node, have, want datapath.State) error {
 		}
 		links[t.Name] = v.Index
 	}
+	// A neighbour and an FDB entry are both one RTM_NEWNEIGH.
+	var neighs []*netlink.Neigh
 	for ip, ne := range want.Neighs {
-		if have.Neighs[ip] == ne {
-			continue
-		}
-		mac, err := net.ParseMAC(ne.MAC)
-		if err != nil {
-			return err
-		}
-		if err := h.NeighSet(&netlink.Neigh{LinkIndex: links[ne.Dev], Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
-			Type: unix.RTN_UNICAST, IP: ne.IP.AsSlice(), HardwareAddr: mac}); err != nil {
-			return err
+		if have.Neighs[ip] != ne {
+			neighs = append(neighs, &netlink.Neigh{LinkIndex: links[ne.Dev], Family: unix.AF_INET, Type: unix.RTN_UNICAST, IP: ne.IP.AsSlice(),
+				HardwareAddr: mustMAC(ne.MAC)})
 		}
 	}
 	for key, f := range want.FDB {
-		if have.FDB[key] == f {
-			continue
+		if have.FDB[key] != f {
+			neighs = append(neighs, &netlink.Neigh{LinkIndex: links[f.Dev], Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: f.Dst.AsSlice(),
+				HardwareAddr: mustMAC(f.MAC)})
 		}
-		mac, err := net.ParseMAC(f.MAC)
-		if err != nil {
-			return err
-		}
-		if err := h.NeighSet(&netlink.Neigh{LinkIndex: links[f.Dev], Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-			Flags: netlink.NTF_SELF, IP: f.Dst.AsSlice(), HardwareAddr: mac}); err != nil {
+	}
+	for _, ne := range neighs {
+		ne.State = netlink.NUD_PERMANENT
+		if err := h.NeighSet(ne); err != nil {
 			return err
 		}
 	}
@@ -273,6 +263,15 @@ func rawApply(n *netlab.Node, have, want datapath.State) error {
 		return h.LinkDel(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Index: links[datapath.TunnelDevice]}})
 	}
 	return nil
+}
+
+// mustMAC parses a MAC the agent's own model rendered.
+func mustMAC(s string) net.HardwareAddr {
+	mac, err := net.ParseMAC(s)
+	if err != nil {
+		panic(fmt.Sprintf("the datapath model rendered MAC %q: %v", s, err))
+	}
+	return mac
 }
 
 // expectKernel fails unless the node's kernel holds exactly want's

@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"iter"
 	"maps"
 	"net"
 	"net/http"
@@ -467,17 +468,7 @@ func (o *operator) scrape() string {
 // "GET 12, PATCH 3": how a rollout spent its client rate limit.
 func requests(metrics string) string {
 	by := map[string]float64{}
-	for _, line := range strings.Split(metrics, "\n") {
-		if !strings.HasPrefix(line, "rest_client_requests_total{") {
-			continue
-		}
-		i := strings.Index(line, `method="`)
-		j := strings.LastIndexByte(line, ' ')
-		if i < 0 || j < 0 {
-			continue
-		}
-		method := line[i+8 : i+8+strings.IndexByte(line[i+8:], '"')]
-		v, _ := strconv.ParseFloat(line[j+1:], 64)
+	for method, v := range samples(metrics, "rest_client_requests_total{", "method") {
 		by[method] += v
 	}
 	var out []string
@@ -485,6 +476,29 @@ func requests(metrics string) string {
 		out = append(out, fmt.Sprintf("%s %.0f", m, by[m]))
 	}
 	return strings.Join(out, ", ")
+}
+
+// samples yields, for every line of metrics that starts with prefix, the
+// value of its label and its sample.
+func samples(metrics, prefix, label string) iter.Seq2[string, float64] {
+	return func(yield func(string, float64) bool) {
+		for _, line := range strings.Split(metrics, "\n") {
+			i := strings.Index(line, label+`="`)
+			j := strings.LastIndexByte(line, ' ')
+			if !strings.HasPrefix(line, prefix) || i < 0 || j < 0 {
+				continue
+			}
+			v, err := strconv.ParseFloat(line[j+1:], 64)
+			start := i + len(label) + 2
+			end := strings.IndexByte(line[start:], '"')
+			if err != nil || end < 0 {
+				continue
+			}
+			if !yield(line[start:start+end], v) {
+				return
+			}
+		}
+	}
 }
 
 // profile writes a CPU profile of the operator's next seconds to a file
@@ -518,22 +532,12 @@ func reconcileP99(metrics string) float64 {
 		count float64
 	}
 	var buckets []bucket
-	for _, line := range strings.Split(metrics, "\n") {
-		if !strings.HasPrefix(line, `controller_runtime_reconcile_time_seconds_bucket{controller="routingmode"`) {
-			continue
-		}
-		i := strings.Index(line, `le="`)
-		j := strings.LastIndexByte(line, ' ')
-		if i < 0 || j < 0 {
-			continue
-		}
-		leStr := line[i+4 : i+4+strings.IndexByte(line[i+4:], '"')]
-		le, err1 := strconv.ParseFloat(leStr, 64)
-		cnt, err2 := strconv.ParseFloat(line[j+1:], 64)
+	for leStr, cnt := range samples(metrics, `controller_runtime_reconcile_time_seconds_bucket{controller="routingmode"`, "le") {
+		le, err := strconv.ParseFloat(leStr, 64)
 		if leStr == "+Inf" {
-			le, err1 = -1, nil
+			le, err = -1, nil
 		}
-		if err1 == nil && err2 == nil {
+		if err == nil {
 			buckets = append(buckets, bucket{le, cnt})
 		}
 	}

@@ -214,38 +214,47 @@ func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode,
 	}
 
 	var errs []error
-	var joined []string
-	var first *v1alpha1.RoutingNode
+	var toCreate []*corev1.Node
 	nodes = make([]rollout.Node, 0, len(nodeList.Items))
 	for i := range nodeList.Items {
 		node := &nodeList.Items[i]
 		rn, ok := rns[node.Name]
 		delete(rns, node.Name)
 		if !ok {
-			_, pending := r.creating[node.Name]
 			more = true
-			if !pending && created < budget {
-				rn, err = r.createRoutingNode(ctx, node)
-				if err != nil && !apierrors.IsAlreadyExists(err) {
-					errs = append(errs, err)
-				}
-				if err == nil {
-					created++
-					joined = append(joined, node.Name)
-					if first == nil {
-						first = rn
-					}
-				}
+			if _, pending := r.creating[node.Name]; !pending && len(toCreate) < budget {
+				toCreate = append(toCreate, node)
 			}
-			// Planned without its RoutingNode until the cache has it:
-			// planning as if the node did not exist could finalize while
-			// it still needs the old mode.
-			nodes = append(nodes, view(node, nil))
-			continue
 		}
+		// A node is planned without its RoutingNode until the cache has
+		// it: planning as if the node did not exist could finalize while
+		// it still needs the old mode.
 		nodes = append(nodes, view(node, rn))
 	}
+	var joined []string
+	var first *v1alpha1.RoutingNode
+	errs = append(errs, inParallel(toCreate, func(node *corev1.Node) (*v1alpha1.RoutingNode, error) {
+		rn, err := r.createRoutingNode(ctx, node)
+		if apierrors.IsAlreadyExists(err) {
+			return nil, nil
+		}
+		return rn, err
+	}, func(node *corev1.Node, rn *v1alpha1.RoutingNode) {
+		if rn == nil {
+			return
+		}
+		if r.creating == nil {
+			r.creating = map[string]time.Time{}
+		}
+		r.creating[node.Name] = now
+		created++
+		joined = append(joined, node.Name)
+		if first == nil || rn.Name < first.Name {
+			first = rn
+		}
+	}))
 	if len(joined) > 0 {
+		slices.Sort(joined)
 		// One event per reconcile, naming a few: at 5,000 nodes an event
 		// per node would be 5,000 more writes for the API server.
 		var regarding runtime.Object = first
@@ -282,10 +291,6 @@ func (r *Reconciler) createRoutingNode(ctx context.Context, node *corev1.Node) (
 	if err := r.Create(ctx, rn); err != nil {
 		return nil, fmt.Errorf("creating routingnode %s: %w", node.Name, err)
 	}
-	if r.creating == nil {
-		r.creating = map[string]time.Time{}
-	}
-	r.creating[node.Name] = r.Now()
 	return rn, nil
 }
 
@@ -329,30 +334,55 @@ func view(node *corev1.Node, rn *v1alpha1.RoutingNode) rollout.Node {
 }
 
 // writeWorkers is how many RoutingNode writes are in flight at once. One
-// at a time, a write's round trip (tens of milliseconds on a loaded API
-// server) and not the client's rate limit would bound a rollout: 15,000
-// steps at 5,000 nodes. The updates of one decision are independent.
+// at a time, a write's round trip (tens to hundreds of milliseconds on a
+// loaded API server) and not the client's rate limit would bound a
+// rollout: 5,000 creates and 15,000 steps at 5,000 nodes.
 const writeWorkers = 16
+
+// inParallel runs write(item) for every item, writeWorkers at a time, and
+// done(item, result) after each that succeeded, under one lock; the first
+// failure stops the writes not yet started. The writes of one reconcile
+// are independent.
+func inParallel[T, R any](items []T, write func(T) (R, error), done func(T, R)) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		next int
+	)
+	take := func() (T, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(errs) > 0 || next == len(items) {
+			var zero T
+			return zero, false
+		}
+		next++
+		return items[next-1], true
+	}
+	var wg sync.WaitGroup
+	for range min(writeWorkers, len(items)) {
+		wg.Go(func() {
+			for it, ok := take(); ok; it, ok = take() {
+				res, err := write(it)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					done(it, res)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
 
 // writeUpdates writes the decided datapaths, one patch per RoutingNode; the
 // first failure stops the writes not yet started.
 func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode, updates []rollout.Update, now time.Time) error {
 	if r.written == nil {
 		r.written = map[string]writtenAt{}
-	}
-	var (
-		mu   sync.Mutex
-		errs []error
-		next int
-	)
-	take := func() (rollout.Update, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(errs) > 0 || next == len(updates) {
-			return rollout.Update{}, false
-		}
-		next++
-		return updates[next-1], true
 	}
 	// One event per step and datapath for the nodes this reconcile moved,
 	// naming a few: an event per node would be 15,000 objects for a
@@ -362,32 +392,21 @@ func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode,
 		dp   string
 	}
 	moved := map[group][]string{}
-	var wg sync.WaitGroup
-	for range min(writeWorkers, len(updates)) {
-		wg.Go(func() {
-			for u, ok := take(); ok; u, ok = take() {
-				rn, err := r.writeUpdate(ctx, rm, u, now)
-				mu.Lock()
-				if err != nil {
-					errs = append(errs, err)
-				} else {
-					r.written[u.Node] = writtenAt{uid: rn.UID, generation: rn.Generation}
-					if u.Step != v1alpha1.StepRollback {
-						g := group{u.Step, describe(u.Datapath)}
-						moved[g] = append(moved[g], u.Node)
-					}
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+	err := inParallel(updates, func(u rollout.Update) (*v1alpha1.RoutingNode, error) {
+		return r.writeUpdate(ctx, rm, u, now)
+	}, func(u rollout.Update, rn *v1alpha1.RoutingNode) {
+		r.written[u.Node] = writtenAt{uid: rn.UID, generation: rn.Generation}
+		if u.Step != v1alpha1.StepRollback {
+			g := group{u.Step, describe(u.Datapath)}
+			moved[g] = append(moved[g], u.Node)
+		}
+	})
 	for g, names := range moved {
 		slices.Sort(names)
 		r.Recorder.Eventf(rm, nil, corev1.EventTypeNormal, "Node"+string(g.step), string(g.step), "%s %s (%s)",
 			bounded.Names(names, bounded.DefaultNames), g.step, g.dp)
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 // writeUpdate writes one node's decided datapath and step.

@@ -245,21 +245,53 @@ func usablePeers(in Input) []Peer {
 	peers := slices.Clone(in.Peers)
 	slices.SortFunc(peers, func(a, b Peer) int { return cmp.Compare(a.Name, b.Name) })
 	var out []Peer
-	taken := []netip.Prefix{in.Self.PodCIDR.Masked()}
-next:
+	var taken disjointPrefixes
+	taken.add(in.Self.PodCIDR.Masked())
 	for _, p := range peers {
 		if p.Name == in.Self.Name || !p.IP.Is4() || !p.PodCIDR.IsValid() || !p.PodCIDR.Addr().Is4() || p.IP == in.Self.IP {
 			continue
 		}
-		for _, t := range taken {
-			if t.Overlaps(p.PodCIDR) {
-				continue next
-			}
+		if taken.overlaps(p.PodCIDR.Masked()) {
+			continue
 		}
-		taken = append(taken, p.PodCIDR.Masked())
+		taken.add(p.PodCIDR.Masked())
 		out = append(out, p)
 	}
 	return out
+}
+
+// disjointPrefixes is a set of IPv4 prefixes none of which overlaps
+// another, answering whether a new one overlaps any in at most 33 lookups:
+// checking every taken prefix made rendering 5,000 peers take 25 million
+// comparisons. Two prefixes overlap when one holds the other.
+type disjointPrefixes struct {
+	// taken are the prefixes added; within holds every shorter prefix
+	// that holds one of them.
+	taken, within map[netip.Prefix]bool
+}
+
+func (d *disjointPrefixes) add(p netip.Prefix) {
+	if d.taken == nil {
+		d.taken, d.within = map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
+	}
+	d.taken[p] = true
+	for bits := range p.Bits() {
+		d.within[netip.PrefixFrom(p.Addr(), bits).Masked()] = true
+	}
+}
+
+// overlaps reports whether masked prefix p holds, or is held by, a prefix
+// in the set.
+func (d *disjointPrefixes) overlaps(p netip.Prefix) bool {
+	if d.within[p] {
+		return true
+	}
+	for bits := range p.Bits() + 1 {
+		if d.taken[netip.PrefixFrom(p.Addr(), bits).Masked()] {
+			return true
+		}
+	}
+	return false
 }
 
 // RouterIP is the pods' gateway: the first address of podCIDR.

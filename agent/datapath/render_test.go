@@ -2,7 +2,9 @@ package datapath
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -213,5 +215,32 @@ func TestVTEPMACStable(t *testing.T) {
 	}
 	if VTEPMAC(netip.MustParseAddr("192.168.0.130")).String() == a.String() {
 		t.Error("two node IPs share a VTEP MAC")
+	}
+}
+
+// TestDisjointPrefixesAgreesWithPairwiseOverlaps feeds prefixes of every
+// length, nested and disjoint, to the set usablePeers uses and to the
+// pairwise check it replaced: they must accept the same prefixes.
+func TestDisjointPrefixesAgreesWithPairwiseOverlaps(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 5000))
+	var set disjointPrefixes
+	var taken []netip.Prefix
+	accepted := 0
+	for range 20000 {
+		// Addresses under 10.0.0.0/14 so that prefixes often nest.
+		a := netip.AddrFrom4([4]byte{10, byte(rng.IntN(4)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+		p := netip.PrefixFrom(a, 8+rng.IntN(25)).Masked()
+		want := !slices.ContainsFunc(taken, p.Overlaps)
+		if got := !set.overlaps(p); got != want {
+			t.Fatalf("%s after %d accepted: the set says free=%v, the pairwise check %v", p, len(taken), got, want)
+		}
+		if want {
+			set.add(p)
+			taken = append(taken, p)
+			accepted++
+		}
+	}
+	if accepted < 100 {
+		t.Errorf("only %d prefixes accepted: the test barely exercised the set", accepted)
 	}
 }

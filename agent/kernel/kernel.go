@@ -277,11 +277,15 @@ type ApplyEnv struct {
 // Apply executes ops in order and stops at the first failure; done counts
 // the operations completed.
 func (k *Kernel) Apply(ctx context.Context, ops []datapath.Op, env ApplyEnv) (done int, err error) {
+	links := linkCache{k: k, byName: map[string]netlink.Link{}}
 	for _, op := range ops {
 		if err := ctx.Err(); err != nil {
 			return done, err
 		}
-		if err := k.apply(op, env); err != nil {
+		if changesLinks[op.Kind] {
+			clear(links.byName)
+		}
+		if err := k.apply(op, env, &links); err != nil {
 			return done, fmt.Errorf("%s: %w", op, err)
 		}
 		if op.KernelChange() {
@@ -294,11 +298,36 @@ func (k *Kernel) Apply(ctx context.Context, ops []datapath.Op, env ApplyEnv) (do
 
 func (k *Kernel) link(name string) (netlink.Link, error) { return k.H.LinkByName(name) }
 
+// linkCache holds the devices one Apply looked up, by name: with thousands
+// of peers, a lookup before each neighbour, FDB entry and route doubled
+// the netlink requests. The operations that add, remove or change a
+// device empty it (changesLinks); the others only use a device's index.
+type linkCache struct {
+	k      *Kernel
+	byName map[string]netlink.Link
+}
+
+func (c *linkCache) get(name string) (netlink.Link, error) {
+	if l, ok := c.byName[name]; ok {
+		return l, nil
+	}
+	l, err := c.k.link(name)
+	if err == nil {
+		c.byName[name] = l
+	}
+	return l, err
+}
+
+var changesLinks = map[datapath.OpKind]bool{
+	datapath.OpHostCreate: true, datapath.OpHostUp: true, datapath.OpTunnelCreate: true,
+	datapath.OpTunnelRecreate: true, datapath.OpTunnelUpdate: true, datapath.OpTunnelDelete: true,
+}
+
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), 32)}
 }
 
-func (k *Kernel) apply(op datapath.Op, env ApplyEnv) error {
+func (k *Kernel) apply(op datapath.Op, env ApplyEnv, links *linkCache) error {
 	switch op.Kind {
 	case datapath.OpHostCreate:
 		if l, err := k.link(datapath.HostDevice); err == nil {
@@ -319,7 +348,7 @@ func (k *Kernel) apply(op datapath.Op, env ApplyEnv) error {
 	case datapath.OpHostUp:
 		return k.hostUp()
 	case datapath.OpAddrAdd, datapath.OpAddrDel:
-		l, err := k.link(op.Dev)
+		l, err := links.get(op.Dev)
 		if err != nil {
 			if op.Kind == datapath.OpAddrDel && nlsafe.IsNotFound(err) {
 				return nil
@@ -379,7 +408,7 @@ func (k *Kernel) apply(op datapath.Op, env ApplyEnv) error {
 		}
 		return podnet.SetRouteMTU(ep, env.RouterIP, op.Pod.MTU)
 	case datapath.OpNeighSet, datapath.OpNeighDel:
-		l, err := k.link(op.Neigh.Dev)
+		l, err := links.get(op.Neigh.Dev)
 		if err != nil {
 			if op.Kind == datapath.OpNeighDel && nlsafe.IsNotFound(err) {
 				return nil
@@ -397,7 +426,7 @@ func (k *Kernel) apply(op datapath.Op, env ApplyEnv) error {
 		}
 		return ignoreGone(k.H.NeighDel(n))
 	case datapath.OpFDBSet, datapath.OpFDBDel:
-		l, err := k.link(op.FDB.Dev)
+		l, err := links.get(op.FDB.Dev)
 		if err != nil {
 			if op.Kind == datapath.OpFDBDel && nlsafe.IsNotFound(err) {
 				return nil
@@ -415,7 +444,7 @@ func (k *Kernel) apply(op datapath.Op, env ApplyEnv) error {
 		}
 		return ignoreGone(k.H.NeighDel(n))
 	case datapath.OpRouteReplace:
-		l, err := k.link(op.Route.Dev)
+		l, err := links.get(op.Route.Dev)
 		if err != nil {
 			return err
 		}

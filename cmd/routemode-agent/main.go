@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/routemode/routemode/agent/bpfhost"
@@ -164,6 +166,18 @@ func run(o options) error {
 	}
 	// The full peer table, beside the metrics (see agentcontroller.PeersPath).
 	if err := mgr.AddMetricsServerExtraHandler(agentcontroller.PeersPath, agentcontroller.PeerTableHandler(agent.PeerTable)); err != nil {
+		return err
+	}
+	// The same table on a local socket, for kubectl exec (see
+	// agentcontroller.SocketName).
+	socket := filepath.Join(o.stateDir, agentcontroller.SocketName)
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		// Not worth stopping the agent for: the metrics port serves it too.
+		if err := agentcontroller.ServePeersSocket(ctx, socket, agent.PeerTable); err != nil {
+			log.Error(err, "Failed to serve the peer table on the local socket", "socket", socket)
+		}
+		return nil
+	})); err != nil {
 		return err
 	}
 	kernel := make(chan event.GenericEvent, 1)

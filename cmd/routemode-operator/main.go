@@ -33,6 +33,7 @@ func run() error {
 		metricsAddr    string
 		metricsSecure  bool
 		probeAddr      string
+		pprofAddr      string
 		leaderElect    bool
 		leaderElectNS  string
 		reconcileLimit time.Duration
@@ -42,6 +43,7 @@ func run() error {
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	metricsopts.SecureFlag(flag.CommandLine, &metricsSecure)
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the liveness and readiness probes bind to.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address net/http/pprof binds to, for profiling a rollout (make bench-scale uses it); 0 disables it.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader so that only one operator replica drives the rollout.")
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", "", "Namespace of the leader election lease (default: the operator's own namespace).")
 	flag.DurationVar(&reconcileLimit, "reconcile-timeout", time.Minute, "Upper bound of one reconcile.")
@@ -71,6 +73,7 @@ func run() error {
 		Scheme:                  scheme,
 		Metrics:                 metricsopts.Options(metricsAddr, metricsSecure),
 		HealthProbeBindAddress:  probeAddr,
+		PprofBindAddress:        pprofAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "routemode-operator.routemode.io",
 		LeaderElectionNamespace: leaderElectNS,

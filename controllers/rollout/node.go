@@ -23,6 +23,9 @@ type Node struct {
 	HasRoutingNode bool
 	// UID is the RoutingNode's.
 	UID types.UID
+	// Created is when the RoutingNode was created: its agent could not
+	// report before.
+	Created time.Time
 	// Generation is the RoutingNode's metadata.generation.
 	Generation int64
 	Datapath   *v1alpha1.NodeDatapath

@@ -192,15 +192,28 @@ func complete(d Decision, nodes []Node, in Input) Decision {
 	return d
 }
 
+// waitForAgents waits for the agents to report, for healthCheckTimeout
+// from the rollout's start or from the last node joining, whichever is
+// later: an agent cannot report before its RoutingNode exists, and at
+// 5,000 nodes the operator creates them over a minute or more.
 func waitForAgents(d Decision, in Input) Decision {
 	d.Phase, d.Waiting = v1alpha1.PhasePreflight, d.Preflight.Message
 	timeout := healthCheckTimeout(in.Spec)
-	if !in.Started.IsZero() && in.Now.Sub(in.Started) > timeout {
+	since := in.Started
+	for _, n := range in.Nodes {
+		switch {
+		case !n.HasRoutingNode:
+			since = in.Now
+		case n.Created.After(since):
+			since = n.Created
+		}
+	}
+	if !in.Started.IsZero() && in.Now.Sub(since) > timeout {
 		d.Phase, d.Stall = v1alpha1.PhaseStalled, &Stall{Reason: ReasonAgentTimeout,
 			Message: fmt.Sprintf("%s for more than %s: check that the routemode-agent DaemonSet runs on every node", d.Preflight.Message, timeout)}
 		return d
 	}
-	d.RequeueAfter = timeout - in.Now.Sub(in.Started)
+	d.RequeueAfter = timeout - in.Now.Sub(since)
 	return d
 }
 

@@ -446,6 +446,33 @@ func TestPlanTimeoutWithoutReport(t *testing.T) {
 	}
 }
 
+// TestAgentTimeoutCountsFromTheLastJoin: the agents' time to report runs
+// from the rollout's start or the last RoutingNode's creation, whichever
+// is later, and not at all while a node has no RoutingNode yet; a node
+// silent for longer than that stalls the rollout.
+func TestAgentTimeoutCountsFromTheLastJoin(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	nodes := []Node{
+		{Name: "n0", PodCIDR: "10.0.0.0/24", InternalIP: "192.168.0.1", HasRoutingNode: true, Created: start.Add(-time.Hour),
+			Status: v1alpha1.RoutingNodeStatus{Capabilities: allCaps, PeerSummary: &v1alpha1.PeerSummary{Total: 1}}},
+		{Name: "n1", PodCIDR: "10.0.1.0/24", InternalIP: "192.168.0.2", HasRoutingNode: true, Created: start.Add(90 * time.Second)},
+	}
+	plan := func(now time.Time, nodes []Node) Decision {
+		return Plan(Input{Spec: tunnelSpec, Nodes: nodes, Now: now, Started: start, Generation: 1})
+	}
+	if d := plan(start.Add(3*time.Minute), nodes); d.Stall != nil || d.RequeueAfter != 30*time.Second {
+		t.Errorf("90 s after n1 joined: stall %+v, requeue %s; want a wait of 30 s more", d.Stall, d.RequeueAfter)
+	}
+	if d := plan(start.Add(4*time.Minute), nodes); d.Stall == nil || d.Stall.Reason != ReasonAgentTimeout {
+		t.Errorf("150 s after n1 joined, silent: %+v, want %s", d.Stall, ReasonAgentTimeout)
+	}
+	uncreated := slices.Clone(nodes)
+	uncreated[1] = Node{Name: "n1", PodCIDR: "10.0.1.0/24", InternalIP: "192.168.0.2"}
+	if d := plan(start.Add(time.Hour), uncreated); d.Stall != nil || d.Preflight.Reason != ReasonWaitingForAgents {
+		t.Errorf("n1 without its RoutingNode: stall %+v, preflight %+v; want a wait", d.Stall, d.Preflight)
+	}
+}
+
 func TestPreflight(t *testing.T) {
 	ok := func() []Node {
 		var ns []Node

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -85,6 +86,9 @@ type Reconciler struct {
 	// with the operator's own writes could switch a node twice or too many
 	// nodes at once, so reconciles wait for the cache first.
 	written map[string]writtenAt
+	// creating is when this operator created each RoutingNode its cache
+	// has not shown yet, so a reconcile does not create it again.
+	creating map[string]time.Time
 }
 
 // writtenAt identifies one write of one RoutingNode object: a RoutingNode
@@ -113,9 +117,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		rm = nil
 	}
 	now := r.Now()
-	nodes, err := r.observeNodes(ctx, rm)
-	if err != nil || rm == nil {
+	limit := r.writeLimit()
+	nodes, created, uncreated, err := r.observeNodes(ctx, rm, limit)
+	if err != nil {
 		return ctrl.Result{}, err
+	}
+	// The rest are created, or seen in the cache, next time.
+	var more ctrl.Result
+	if uncreated {
+		more.RequeueAfter = 50 * time.Millisecond
+	}
+	if rm == nil {
+		return more, nil
 	}
 
 	if stale := r.staleNodes(nodes); stale != "" {
@@ -129,7 +142,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		in.Started = now
 	}
 	d := rollout.Plan(in)
-	if limit := r.writeLimit(); len(d.Updates) > limit {
+	if limit -= created; len(d.Updates) > limit {
 		// At 5,000 nodes a phase decides 5,000 writes at once, longer than
 		// a reconcile may take: the reconcile would be cut off and the
 		// status left unwritten. Writing a chunk and planning again keeps
@@ -138,6 +151,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		d.Updates = d.Updates[:limit]
 		d.Counts = rollout.Count(nodes, d.Target, d.Updates)
 		d.RequeueAfter = time.Millisecond
+	}
+	if uncreated && (d.RequeueAfter == 0 || more.RequeueAfter < d.RequeueAfter) {
+		d.RequeueAfter = more.RequeueAfter
 	}
 
 	original := rm.DeepCopy()
@@ -171,44 +187,82 @@ func recordedStall(rm *v1alpha1.RoutingMode) *rollout.Stall {
 	return &rollout.Stall{Reason: c.Reason, Message: c.Message}
 }
 
-// observeNodes reads every Node and its RoutingNode (rm may be nil), creating the missing
-// RoutingNodes (with no datapath, so their agents report what the preflight
-// needs) and deleting those whose Node is gone.
-func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode) ([]rollout.Node, error) {
+// observeNodes reads every Node and its RoutingNode (rm may be nil), creating
+// at most budget missing RoutingNodes (with no datapath, so their agents
+// report what the preflight needs) and deleting those whose Node is gone.
+// A node still without a RoutingNode is planned as one whose agent has not
+// reported, which holds the rollout at the preflight; created says how many
+// this call made and more whether any are still to be made or seen.
+func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode, budget int) (nodes []rollout.Node, created int, more bool, err error) {
 	var nodeList corev1.NodeList
 	if err := r.List(ctx, &nodeList); err != nil {
-		return nil, fmt.Errorf("listing nodes: %w", err)
+		return nil, 0, false, fmt.Errorf("listing nodes: %w", err)
 	}
 	var rnList v1alpha1.RoutingNodeList
 	if err := r.List(ctx, &rnList); err != nil {
-		return nil, fmt.Errorf("listing routingnodes: %w", err)
+		return nil, 0, false, fmt.Errorf("listing routingnodes: %w", err)
 	}
 	rns := map[string]*v1alpha1.RoutingNode{}
 	for i := range rnList.Items {
 		rns[rnList.Items[i].Name] = &rnList.Items[i]
 	}
+	now := r.Now()
+	for name, at := range r.creating {
+		if _, seen := rns[name]; seen || now.Sub(at) > createLag {
+			delete(r.creating, name)
+		}
+	}
 
 	var errs []error
-	nodes := make([]rollout.Node, 0, len(nodeList.Items))
+	var toCreate []*corev1.Node
+	nodes = make([]rollout.Node, 0, len(nodeList.Items))
 	for i := range nodeList.Items {
 		node := &nodeList.Items[i]
 		rn, ok := rns[node.Name]
 		delete(rns, node.Name)
 		if !ok {
-			created, err := r.createRoutingNode(ctx, rm, node)
-			if apierrors.IsAlreadyExists(err) {
-				// The cache has not seen it yet. Planning without this
-				// node could finalize while it still needs the old mode.
-				errs = append(errs, fmt.Errorf("waiting for the cache to see routingnode %s", node.Name))
-				continue
+			more = true
+			if _, pending := r.creating[node.Name]; !pending && len(toCreate) < budget {
+				toCreate = append(toCreate, node)
 			}
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			rn = created
 		}
+		// A node is planned without its RoutingNode until the cache has
+		// it: planning as if the node did not exist could finalize while
+		// it still needs the old mode.
 		nodes = append(nodes, view(node, rn))
+	}
+	var joined []string
+	var first *v1alpha1.RoutingNode
+	errs = append(errs, inParallel(toCreate, func(node *corev1.Node) (*v1alpha1.RoutingNode, error) {
+		rn, err := r.createRoutingNode(ctx, node)
+		if apierrors.IsAlreadyExists(err) {
+			return nil, nil
+		}
+		return rn, err
+	}, func(node *corev1.Node, rn *v1alpha1.RoutingNode) {
+		if rn == nil {
+			return
+		}
+		if r.creating == nil {
+			r.creating = map[string]time.Time{}
+		}
+		r.creating[node.Name] = now
+		created++
+		joined = append(joined, node.Name)
+		if first == nil || rn.Name < first.Name {
+			first = rn
+		}
+	}))
+	if len(joined) > 0 {
+		slices.Sort(joined)
+		// One event per reconcile, naming a few: at 5,000 nodes an event
+		// per node would be 5,000 more writes for the API server.
+		var regarding runtime.Object = first
+		if rm != nil {
+			regarding = rm
+		}
+		r.Recorder.Eventf(regarding, nil, corev1.EventTypeNormal, "NodeAdded", "Create", "%s joined; waiting for their agents to report",
+			bounded.Names(joined, bounded.DefaultNames))
 	}
 	for _, orphan := range rns {
 		if err := r.Delete(ctx, orphan); client.IgnoreNotFound(err) != nil {
@@ -216,10 +270,15 @@ func (r *Reconciler) observeNodes(ctx context.Context, rm *v1alpha1.RoutingMode)
 		}
 	}
 	slices.SortFunc(nodes, func(a, b rollout.Node) int { return strings.Compare(a.Name, b.Name) })
-	return nodes, errors.Join(errs...)
+	return nodes, created, more, errors.Join(errs...)
 }
 
-func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.RoutingMode, node *corev1.Node) (*v1alpha1.RoutingNode, error) {
+// createLag is how long a RoutingNode this operator created may stay out of
+// its cache before it is created again (the first create's AlreadyExists then
+// says the cache is behind; a RoutingNode deleted meanwhile is made anew).
+const createLag = 10 * time.Second
+
+func (r *Reconciler) createRoutingNode(ctx context.Context, node *corev1.Node) (*v1alpha1.RoutingNode, error) {
 	rn := &v1alpha1.RoutingNode{
 		ObjectMeta: metav1.ObjectMeta{Name: node.Name},
 		Spec:       v1alpha1.RoutingNodeSpec{NodeName: node.Name, Step: v1alpha1.StepPending},
@@ -232,11 +291,6 @@ func (r *Reconciler) createRoutingNode(ctx context.Context, rm *v1alpha1.Routing
 	if err := r.Create(ctx, rn); err != nil {
 		return nil, fmt.Errorf("creating routingnode %s: %w", node.Name, err)
 	}
-	var regarding runtime.Object = rn
-	if rm != nil {
-		regarding = rm
-	}
-	r.Recorder.Eventf(regarding, rn, corev1.EventTypeNormal, "NodeAdded", "Create", "Node %s joined; waiting for its agent to report", node.Name)
 	return rn, nil
 }
 
@@ -251,25 +305,22 @@ func (r *Reconciler) staleNodes(nodes []rollout.Node) string {
 	return ""
 }
 
-// view is the planner's picture of one node.
+// view is the planner's picture of one node; rn is nil while the node has
+// no RoutingNode in the cache.
 func view(node *corev1.Node, rn *v1alpha1.RoutingNode) rollout.Node {
-	n := rollout.Node{
-		Name:             node.Name,
-		PodCIDR:          node.Spec.PodCIDR,
-		HasRoutingNode:   true,
-		Generation:       rn.Generation,
-		Datapath:         rn.Spec.Datapath,
-		Step:             rn.Spec.Step,
-		TargetGeneration: rn.Spec.TargetGeneration,
-		RollbackReason:   rn.Annotations[AnnotationRollbackReason],
-		Status:           rn.Status,
-	}
+	n := rollout.Node{Name: node.Name, PodCIDR: node.Spec.PodCIDR}
 	for _, a := range node.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP {
 			n.InternalIP = a.Address
 			break
 		}
 	}
+	if rn == nil {
+		return n
+	}
+	n.HasRoutingNode, n.UID, n.Created, n.Generation = true, rn.UID, rn.CreationTimestamp.Time, rn.Generation
+	n.Datapath, n.Step, n.TargetGeneration = rn.Spec.Datapath, rn.Spec.Step, rn.Spec.TargetGeneration
+	n.RollbackReason, n.Status = rn.Annotations[AnnotationRollbackReason], rn.Status
 	if t, err := time.Parse(time.RFC3339Nano, rn.Annotations[AnnotationStepStarted]); err == nil {
 		n.StepStarted = t
 	}
@@ -282,50 +333,118 @@ func view(node *corev1.Node, rn *v1alpha1.RoutingNode) rollout.Node {
 	return n
 }
 
-// writeUpdates writes the decided datapaths, one patch per RoutingNode.
-func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode, updates []rollout.Update, now time.Time) error {
-	logger := log.FromContext(ctx)
-	for _, u := range updates {
-		rn := &v1alpha1.RoutingNode{}
-		if err := r.Get(ctx, client.ObjectKey{Name: u.Node}, rn); err != nil {
-			return fmt.Errorf("reading routingnode %s: %w", u.Node, err)
+// writeWorkers is how many RoutingNode writes are in flight at once. One
+// at a time, a write's round trip (tens to hundreds of milliseconds on a
+// loaded API server) and not the client's rate limit would bound a
+// rollout: 5,000 creates and 15,000 steps at 5,000 nodes.
+const writeWorkers = 16
+
+// inParallel runs write(item) for every item, writeWorkers at a time, and
+// done(item, result) after each that succeeded, under one lock; the first
+// failure stops the writes not yet started. The writes of one reconcile
+// are independent.
+func inParallel[T, R any](items []T, write func(T) (R, error), done func(T, R)) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		next int
+	)
+	take := func() (T, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(errs) > 0 || next == len(items) {
+			var zero T
+			return zero, false
 		}
-		base := rn.DeepCopy()
-		dp := u.Datapath
-		rn.Spec.Datapath, rn.Spec.Step, rn.Spec.TargetGeneration = &dp, u.Step, rm.Generation
-		if rn.Annotations == nil {
-			rn.Annotations = map[string]string{}
-		}
-		rn.Annotations[AnnotationStepStarted] = now.UTC().Format(time.RFC3339Nano)
-		delete(rn.Annotations, AnnotationPreviousDatapath)
-		delete(rn.Annotations, AnnotationRollbackReason)
-		if u.Reason != "" {
-			rn.Annotations[AnnotationRollbackReason] = u.Reason
-		}
-		if u.Previous != nil {
-			raw, err := json.Marshal(u.Previous)
-			if err != nil {
-				return err
-			}
-			rn.Annotations[AnnotationPreviousDatapath] = string(raw)
-		}
-		// Optimistic locking: a decision made on a stale RoutingNode must not land.
-		if err := r.Patch(ctx, rn, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
-			return fmt.Errorf("writing step %s to routingnode %s: %w", u.Step, u.Node, err)
-		}
-		if r.written == nil {
-			r.written = map[string]writtenAt{}
-		}
-		r.written[u.Node] = writtenAt{uid: rn.UID, generation: rn.Generation}
-		logger.Info("Wrote RoutingNode step", "routingNode", u.Node, "step", u.Step, "datapath", describe(dp))
-		eventType := corev1.EventTypeNormal
-		if u.Step == v1alpha1.StepRollback {
-			eventType = corev1.EventTypeWarning
-		}
-		r.Recorder.Eventf(rm, rn, eventType, "Node"+string(u.Step), string(u.Step), "Node %s: %s (%s)", u.Node, u.Step, describe(dp))
-		rolloutSteps.WithLabelValues(string(u.Step)).Inc()
+		next++
+		return items[next-1], true
 	}
-	return nil
+	var wg sync.WaitGroup
+	for range min(writeWorkers, len(items)) {
+		wg.Go(func() {
+			for it, ok := take(); ok; it, ok = take() {
+				res, err := write(it)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					done(it, res)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// writeUpdates writes the decided datapaths, one patch per RoutingNode; the
+// first failure stops the writes not yet started.
+func (r *Reconciler) writeUpdates(ctx context.Context, rm *v1alpha1.RoutingMode, updates []rollout.Update, now time.Time) error {
+	if r.written == nil {
+		r.written = map[string]writtenAt{}
+	}
+	// One event per step and datapath for the nodes this reconcile moved,
+	// naming a few: an event per node would be 15,000 objects for a
+	// 5,000-node rollout, each another write for the API server.
+	type group struct {
+		step v1alpha1.RolloutStep
+		dp   string
+	}
+	moved := map[group][]string{}
+	err := inParallel(updates, func(u rollout.Update) (*v1alpha1.RoutingNode, error) {
+		return r.writeUpdate(ctx, rm, u, now)
+	}, func(u rollout.Update, rn *v1alpha1.RoutingNode) {
+		r.written[u.Node] = writtenAt{uid: rn.UID, generation: rn.Generation}
+		if u.Step != v1alpha1.StepRollback {
+			g := group{u.Step, describe(u.Datapath)}
+			moved[g] = append(moved[g], u.Node)
+		}
+	})
+	for g, names := range moved {
+		slices.Sort(names)
+		r.Recorder.Eventf(rm, nil, corev1.EventTypeNormal, "Node"+string(g.step), string(g.step), "%s %s (%s)",
+			bounded.Names(names, bounded.DefaultNames), g.step, g.dp)
+	}
+	return err
+}
+
+// writeUpdate writes one node's decided datapath and step.
+func (r *Reconciler) writeUpdate(ctx context.Context, rm *v1alpha1.RoutingMode, u rollout.Update, now time.Time) (*v1alpha1.RoutingNode, error) {
+	rn := &v1alpha1.RoutingNode{}
+	if err := r.Get(ctx, client.ObjectKey{Name: u.Node}, rn); err != nil {
+		return nil, fmt.Errorf("reading routingnode %s: %w", u.Node, err)
+	}
+	base := rn.DeepCopy()
+	dp := u.Datapath
+	rn.Spec.Datapath, rn.Spec.Step, rn.Spec.TargetGeneration = &dp, u.Step, rm.Generation
+	if rn.Annotations == nil {
+		rn.Annotations = map[string]string{}
+	}
+	rn.Annotations[AnnotationStepStarted] = now.UTC().Format(time.RFC3339Nano)
+	delete(rn.Annotations, AnnotationPreviousDatapath)
+	delete(rn.Annotations, AnnotationRollbackReason)
+	if u.Reason != "" {
+		rn.Annotations[AnnotationRollbackReason] = u.Reason
+	}
+	if u.Previous != nil {
+		raw, err := json.Marshal(u.Previous)
+		if err != nil {
+			return nil, err
+		}
+		rn.Annotations[AnnotationPreviousDatapath] = string(raw)
+	}
+	// Optimistic locking: a decision made on a stale RoutingNode must not land.
+	if err := r.Patch(ctx, rn, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return nil, fmt.Errorf("writing step %s to routingnode %s: %w", u.Step, u.Node, err)
+	}
+	log.FromContext(ctx).Info("Wrote RoutingNode step", "routingNode", u.Node, "step", u.Step, "datapath", describe(dp))
+	if u.Step == v1alpha1.StepRollback {
+		// Rare, and each has its own reason: an event of its own.
+		r.Recorder.Eventf(rm, rn, corev1.EventTypeWarning, "Node"+string(u.Step), string(u.Step), "Node %s: %s (%s): %s", u.Node, u.Step, describe(dp), u.Reason)
+	}
+	rolloutSteps.WithLabelValues(string(u.Step)).Inc()
+	return rn, nil
 }
 
 // recordCompletedSpec remembers the spec that finished, for rollout undo.

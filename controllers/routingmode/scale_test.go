@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/routemode/routemode/api/v1alpha1"
@@ -131,5 +132,49 @@ func TestRolloutInChunks(t *testing.T) {
 	c.expectNodes(wide)
 	for _, n := range []string{"node-1", "node-2", "node-3", "node-4"} {
 		c.agents.waitSteps(n, v1alpha1.StepSteady, v1alpha1.StepPrepare, v1alpha1.StepSwitch, v1alpha1.StepFinalize)
+	}
+}
+
+// TestCreationCappedPerReconcile registers more Nodes than one reconcile
+// may write and reads the API server after each pass: a pass creates at
+// most its budget of RoutingNodes, plans the rest as nodes whose agents
+// have not reported (so a rollout waits for them), and after enough passes
+// every Node has its RoutingNode.
+func TestCreationCappedPerReconcile(t *testing.T) {
+	cleanCluster(t)
+	t.Cleanup(func() { cleanCluster(t) })
+	addNodes(t, 7)
+	rec := events.NewFakeRecorder(100)
+	r := &Reconciler{Client: env.Client, Recorder: rec, Now: time.Now}
+	ctx := context.Background()
+	for pass, want := range []int{3, 6, 7} {
+		nodes, created, more, err := r.observeNodes(ctx, nil, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One event per pass names the nodes it added, not one per node.
+		if got := len(rec.Events); got != 1 {
+			t.Errorf("pass %d: %d events, want 1", pass, got)
+		}
+		for len(rec.Events) > 0 {
+			if ev := <-rec.Events; !strings.Contains(ev, fmt.Sprintf("node-%04d", want-1)) {
+				t.Errorf("pass %d: event %q does not name the last node added", pass, ev)
+			}
+		}
+		var list v1alpha1.RoutingNodeList
+		if err := env.Client.List(ctx, &list); err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) != want || created != want-pass*3 || !more || len(nodes) != 7 {
+			t.Fatalf("pass %d: %d RoutingNodes (created %d, more %v, %d nodes planned), want %d of 7 nodes with more to come", pass, len(list.Items), created, more, len(nodes), want)
+		}
+		d := rollout.Plan(rollout.Input{Spec: tunnelSpec, Nodes: nodes, Now: time.Now(), Generation: 1})
+		if len(d.Updates) != 0 || d.Preflight.Reason != rollout.ReasonWaitingForAgents {
+			t.Errorf("pass %d: planned %d updates, preflight %+v, want none while nodes wait for their RoutingNodes", pass, len(d.Updates), d.Preflight)
+		}
+	}
+	// With the direct client every RoutingNode it made is seen at once.
+	if _, created, more, err := r.observeNodes(ctx, nil, 3); err != nil || created != 0 || more {
+		t.Errorf("after every RoutingNode exists: created %d, more %v, %v; want nothing left", created, more, err)
 	}
 }

@@ -5,8 +5,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -77,5 +81,46 @@ func TestClusterStatusPeers(t *testing.T) {
 	}
 	if r := kubectl(t, "", "status", "--node", "no-such-node", "--peers"); r.code == 0 {
 		t.Errorf("a node that does not exist gave a table: %s", r.out)
+	}
+}
+
+// TestStatusPeersFromAgentSocket reads the table the way it is read inside
+// the agent's pod (kubectl exec … routemodectl status --peers
+// --agent-socket): from the agent's own socket, served as the agent serves
+// it, with no credentials and no API server.
+func TestStatusPeersFromAgentSocket(t *testing.T) {
+	rows := []peertable.Row{{Node: "worker-2", NodeIP: "192.168.0.2", Direct: true, Probed: true, Reachable: true, RTTMicroseconds: 85}}
+	path := filepath.Join(t.TempDir(), agentcontroller.SocketName)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agentcontroller.ServePeersSocket(ctx, path, func() []peertable.Row { return rows }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serving the socket: %v", err)
+		}
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("the socket is left behind: %v", err)
+		}
+	})
+	var r result
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if r = run(t, noDeps(), "", "status", "--peers", "--agent-socket", path); r.code == 0 {
+			break
+		}
+	}
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.err)
+	}
+	mustContain(t, "peer table", r.out, "Peers of this node: 1", "worker-2  192.168.0.2  true    true       85µs  -")
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v (%v), want 0600: only root on the node may read it", st.Mode(), err)
+	}
+	if r := run(t, noDeps(), "", "status", "--peers", "--agent-socket", path, "--node", "worker-1"); r.code == 0 {
+		t.Errorf("--node and --agent-socket together were accepted")
+	}
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	if r := run(t, noDeps(), "", "status", "--peers", "--agent-socket", missing); r.code == 0 || !strings.Contains(r.err, "kubectl exec") {
+		t.Errorf("a missing socket: exit %d, %q; want an error saying where to run it", r.code, r.err)
 	}
 }

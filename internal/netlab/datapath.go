@@ -20,6 +20,19 @@ import (
 // other node is a peer on the underlay. It returns the routes to the
 // peers it installed.
 func (n *Node) ApplyDatapath(ctx context.Context, d v1alpha1.NodeDatapath) ([]datapath.Route, error) {
+	var peers []datapath.Node
+	for _, p := range n.Lab.Nodes {
+		if p != n {
+			peers = append(peers, datapath.Node{Name: p.Name, IP: p.IP, PodCIDR: p.PodCIDR})
+		}
+	}
+	return n.ApplyDatapathWith(ctx, d, peers)
+}
+
+// ApplyDatapathWith is ApplyDatapath with the given peers, each reached
+// directly on the node's underlay device (the scale benchmark's thousands
+// of peers that exist only as addresses).
+func (n *Node) ApplyDatapathWith(ctx context.Context, d v1alpha1.NodeDatapath, peers []datapath.Node) ([]datapath.Route, error) {
 	if err := os.MkdirAll(n.StateDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -33,11 +46,8 @@ func (n *Node) ApplyDatapath(ctx context.Context, d v1alpha1.NodeDatapath) ([]da
 		Underlay: n.Underlay, UnderlayMTU: n.Lab.spec.MTU, Saved: saved,
 		Kernel: datapath.KernelCaps{VXLAN: true},
 	}
-	for _, p := range n.Lab.Nodes {
-		if p != n {
-			in.Peers = append(in.Peers, datapath.Peer{Node: datapath.Node{Name: p.Name, IP: p.IP, PodCIDR: p.PodCIDR},
-				VTEPMAC: datapath.VTEPMAC(p.IP), Direct: true, DirectDev: p.Underlay})
-		}
+	for _, p := range peers {
+		in.Peers = append(in.Peers, datapath.Peer{Node: p, VTEPMAC: datapath.VTEPMAC(p.IP), Direct: true, DirectDev: n.Underlay})
 	}
 	eps := n.Endpoints()
 	byKey := map[string]endpoint.Endpoint{}

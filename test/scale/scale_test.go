@@ -3,9 +3,11 @@
 // (bin/k8s): N Node objects with podCIDRs and InternalIPs, the real
 // operator binary as its own process (so its RSS and CPU are its own), and
 // N simulated agents in this process that report status the way the real
-// agent does. It measures today's design and the design at the merge base
-// with main ("old": per-peer status, full caches) the same way, side by
-// side. make bench-scale runs it; RESULTS.md holds the figures.
+// agent does. It measures today's design and the design before issue 15
+// (oldCommit: per-peer status, full caches) the same way, side by side.
+// make bench-scale runs it; RESULTS.md holds the figures. agent_test.go and
+// sweep_test.go measure one node's agent in a network namespace (make
+// bench-agent).
 package scale
 
 import (
@@ -14,11 +16,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"iter"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +53,10 @@ import (
 // how its agents write their status.
 type design struct {
 	name, crdDir, operator, agent string
+	// pprof is whether its operator has --pprof-bind-address.
+	pprof bool
+	// operatorArgs are flags its operator needs besides the common ones.
+	operatorArgs []string
 	// peers is the status fragment about peers for a node of an n-node
 	// cluster whose peers all answer.
 	peers func(self, n int) map[string]any
@@ -64,19 +73,21 @@ func podCIDR(i int) string  { return fmt.Sprintf("10.%d.%d.0/24", i/256, i%256) 
 // newDesign reports peers as counts, as the agent's peertable.Summarize does
 // when every peer is direct and answers.
 func newDesign(root string) design {
-	return design{name: "new", crdDir: filepath.Join(root, "config", "crd", "bases"), operator: build(root, "new", "operator"), agent: build(root, "new", "agent"),
+	return design{name: "new", crdDir: filepath.Join(root, "config", "crd", "bases"), operator: build(root, "new", "operator"), agent: build(root, "new", "agent"), pprof: true,
+		// Plain HTTP, so the benchmark reads the reconcile histogram and the
+		// client's request counts without a token.
+		operatorArgs: []string{"--metrics-secure=false"},
 		peers: func(_, n int) map[string]any {
 			return map[string]any{"peerSummary": map[string]any{"total": n - 1, "probed": n - 1}}
 		}}
 }
 
-// oldDesign is the tree at the merge base with main: one status.peers entry
-// per peer, with its round trip, as that agent wrote it.
+// oldCommit is main before issue 15's change: the "old" design.
+const oldCommit = "2251e90"
+
+// oldDesign is the tree at oldCommit: one status.peers entry per peer, with
+// its round trip, as that agent wrote it.
 func oldDesign(root string) (design, error) {
-	base, err := exec.Command("git", "-C", root, "merge-base", "HEAD", "main").Output()
-	if err != nil {
-		return design{}, fmt.Errorf("finding the merge base with main: %w", err)
-	}
 	dir := filepath.Join(root, "bin", "scale-old")
 	if err := os.RemoveAll(dir); err != nil {
 		return design{}, err
@@ -84,9 +95,9 @@ func oldDesign(root string) (design, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return design{}, err
 	}
-	archive := exec.Command("sh", "-c", fmt.Sprintf("git -C %s archive %s | tar -x -C %s", root, strings.TrimSpace(string(base)), dir))
+	archive := exec.Command("sh", "-c", fmt.Sprintf("git -C %s archive %s | tar -x -C %s", root, oldCommit, dir))
 	if out, err := archive.CombinedOutput(); err != nil {
-		return design{}, fmt.Errorf("extracting the merge base: %v: %s", err, out)
+		return design{}, fmt.Errorf("extracting the old design (%s): %v: %s", oldCommit, err, out)
 	}
 	return design{name: "old", crdDir: filepath.Join(dir, "config", "crd", "bases"), operator: build(dir, "old", "operator"), agent: build(dir, "old", "agent"),
 		peers: func(self, n int) map[string]any {
@@ -231,7 +242,7 @@ func run(b *testing.B, root string, d design, n int) (f figures) {
 	defer cancel()
 	createNodes(b, c, n)
 
-	op := startOperator(b, env, d)
+	op := startOperator(b, env, d, n)
 	defer op.stop()
 	ag1 := startRealAgent(b, env, d)
 	defer ag1.stop()
@@ -249,7 +260,9 @@ func run(b *testing.B, root string, d design, n int) (f figures) {
 		f.largestRN, f.rnTotal = routingNodeSizes(b, c)
 		f.etcdDB = etcdSize(b, env)
 		f.operatorPeakRSS, f.operatorCPU = op.usage()
-		f.reconcileP99 = op.reconcileP99()
+		m := op.scrape()
+		f.reconcileP99 = reconcileP99(m)
+		b.Logf("operator API requests: %s; reconciles: %s; log %s", requests(m), reconciles(m), op.log)
 		f.agentPeakRSS, _ = procUsage(ag1.cmd.Process.Pid)
 		b.Logf("%s", f)
 	}()
@@ -275,6 +288,16 @@ func run(b *testing.B, root string, d design, n int) (f figures) {
 	if err := c.Patch(ctx, rm, client.MergeFrom(base)); err != nil {
 		b.Fatal(err)
 	}
+	profiled := make(chan string, 1)
+	go func() {
+		profiled <- op.profile(profileSeconds(), fmt.Sprintf("routemode-scale-%s-%d.cpu.pprof", d.name, n))
+	}()
+	defer func() {
+		if p := <-profiled; p != "" {
+			top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount", "30", p).CombinedOutput()
+			b.Logf("operator CPU profile of the rollout's first %d s (%s):\n%s", profileSeconds(), p, top)
+		}
+	}()
 	if why := waitComplete(c, n, 2); why != "" {
 		f.outcome = "rollout did not complete: " + why
 		return f
@@ -334,9 +357,10 @@ func createNodes(b *testing.B, c client.Client, n int) {
 
 // operator is the operator binary running against the benchmark's API server.
 type operator struct {
-	cmd     *exec.Cmd
-	metrics string
-	done    chan struct{}
+	cmd            *exec.Cmd
+	metrics, pprof string
+	done           chan struct{}
+	log            string
 }
 
 func freePort(b *testing.B) string {
@@ -377,12 +401,19 @@ func apiServer(env *envtest.Environment) string {
 	return strings.TrimSuffix(strings.TrimPrefix(env.Config.Host, "https://"), "/")
 }
 
-func startOperator(b *testing.B, env *envtest.Environment, d design) *operator {
+func startOperator(b *testing.B, env *envtest.Environment, d design, n int) *operator {
 	kcPath := kubeconfig(b, env, "routemode-operator", "")
 	o := &operator{metrics: freePort(b), done: make(chan struct{})}
 	args := []string{"--kubeconfig", kcPath, "--leader-elect=false", "--metrics-bind-address", o.metrics, "--health-probe-bind-address", "0"}
+	args = append(args, d.operatorArgs...)
+	if d.pprof {
+		o.pprof = freePort(b)
+		args = append(args, "--pprof-bind-address", o.pprof)
+	}
 	o.cmd = exec.Command(d.operator, args...)
-	logFile, err := os.Create(filepath.Join(b.TempDir(), "operator.log"))
+	// Kept after the run, with the profile, to see where a rollout's time went.
+	o.log = filepath.Join(os.TempDir(), fmt.Sprintf("routemode-scale-%s-%d-operator.log", d.name, n))
+	logFile, err := os.Create(o.log)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -421,37 +452,92 @@ func procUsage(pid int) (rssKiB, cpuMS int64) {
 	return rssKiB, cpuMS
 }
 
-// reconcileP99 is the upper bound of the histogram bucket holding the 99th
-// percentile of the routingmode controller's reconcile time; -1 if unread.
-func (o *operator) reconcileP99() float64 {
+// scrape is the operator's metrics, "" if unread.
+func (o *operator) scrape() string {
 	resp, err := http.Get("http://" + o.metrics + "/metrics")
 	if err != nil {
-		return -1
+		return ""
 	}
 	defer resp.Body.Close()
 	var buf bytes.Buffer
 	_, _ = buf.ReadFrom(resp.Body)
+	return buf.String()
+}
+
+// requests is the API requests the operator's clients made, by method, as
+// "GET 12, PATCH 3": how a rollout spent its client rate limit.
+func requests(metrics string) string {
+	by := map[string]float64{}
+	for method, v := range samples(metrics, "rest_client_requests_total{", "method") {
+		by[method] += v
+	}
+	var out []string
+	for _, m := range slices.Sorted(maps.Keys(by)) {
+		out = append(out, fmt.Sprintf("%s %.0f", m, by[m]))
+	}
+	return strings.Join(out, ", ")
+}
+
+// samples yields, for every line of metrics that starts with prefix, the
+// value of its label and its sample.
+func samples(metrics, prefix, label string) iter.Seq2[string, float64] {
+	return func(yield func(string, float64) bool) {
+		for _, line := range strings.Split(metrics, "\n") {
+			i := strings.Index(line, label+`="`)
+			j := strings.LastIndexByte(line, ' ')
+			if !strings.HasPrefix(line, prefix) || i < 0 || j < 0 {
+				continue
+			}
+			v, err := strconv.ParseFloat(line[j+1:], 64)
+			start := i + len(label) + 2
+			end := strings.IndexByte(line[start:], '"')
+			if err != nil || end < 0 {
+				continue
+			}
+			if !yield(line[start:start+end], v) {
+				return
+			}
+		}
+	}
+}
+
+// profile writes a CPU profile of the operator's next seconds to a file
+// beside its log and returns the file's name, "" if there is none.
+func (o *operator) profile(seconds int, name string) string {
+	if o.pprof == "" || seconds == 0 {
+		return ""
+	}
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", o.pprof, seconds))
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	path := filepath.Join(os.TempDir(), name)
+	f, err := os.Create(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil || resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	return path
+}
+
+// reconcileP99 is the upper bound of the histogram bucket holding the 99th
+// percentile of the routingmode controller's reconcile time; -1 if unread.
+func reconcileP99(metrics string) float64 {
 	type bucket struct {
 		le    float64
 		count float64
 	}
 	var buckets []bucket
-	for _, line := range strings.Split(buf.String(), "\n") {
-		if !strings.HasPrefix(line, `controller_runtime_reconcile_time_seconds_bucket{controller="routingmode"`) {
-			continue
-		}
-		i := strings.Index(line, `le="`)
-		j := strings.LastIndexByte(line, ' ')
-		if i < 0 || j < 0 {
-			continue
-		}
-		leStr := line[i+4 : i+4+strings.IndexByte(line[i+4:], '"')]
-		le, err1 := strconv.ParseFloat(leStr, 64)
-		cnt, err2 := strconv.ParseFloat(line[j+1:], 64)
+	for leStr, cnt := range samples(metrics, `controller_runtime_reconcile_time_seconds_bucket{controller="routingmode"`, "le") {
+		le, err := strconv.ParseFloat(leStr, 64)
 		if leStr == "+Inf" {
-			le, err1 = -1, nil
+			le, err = -1, nil
 		}
-		if err1 == nil && err2 == nil {
+		if err == nil {
 			buckets = append(buckets, bucket{le, cnt})
 		}
 	}
@@ -661,6 +747,43 @@ func report(ctx context.Context, c client.Client, d design, n int, name string) 
 		return err
 	}
 	return c.Status().Patch(ctx, &rn, client.RawPatch(types.MergePatchType, patch))
+}
+
+// profileSeconds is how much of the rollout the operator's CPU profile
+// covers, from its start (SCALE_PROFILE_SECONDS; 0, the default, takes none).
+func profileSeconds() int {
+	v := os.Getenv("SCALE_PROFILE_SECONDS")
+	if v == "" {
+		return 0
+	}
+	s, err := strconv.Atoi(v)
+	if err != nil || s < 0 {
+		panic(fmt.Sprintf("SCALE_PROFILE_SECONDS=%q: want a number of seconds", v))
+	}
+	return s
+}
+
+// reconciles is how many reconciles the operator ran, how many failed,
+// and their total time.
+func reconciles(metrics string) string {
+	var total, errs, secs float64
+	for _, line := range strings.Split(metrics, "\n") {
+		j := strings.LastIndexByte(line, ' ')
+		if j < 0 || !strings.Contains(line, `controller="routingmode"`) {
+			continue
+		}
+		v, _ := strconv.ParseFloat(line[j+1:], 64)
+		switch {
+		case strings.HasPrefix(line, "controller_runtime_reconcile_total{") && strings.Contains(line, `result="error"`):
+			errs += v
+			total += v
+		case strings.HasPrefix(line, "controller_runtime_reconcile_total{"):
+			total += v
+		case strings.HasPrefix(line, "controller_runtime_reconcile_time_seconds_sum{"):
+			secs += v
+		}
+	}
+	return fmt.Sprintf("%.0f (%.0f failed), %.1f s in all", total, errs, secs)
 }
 
 // phaseLimit bounds each of bootstrap and rollout (SCALE_PHASE_TIMEOUT).

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/internal/netlab"
@@ -69,4 +70,13 @@ func (l *Lab) registerNodes(ctx context.Context, cs kubernetes.Interface) error 
 		}
 	}
 	return nil
+}
+
+// node is the lab's node in namespace ns, nil if there is none.
+func (l *Lab) node(ns string) *Node {
+	i := slices.IndexFunc(l.Nodes, func(n Node) bool { return n.NS == ns })
+	if i < 0 {
+		return nil
+	}
+	return &l.Nodes[i]
 }

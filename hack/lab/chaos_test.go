@@ -114,8 +114,10 @@ type pointWatch struct {
 	seen     map[string][]v1alpha1.RolloutStep
 	latest   map[string]*v1alpha1.RoutingNode
 	switched []string
-	changed  chan struct{}
-	stop     func()
+	// first is the first datapath each node was given in the watch.
+	first   map[string]*v1alpha1.NodeDatapath
+	changed chan struct{}
+	stop    func()
 }
 
 // watchPoints starts following the RoutingNodes; started before the spec
@@ -124,7 +126,8 @@ type pointWatch struct {
 func (h *harness) watchPoints(ctx context.Context) *pointWatch {
 	h.t.Helper()
 	watcher := h.watch(ctx, &v1alpha1.RoutingNodeList{})
-	w := &pointWatch{seen: map[string][]v1alpha1.RolloutStep{}, latest: map[string]*v1alpha1.RoutingNode{}, changed: make(chan struct{}, 1)}
+	w := &pointWatch{seen: map[string][]v1alpha1.RolloutStep{}, latest: map[string]*v1alpha1.RoutingNode{},
+		first: map[string]*v1alpha1.NodeDatapath{}, changed: make(chan struct{}, 1)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -141,6 +144,9 @@ func (h *harness) watchPoints(ctx context.Context) *pointWatch {
 				}
 			}
 			w.latest[rn.Name] = rn
+			if _, ok := w.first[rn.Name]; !ok && rn.Spec.Datapath != nil {
+				w.first[rn.Name] = rn.Spec.Datapath
+			}
 			w.mu.Unlock()
 			select {
 			case w.changed <- struct{}{}:
@@ -275,6 +281,9 @@ type chaosCase struct {
 	// inject runs the fault at the point on the node it chose and returns
 	// how long until the fault was over, and a note for the row.
 	inject func(node string) (time.Duration, string)
+	// use, when set, picks the pods the traffic runs between; all
+	// otherwise.
+	use func(PodState) bool
 	// watch, when set, is given the case's RoutingNode watch before the
 	// spec is applied.
 	watch func(*pointWatch)
@@ -292,7 +301,11 @@ type chaosCase struct {
 func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 	h.t.Helper()
 	ctx := context.Background()
-	tr, err := h.l.StartTraffic(ctx, 600, 8472)
+	use := c.use
+	if use == nil {
+		use = func(PodState) bool { return true }
+	}
+	tr, err := h.l.startTrafficBetween(ctx, 600, 8472, use)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -724,9 +737,12 @@ func (h *harness) readKernel(n Node) (kernelView, error) {
 // kernels: no node encapsulates towards a node without the tunnel (on the
 // same port), no node tunnels at full route MTU, and no two nodes that
 // send to each other differently have strict rp_filter.
-func (h *harness) kernelInvariant() error {
+func (h *harness) kernelInvariant() error { return h.kernelInvariantOf(h.l.Nodes) }
+
+// kernelInvariantOf is kernelInvariant among nodes only.
+func (h *harness) kernelInvariantOf(nodes []Node) error {
 	views := map[string]kernelView{}
-	for _, n := range h.l.Nodes {
+	for _, n := range nodes {
 		v, err := h.readKernel(n)
 		if err != nil {
 			return err

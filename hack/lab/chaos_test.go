@@ -363,18 +363,24 @@ func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 
 // chaosSwitch is chaosRun for faults the switch must ride out: the
 // rollout completes, nothing is lost, no TCP connection breaks, and the
-// kernels hold the invariant.
-func (h *harness) chaosSwitch(c chaosCase) map[string][]v1alpha1.RolloutStep {
+// kernels of the nodes the traffic ran between hold the invariant.
+func (h *harness) chaosSwitch(c chaosCase) chaosOutcome {
 	h.t.Helper()
 	o := h.chaosRun(c)
 	if o.err != nil {
 		h.t.Fatalf("%s at %q: %v", c.fault, c.at, o.err)
 	}
 	h.noLoss(c.fault, o.report)
-	if err := h.kernelInvariant(); err != nil {
+	var nodes []Node
+	for _, n := range h.l.Nodes {
+		if c.use == nil || slices.ContainsFunc(h.l.Pods(), func(p PodState) bool { return p.Node == n.NS && c.use(p) }) {
+			nodes = append(nodes, n)
+		}
+	}
+	if err := h.kernelInvariantOf(nodes); err != nil {
 		h.t.Errorf("%s: after the rollout: %v", c.fault, err)
 	}
-	return o.steps
+	return o
 }
 
 // noLoss fails unless traffic flowed with no probe lost or duplicated and
@@ -531,7 +537,7 @@ func TestChaosOperatorKilledDuringSwitch(t *testing.T) {
 	kill := func(string) (time.Duration, string) { return h.killAndWaitRestart("operator"), "" }
 	for _, way := range switches {
 		name := "operator SIGKILL, restarted (" + way.name + ")"
-		h.onceEach(name, h.chaosSwitch(chaosCase{fault: name, spec: way.spec, at: firstSwitching, inject: kill}))
+		h.onceEach(name, h.chaosSwitch(chaosCase{fault: name, spec: way.spec, at: firstSwitching, inject: kill}).steps)
 	}
 }
 
@@ -631,7 +637,7 @@ func TestChaosOperatorFailover(t *testing.T) {
 		}
 		killed = true
 		return 0, ""
-	}}))
+	}}).steps)
 	// The standby, not a restarted first replica, finished the rollout.
 	if b, err := os.ReadFile(h.l.path("logs", "operator-standby.log")); err != nil || !strings.Contains(string(b), "Successfully acquired lease") {
 		t.Errorf("the standby replica never led (log read error %v)", err)

@@ -311,9 +311,10 @@ func (h *harness) randomLossDropped() int64 {
 // state the deletion left and after the RoutingMode is applied again.
 func TestChaosSpecChangedMidRollout(t *testing.T) {
 	h := newHarness(t)
+	// Each edit starts from the mode it then returns to.
 	type edit struct {
-		fault, spec, to string
-		at              rolloutPoint
+		fault, spec, back string
+		at                rolloutPoint
 	}
 	edits := []edit{{"RoutingMode edited back to the tunnel (tunnel→native+bpf→tunnel)", nativeSpec, tunnelSpec, lastSwitching}}
 	if chaosFull() {
@@ -322,13 +323,14 @@ func TestChaosSpecChangedMidRollout(t *testing.T) {
 			edit{"RoutingMode edited back to native (native+bpf→tunnel→native+bpf)", tunnelSpec, nativeSpec, lastSwitching})
 	}
 	for _, e := range edits {
+		h.restore(e.back)
 		h.chaosSwitch(chaosCase{fault: e.fault, spec: e.spec, at: e.at, inject: func(string) (time.Duration, string) {
-			if out, err := h.apply(e.to); err != nil {
+			if out, err := h.apply(e.back); err != nil {
 				t.Fatalf("%v\n%s", err, out)
 			}
 			return 0, ""
 		}})
-		h.allSendVia(e.to == tunnelSpec)
+		h.allSendVia(e.back == tunnelSpec)
 	}
 	h.restore(tunnelSpec)
 	var left string

@@ -524,7 +524,11 @@ func (h *harness) killAgent(node string) (time.Duration, string) {
 		if len(a.Changes) != 0 {
 			h.t.Errorf("%s's restarted agent changed the kernel at generation %d, which the killed one had applied: %q", node, had, a.Changes)
 		}
-		return back, fmt.Sprintf("restarted agent: no change (generation %d already applied)", had)
+		changed := "no change"
+		if len(a.Changes) > 0 {
+			changed = fmt.Sprintf("%d changes", len(a.Changes))
+		}
+		return back, fmt.Sprintf("restarted agent: %s (generation %d already applied)", changed, had)
 	}
 	return back, fmt.Sprintf("restarted agent: %d changes applying %s (generation %d; the killed one had applied %d)", len(a.Changes), a.Step, a.Generation, had)
 }

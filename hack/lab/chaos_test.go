@@ -447,10 +447,12 @@ func TestChaosAgentStoppedForGood(t *testing.T) {
 // within a minute). The datapath keeps forwarding without it, the
 // restarted agent adopts the kernel state with no change it did not need,
 // and the rollout completes with nothing lost. make chaos runs every point
-// both ways; make test each point once, alternating directions.
+// both ways; make test each point once, alternating directions in an
+// order that kills agents after Prepare and during Finalize with eBPF host
+// routing on, where adopting the running programs matters.
 func TestChaosAgentKilledDuringSwitch(t *testing.T) {
 	h := newHarness(t)
-	for i, at := range []rolloutPoint{afterPrepare, firstSwitching, lastSwitching, finalizing} {
+	for i, at := range []rolloutPoint{firstSwitching, afterPrepare, finalizing, lastSwitching} {
 		ways := switches
 		if !chaosFull() {
 			ways = switches[i%2 : i%2+1]

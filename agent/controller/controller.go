@@ -65,6 +65,9 @@ type Reconciler struct {
 	// applied is the RoutingNode generation the kernel last matched, for
 	// Ready.
 	applied atomic.Int64
+	// adopted is set once the first reconcile since the agent started has
+	// applied the node's spec.
+	adopted atomic.Bool
 }
 
 // +kubebuilder:rbac:groups=routemode.io,resources=routingnodes,verbs=get;list;watch
@@ -90,6 +93,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 	res := r.Agent.Reconcile(ctx, req)
 	record(time.Since(start), res)
 	r.recordApplied(rn.Generation, res.Status)
+	if r.adopted.CompareAndSwap(false, true) {
+		// After a crash or an upgrade this says in one line whether the
+		// kernel the agent found needed anything: nothing when its last
+		// run had applied this generation.
+		log.Info("Adopted the node's kernel state", "generation", rn.Generation, "step", rn.Spec.Step, "changes", res.Changes)
+	}
 	if !StatusEqual(rn.Status, res.Status) {
 		patch := client.MergeFrom(rn.DeepCopy())
 		rn.Status = res.Status

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -156,6 +157,25 @@ func TestReconcileWritesStatusOnlyWhenChanged(t *testing.T) {
 	}
 	if rn.Status.ObservedGeneration != 2 || rn.Generation != 2 {
 		t.Errorf("generation %d, observed %d", rn.Generation, rn.Status.ObservedGeneration)
+	}
+}
+
+// TestFirstReconcileLogsAdoption: the first reconcile since the agent
+// started logs the changes it made to the kernel it found (the chaos suite
+// reads it after killing agents), and later reconciles do not repeat it.
+func TestFirstReconcileLogsAdoption(t *testing.T) {
+	makeNode(t, "b-1", "192.168.0.120", "10.0.0.0/24")
+	makeRoutingNode(t, "b-1", tunnel)
+	var buf bytes.Buffer
+	ctx := ctrl.LoggerInto(t.Context(), zap.New(zap.WriteTo(&buf)))
+	r := &Reconciler{Client: env.Client, NodeName: "b-1", Agent: &fakeAgent{}}
+	for range 2 {
+		if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(buf.String(), `"msg":"Adopted the node's kernel state","generation":1,"step":"Steady","changes":[]`); n != 1 {
+		t.Errorf("the adoption line was logged %d times; want once:\n%s", n, buf.String())
 	}
 }
 

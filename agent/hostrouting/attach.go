@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package hostrouting
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -93,6 +94,9 @@ func updateTCX(l link.Link, ifindex int, prog *ebpf.Program) (c change, done boo
 			return unchanged, true, nil
 		}
 	}
+	if sameProgram(info.Program, prog) {
+		return unchanged, true, nil
+	}
 	if err := l.Update(prog); err != nil {
 		if errors.Is(err, unix.ENOLINK) {
 			return unchanged, false, nil
@@ -100,6 +104,63 @@ func updateTCX(l link.Link, ifindex int, prog *ebpf.Program) (c change, done boo
 		return unchanged, false, fmt.Errorf("update tcx link on ifindex %d: %w", ifindex, err)
 	}
 	return updated, true, nil
+}
+
+// sameProgram says whether the program with id does what prog does: the
+// same name and instructions (the kernel's tag, which leaves map
+// references out), using the same maps, or global-data maps (.rodata's
+// load-time constants, .bss) of the same contents. A restarted agent loads
+// programs of its own; swapping them in for identical ones would be a
+// change the node does not need. When in doubt it says no, and the link
+// is updated as before.
+func sameProgram(id ebpf.ProgramID, prog *ebpf.Program) bool {
+	running, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return false
+	}
+	defer running.Close()
+	ri, err := running.Info()
+	if err != nil {
+		return false
+	}
+	pi, err := prog.Info()
+	if err != nil || ri.Tag != pi.Tag || ri.Name != pi.Name {
+		return false
+	}
+	rmaps, ok1 := ri.MapIDs()
+	pmaps, ok2 := pi.MapIDs()
+	if !ok1 || !ok2 || len(rmaps) != len(pmaps) {
+		return false
+	}
+	for i := range rmaps {
+		if rmaps[i] != pmaps[i] && !sameGlobalData(rmaps[i], pmaps[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameGlobalData says whether maps a and b are global-data maps (arrays of
+// one entry) of one name, both frozen or neither, with the same contents.
+func sameGlobalData(a, b ebpf.MapID) bool {
+	var vals [2][]byte
+	var infos [2]*ebpf.MapInfo
+	for i, id := range []ebpf.MapID{a, b} {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			return false
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil || info.Type != ebpf.Array || info.MaxEntries != 1 {
+			return false
+		}
+		infos[i], vals[i] = info, make([]byte, info.ValueSize)
+		if err := m.Lookup(uint32(0), &vals[i]); err != nil {
+			return false
+		}
+	}
+	return infos[0].Name == infos[1].Name && infos[0].Frozen() == infos[1].Frozen() && bytes.Equal(vals[0], vals[1])
 }
 
 // detachTCX unpins and releases the link pinned at pin; the kernel detaches

@@ -122,8 +122,10 @@ Licensed under the Apache License, Version 2.0.
 // off and, in legacy, to attach or remove the observe-only programs.
 //
 // The pins keep the datapath running while the agent is down. A restarted
-// agent (a new Manager) loads its programs and swaps them into the pinned
-// links with link.Update, an atomic replacement with no detach gap. Only
+// agent (a new Manager) loads its programs and keeps a pinned link's
+// running program when it is the same (instructions, maps, constants), so
+// a restart changes nothing; a different one (an upgrade, new constants)
+// it swaps in with link.Update, an atomic replacement with no detach gap. Only
 // links under the pin dir and tc filters named with the "rm_" prefix are
 // ever touched, so other programs on the same devices are left alone.
 package hostrouting

@@ -342,8 +342,9 @@ func resolveDevices(h nlsafe.Handle, cfg Config) (underlay device, tunnel *devic
 }
 
 // programs returns loaded programs for bcfg, reusing this Manager's when
-// nothing changed. A new Manager (an agent restart) always loads its own,
-// which attachAll then swaps into the pinned links.
+// nothing changed. A new Manager (an agent restart) always loads its own;
+// attachAll keeps the running programs of the pinned links that are the
+// same (sameProgram) and swaps its own into the others.
 func (m *Manager) programs(j *journal, pinDir string, bcfg bpf.Config) (*ebpf.Collection, bool, error) {
 	if m.coll != nil && m.loaded == bcfg && m.pinDir == pinDir && mapsPinned(pinDir) {
 		return m.coll, false, nil

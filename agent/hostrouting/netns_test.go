@@ -545,9 +545,13 @@ func pinnedLinkIDs(t *testing.T, pinDir string) map[string][2]uint32 {
 }
 
 // An agent restart is a new Manager over the same pins: the datapath keeps
-// running while no Manager exists, and the new one swaps its programs into
-// the pinned links (same link, new program) without losing a probe.
-func TestRestartUpdatesInPlace(t *testing.T) {
+// running while no Manager exists, and the new one adopts the running
+// programs, which are the ones it would load (same instructions, same
+// maps, same constants): no link or program changes and it reports no
+// change. A program that differs (here: other constants, as after an
+// upgrade or a new nativeRoutingCIDR) is swapped into the pinned links
+// (same link, new program) without losing a probe.
+func TestRestartAdoptsAndUpdatesInPlace(t *testing.T) {
 	e := newEnv(t, 1, hostrouting.Options{})
 	e.native(t)
 	e.apply(t, 0, bpfMode)
@@ -572,19 +576,29 @@ func TestRestartUpdatesInPlace(t *testing.T) {
 	o := e.opts
 	o.Handle, o.NetNS = e.lab.Nodes[0].Handle, e.lab.Nodes[0].Path()
 	e.mgrs[0] = hostrouting.NewManager(o)
-	e.apply(t, 0, bpfMode)
+	if changes := e.apply(t, 0, bpfMode); len(changes) != 0 {
+		t.Errorf("the restarted Manager changed %q; want the running programs adopted", changes)
+	}
+	if adopted := pinnedLinkIDs(t, e.cfgs[0].PinDir); fmt.Sprint(adopted) != fmt.Sprint(before) {
+		t.Errorf("restart changed links or programs: %v -> %v", before, adopted)
+	}
+
+	// Other constants: the programs are swapped in place.
+	e.cfgs[0].NativeRoutingCIDR = netip.MustParsePrefix("10.0.0.0/8")
+	if changes := e.apply(t, 0, bpfMode); len(changes) == 0 {
+		t.Errorf("new constants changed nothing")
+	}
 	time.Sleep(200 * time.Millisecond)
 	st := s.Stop()
 	if st.Lost != 0 || st.SendErrors != 0 {
-		t.Errorf("restart: %s", st)
+		t.Errorf("restart and update: %s", st)
 	}
-
 	after := pinnedLinkIDs(t, e.cfgs[0].PinDir)
 	for pin, b := range before {
 		a, ok := after[pin]
 		switch {
 		case !ok:
-			t.Errorf("%s: link gone after restart", pin)
+			t.Errorf("%s: link gone after the update", pin)
 		case a[0] != b[0]:
 			t.Errorf("%s: link replaced (%d -> %d), want the same link updated", pin, b[0], a[0])
 		case a[1] == b[1]:

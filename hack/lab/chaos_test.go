@@ -4,13 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/routemode/routemode/agent/cniconf"
 	"github.com/routemode/routemode/agent/datapath"
@@ -74,16 +79,55 @@ func (h *harness) record(r chaosRow) {
 	}
 }
 
-// firstSwitching watches the RoutingNodes until one of them is told to
-// Switch for the RoutingMode's current generation, and returns its name:
-// the first batch is switching. It also returns the sequence of steps each
-// node was given, collected until stop is called, for checking that no
-// node is skipped or repeated.
-func (h *harness) firstSwitching(ctx context.Context) (node string, steps func() map[string][]v1alpha1.RolloutStep) {
+// rolloutPoint is where in a rollout a fault is injected, recognised from
+// the RoutingNodes a watch delivers, never from elapsed time.
+type rolloutPoint int
+
+const (
+	// fromStart: the fault is on before the new spec is applied.
+	fromStart rolloutPoint = iota
+	// afterPrepare: every node applied Prepare; the fault hits the last
+	// node (by name) not yet told to Switch.
+	afterPrepare
+	// firstSwitching: the first node is told to Switch; the fault hits it.
+	firstSwitching
+	// lastSwitching: the last node is told to Switch; the fault hits it.
+	lastSwitching
+	// finalizing: a node that switched applied Finalize; the fault hits it.
+	finalizing
+)
+
+func (p rolloutPoint) String() string {
+	return [...]string{"whole rollout", "after Prepare of all nodes", "first batch switching", "last batch switching", "during Finalize"}[p]
+}
+
+// appliedStep says whether rn's agent reports its current generation
+// applied.
+func appliedStep(rn *v1alpha1.RoutingNode) bool {
+	return rn.Status.ObservedGeneration == rn.Generation && meta.IsStatusConditionTrue(rn.Status.Conditions, v1alpha1.ConditionDatapathApplied)
+}
+
+// pointWatch follows the RoutingNodes through one rollout: the steps each
+// node was given, in order, and the order nodes were told to Switch.
+type pointWatch struct {
+	mu       sync.Mutex
+	seen     map[string][]v1alpha1.RolloutStep
+	latest   map[string]*v1alpha1.RoutingNode
+	switched []string
+	// first is the first datapath each node was given in the watch.
+	first   map[string]*v1alpha1.NodeDatapath
+	changed chan struct{}
+	stop    func()
+}
+
+// watchPoints starts following the RoutingNodes; started before the spec
+// is applied, the first events are the nodes as the previous rollout left
+// them.
+func (h *harness) watchPoints(ctx context.Context) *pointWatch {
 	h.t.Helper()
 	watcher := h.watch(ctx, &v1alpha1.RoutingNodeList{})
-	seen := map[string][]v1alpha1.RolloutStep{}
-	found := make(chan string, 1)
+	w := &pointWatch{seen: map[string][]v1alpha1.RolloutStep{}, latest: map[string]*v1alpha1.RoutingNode{},
+		first: map[string]*v1alpha1.NodeDatapath{}, changed: make(chan struct{}, 1)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -92,30 +136,105 @@ func (h *harness) firstSwitching(ctx context.Context) (node string, steps func()
 			if !ok {
 				continue
 			}
-			if s := seen[rn.Name]; len(s) == 0 || s[len(s)-1] != rn.Spec.Step {
-				seen[rn.Name] = append(s, rn.Spec.Step)
-			}
-			if rn.Spec.Step == v1alpha1.StepSwitch {
-				select {
-				case found <- rn.Name:
-				default:
+			w.mu.Lock()
+			if s := w.seen[rn.Name]; len(s) == 0 || s[len(s)-1] != rn.Spec.Step {
+				w.seen[rn.Name] = append(s, rn.Spec.Step)
+				if rn.Spec.Step == v1alpha1.StepSwitch && !slices.Contains(w.switched, rn.Name) {
+					w.switched = append(w.switched, rn.Name)
 				}
+			}
+			w.latest[rn.Name] = rn
+			if _, ok := w.first[rn.Name]; !ok && rn.Spec.Datapath != nil {
+				w.first[rn.Name] = rn.Spec.Datapath
+			}
+			w.mu.Unlock()
+			select {
+			case w.changed <- struct{}{}:
+			default:
 			}
 		}
 	}()
-	stop := func() map[string][]v1alpha1.RolloutStep {
+	w.stop = sync.OnceFunc(func() {
 		watcher.Stop()
 		<-done
-		return seen
+	})
+	h.t.Cleanup(w.stop)
+	return w
+}
+
+// target is the node p hits once the rollout reached p, "" before.
+func (w *pointWatch) target(p rolloutPoint, nodes int) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch p {
+	case afterPrepare:
+		if len(w.latest) < nodes {
+			return ""
+		}
+		last := ""
+		for _, name := range slices.Sorted(maps.Keys(w.latest)) {
+			rn := w.latest[name]
+			if !slices.Contains(w.seen[name], v1alpha1.StepPrepare) {
+				return ""
+			}
+			if rn.Spec.Step == v1alpha1.StepPrepare {
+				if !appliedStep(rn) {
+					return ""
+				}
+				last = name
+			}
+		}
+		return last
+	case firstSwitching:
+		if len(w.switched) > 0 {
+			return w.switched[0]
+		}
+	case lastSwitching:
+		if len(w.switched) == nodes {
+			return w.switched[nodes-1]
+		}
+	case finalizing:
+		for _, name := range w.switched {
+			if rn := w.latest[name]; rn.Spec.Step == v1alpha1.StepFinalize && appliedStep(rn) {
+				return name
+			}
+		}
 	}
-	select {
-	case node = <-found:
-		return node, stop
-	case <-time.After(2 * time.Minute):
-		stop()
-		h.t.Fatal("no RoutingNode was told to Switch within 2 minutes")
-		return "", nil
+	return ""
+}
+
+// waitFor returns the node p hits once the rollout reached p.
+func (w *pointWatch) waitFor(p rolloutPoint, nodes int, limit time.Duration) (string, error) {
+	timeout := time.After(limit)
+	for {
+		if node := w.target(p, nodes); node != "" {
+			return node, nil
+		}
+		select {
+		case <-w.changed:
+		case <-timeout:
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return "", fmt.Errorf("the rollout did not reach %q within %s (steps seen: %v)", p, limit, w.seen)
+		}
 	}
+}
+
+// steps stops the watch and returns the steps each node was given.
+func (w *pointWatch) steps() map[string][]v1alpha1.RolloutStep {
+	w.stop()
+	return w.snapshot()
+}
+
+// snapshot is the steps each node was given so far.
+func (w *pointWatch) snapshot() map[string][]v1alpha1.RolloutStep {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string][]v1alpha1.RolloutStep{}
+	for k, v := range w.seen {
+		out[k] = slices.Clone(v)
+	}
+	return out
 }
 
 // killAndWaitRestart SIGKILLs the supervised process name and waits until
@@ -143,72 +262,137 @@ func (h *harness) killAndWaitRestart(name string) time.Duration {
 
 // chaosOutcome is what one case saw.
 type chaosOutcome struct {
-	node   string // the first node told to Switch, where the fault was injected
+	node   string // the node the injection point chose ("" from the start)
 	report TrafficReport
 	err    error // WaitRollout's: nil when the rollout completed
 	steps  map[string][]v1alpha1.RolloutStep
+	// note is what inject reported, added to the row's outcome.
+	note string
 }
 
-// chaosRun switches the lab to spec under traffic and, once the first
-// batch is switching, runs inject; then waits for the rollout to complete
-// or stall and records the row. hitsNode says whether the fault is the
-// switching node's, whose paths are then left out of "lost outside".
-func (h *harness) chaosRun(fault, spec string, hitsNode bool, inject func(node string) time.Duration) chaosOutcome {
+// chaosCase is one row: a fault injected at a point of a switch to spec.
+type chaosCase struct {
+	fault string
+	spec  string
+	at    rolloutPoint
+	// hitsNode: the fault is the chosen node's, whose paths are then left
+	// out of "lost outside".
+	hitsNode bool
+	// inject runs the fault at the point on the node it chose and returns
+	// how long until the fault was over, and a note for the row.
+	inject func(node string) (time.Duration, string)
+	// use, when set, picks the pods the traffic runs between; all
+	// otherwise.
+	use func(PodState) bool
+	// watch, when set, is given the case's RoutingNode watch before the
+	// spec is applied.
+	watch func(*pointWatch)
+	// settle, when set, replaces waiting for the rollout: for faults after
+	// which no rollout completes by itself. The traffic still runs.
+	settle func(w *pointWatch, tr *Traffic) error
+	// after, when set, runs once the traffic stopped; what it returns is
+	// added to the row's outcome.
+	after func() string
+}
+
+// chaosRun switches the lab to c.spec under traffic, runs c.inject at
+// c.at, then waits for the rollout to complete or stall and records the
+// row.
+func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 	h.t.Helper()
 	ctx := context.Background()
-	tr, err := h.l.StartTraffic(ctx, 600, 8472)
+	use := c.use
+	if use == nil {
+		use = func(PodState) bool { return true }
+	}
+	tr, err := h.l.startTrafficBetween(ctx, 600, 8472, use)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	watchCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if out, err := h.apply(spec); err != nil {
+	w := h.watchPoints(watchCtx)
+	if c.watch != nil {
+		c.watch(w)
+	}
+	var o chaosOutcome
+	var back time.Duration
+	injected := time.Now()
+	if c.at == fromStart {
+		back, o.note = c.inject("")
+	}
+	if out, err := h.apply(c.spec); err != nil {
 		tr.Stop()
 		h.t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	var o chaosOutcome
-	var steps func() map[string][]v1alpha1.RolloutStep
-	o.node, steps = h.firstSwitching(watchCtx)
-	injected := time.Now()
-	back := inject(o.node)
-	h.t.Logf("%s: injected while %s was switching; back after %s", fault, o.node, back.Round(time.Millisecond))
-	_, o.err = h.l.WaitRollout(ctx, h.c, 3*time.Minute, func(line string) { h.t.Logf("%s: %s", fault, line) })
+	if c.at != fromStart {
+		if o.node, err = w.waitFor(c.at, len(h.l.Nodes), 2*time.Minute); err != nil {
+			tr.Stop()
+			h.t.Fatal(err)
+		}
+		injected = time.Now()
+		back, o.note = c.inject(o.node)
+	}
+	h.t.Logf("%s: injected at %q (node %q); over after %s", c.fault, c.at, o.node, back.Round(time.Millisecond))
+	if c.settle != nil {
+		o.err = c.settle(w, tr)
+	} else {
+		_, o.err = h.l.WaitRollout(ctx, h.c, 3*time.Minute, func(line string) { h.t.Logf("%s: %s", c.fault, line) })
+	}
 	recovered := time.Since(injected)
 	o.report = tr.Stop()
-	o.steps = steps()
+	o.steps = w.steps()
 	outcome := "completed"
 	if o.err != nil {
 		outcome = o.err.Error()
 	}
+	if c.after != nil {
+		o.note = strings.Join(slices.DeleteFunc([]string{o.note, c.after()}, func(s string) bool { return s == "" }), "; ")
+	}
+	if o.note != "" {
+		outcome += "; " + o.note
+	}
 	faulty := ""
-	if hitsNode {
+	if c.hitsNode {
 		faulty = o.node
 	}
-	h.record(chaosRow{fault: fault, when: "first batch switching", rollout: outcome, report: o.report,
+	h.record(chaosRow{fault: c.fault, when: c.at.String(), rollout: outcome, report: o.report,
 		lostOutside: h.lostOutside(o.report, faulty), recover: recovered})
 	return o
 }
 
 // chaosSwitch is chaosRun for faults the switch must ride out: the
 // rollout completes, nothing is lost, no TCP connection breaks, and the
-// kernels hold the invariant.
-func (h *harness) chaosSwitch(fault, spec string, hitsNode bool, inject func(node string) time.Duration) map[string][]v1alpha1.RolloutStep {
+// kernels of the nodes the traffic ran between hold the invariant.
+func (h *harness) chaosSwitch(c chaosCase) chaosOutcome {
 	h.t.Helper()
-	o := h.chaosRun(fault, spec, hitsNode, inject)
+	o := h.chaosRun(c)
 	if o.err != nil {
-		h.t.Fatalf("%s: %v", fault, o.err)
+		h.t.Fatalf("%s at %q: %v", c.fault, c.at, o.err)
 	}
-	r := o.report
+	h.noLoss(c.fault, o.report)
+	var nodes []Node
+	for _, n := range h.l.Nodes {
+		if c.use == nil || slices.ContainsFunc(h.l.Pods(), func(p PodState) bool { return p.Node == n.NS && c.use(p) }) {
+			nodes = append(nodes, n)
+		}
+	}
+	if err := h.kernelInvariantOf(nodes); err != nil {
+		h.t.Errorf("%s: after the rollout: %v", c.fault, err)
+	}
+	return o
+}
+
+// noLoss fails unless traffic flowed with no probe lost or duplicated and
+// no TCP connection broken.
+func (h *harness) noLoss(what string, r TrafficReport) {
+	h.t.Helper()
 	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.UDP.Duplicates != 0 {
-		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost", fault, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates)
+		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost", what, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates)
 	}
 	if r.TCP.Messages == 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 || r.TCP.Reconnects != 0 {
-		h.t.Errorf("%s: TCP %s; want no reset, error or reconnect", fault, r.TCP)
+		h.t.Errorf("%s: TCP %s; want no reset, error or reconnect", what, r.TCP)
 	}
-	if err := h.kernelInvariant(); err != nil {
-		h.t.Errorf("%s: after the rollout: %v", fault, err)
-	}
-	return o.steps
 }
 
 // TestChaosAgentStoppedForGood SIGKILLs the agent of the first node to
@@ -227,15 +411,15 @@ func TestChaosAgentStoppedForGood(t *testing.T) {
 			}
 		}
 	})
-	o := h.chaosRun("agent SIGKILL, never restarted (tunnel→native+bpf, healthCheckTimeout 10s)",
-		nativeSpec+"  rollout:\n    healthCheckTimeout: 10s\n", true, func(node string) time.Duration {
-			i := slices.IndexFunc(h.l.Nodes, func(n Node) bool { return n.NS == node })
+	o := h.chaosRun(chaosCase{fault: "agent SIGKILL, never restarted (tunnel→native+bpf, healthCheckTimeout 10s)",
+		spec: nativeSpec + "  rollout:\n    healthCheckTimeout: 10s\n", at: firstSwitching, hitsNode: true,
+		inject: func(node string) (time.Duration, string) {
 			if err := h.l.stopSupervised("agent-" + node); err != nil {
 				t.Fatal(err)
 			}
-			stopped = &h.l.Nodes[i]
-			return 0
-		})
+			stopped = h.l.node(node)
+			return 0, ""
+		}})
 	if o.err == nil || !strings.Contains(o.err.Error(), "stalled") || !strings.Contains(o.err.Error(), o.node) {
 		t.Errorf("rollout outcome %v; want Stalled with a message naming %s", o.err, o.node)
 	}
@@ -257,16 +441,98 @@ func TestChaosAgentStoppedForGood(t *testing.T) {
 	}
 }
 
-// TestChaosAgentKilledDuringSwitch SIGKILLs the agent of the first node to
-// switch, in both directions; its supervisor restarts it 2 s later. The
-// datapath keeps forwarding without it and the restarted agent adopts the
-// kernel state, so the rollout completes with nothing lost.
+// TestChaosAgentKilledDuringSwitch SIGKILLs the agent of the node each
+// injection point chooses, at every point of the rollout; its supervisor
+// restarts it 2 s later (doubling when the same agent is killed again
+// within a minute). The datapath keeps forwarding without it, the
+// restarted agent adopts the kernel state with no change it did not need,
+// and the rollout completes with nothing lost. make chaos runs every point
+// both ways; make test each point once, alternating directions in an
+// order that kills agents after Prepare and during Finalize with eBPF host
+// routing on, where adopting the running programs matters.
 func TestChaosAgentKilledDuringSwitch(t *testing.T) {
 	h := newHarness(t)
-	kill := func(node string) time.Duration { return h.killAndWaitRestart("agent-" + node) }
-	h.chaosSwitch("agent SIGKILL, restarted (tunnel→native+bpf)", nativeSpec, true, kill)
-	h.agentsInNodeNamespaces()
-	h.chaosSwitch("agent SIGKILL, restarted (native+bpf→tunnel)", tunnelSpec, true, kill)
+	for i, at := range []rolloutPoint{firstSwitching, afterPrepare, finalizing, lastSwitching} {
+		ways := switches
+		if !chaosFull() {
+			ways = switches[i%2 : i%2+1]
+		}
+		for _, way := range ways {
+			h.chaosSwitch(chaosCase{fault: "agent SIGKILL, restarted (" + way.name + ")", spec: way.spec, at: at, hitsNode: true, inject: h.killAgent})
+			h.agentsInNodeNamespaces()
+		}
+	}
+}
+
+// switches are the two directions of the chaos suite's switch; in this
+// order, every pair of them returns the lab to the tunnel.
+var switches = []struct{ name, spec string }{
+	{"tunnel→native+bpf", nativeSpec},
+	{"native+bpf→tunnel", tunnelSpec},
+}
+
+// chaosFull says whether to run the whole matrix (make chaos sets
+// CHAOS_FULL=1) rather than the short form make test runs.
+func chaosFull() bool { return os.Getenv("CHAOS_FULL") != "" }
+
+// adoption is the agent's log line for its first reconcile since it
+// started.
+type adoption struct {
+	Generation int64    `json:"generation"`
+	Step       string   `json:"step"`
+	Changes    []string `json:"changes"`
+}
+
+// killAgent SIGKILLs node's agent, waits until its supervisor started it
+// again and until the new agent's first reconcile logged what it changed.
+// When the killed agent had reported the generation the new one finds
+// applied, that must be nothing: the kernel kept it all. Otherwise the
+// changes are the step's own, as the note says.
+func (h *harness) killAgent(node string) (time.Duration, string) {
+	h.t.Helper()
+	log := h.l.path("logs", "agent-"+node+".log")
+	fi, err := os.Stat(log)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var rn v1alpha1.RoutingNode
+	if err := h.c.Get(context.Background(), client.ObjectKey{Name: node}, &rn); err != nil {
+		h.t.Fatal(err)
+	}
+	// What the killed agent last reported applied, maybe an earlier step.
+	var had int64
+	if meta.IsStatusConditionTrue(rn.Status.Conditions, v1alpha1.ConditionDatapathApplied) {
+		had = rn.Status.ObservedGeneration
+	}
+	back := h.killAndWaitRestart("agent-" + node)
+	var a adoption
+	if err := wait(context.Background(), time.Minute, "the restarted agent's first reconcile", func() (bool, error) {
+		b, err := os.ReadFile(log)
+		if err != nil || int64(len(b)) < fi.Size() {
+			return false, err
+		}
+		for _, line := range strings.Split(string(b[fi.Size():]), "\n") {
+			if strings.Contains(line, `"msg":"Adopted the node's kernel state"`) {
+				return true, json.Unmarshal([]byte(line), &a)
+			}
+		}
+		return false, nil
+	}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Logf("%s's restarted agent: generation %d (step %s), %d changes %q; the killed one had reported generation %d applied",
+		node, a.Generation, a.Step, len(a.Changes), a.Changes, had)
+	if a.Generation == had {
+		if len(a.Changes) != 0 {
+			h.t.Errorf("%s's restarted agent changed the kernel at generation %d, which the killed one had applied: %q", node, had, a.Changes)
+		}
+		changed := "no change"
+		if len(a.Changes) > 0 {
+			changed = fmt.Sprintf("%d changes", len(a.Changes))
+		}
+		return back, fmt.Sprintf("restarted agent: %s (generation %d already applied)", changed, had)
+	}
+	return back, fmt.Sprintf("restarted agent: %d changes applying %s (generation %d; the killed one had applied %d)", len(a.Changes), a.Step, a.Generation, had)
 }
 
 // TestChaosOperatorKilledDuringSwitch SIGKILLs the operator while the
@@ -274,20 +540,23 @@ func TestChaosAgentKilledDuringSwitch(t *testing.T) {
 // the lease back. No node is skipped or switched twice.
 func TestChaosOperatorKilledDuringSwitch(t *testing.T) {
 	h := newHarness(t)
-	kill := func(string) time.Duration { return h.killAndWaitRestart("operator") }
-	for _, tc := range []struct{ name, spec string }{
-		{"operator SIGKILL, restarted (tunnel→native+bpf)", nativeSpec},
-		{"operator SIGKILL, restarted (native+bpf→tunnel)", tunnelSpec},
-	} {
-		steps := h.chaosSwitch(tc.name, tc.spec, false, kill)
-		for node, s := range steps {
-			if n := count(s, v1alpha1.StepSwitch); n != 1 {
-				t.Errorf("%s: %s was told to Switch %d times (steps %v); want once", tc.name, node, n, s)
-			}
+	kill := func(string) (time.Duration, string) { return h.killAndWaitRestart("operator"), "" }
+	for _, way := range switches {
+		name := "operator SIGKILL, restarted (" + way.name + ")"
+		h.onceEach(name, h.chaosSwitch(chaosCase{fault: name, spec: way.spec, at: firstSwitching, inject: kill}).steps)
+	}
+}
+
+// onceEach fails unless every node was told to Switch exactly once.
+func (h *harness) onceEach(what string, steps map[string][]v1alpha1.RolloutStep) {
+	h.t.Helper()
+	for node, s := range steps {
+		if n := count(s, v1alpha1.StepSwitch); n != 1 {
+			h.t.Errorf("%s: %s was told to Switch %d times (steps %v); want once", what, node, n, s)
 		}
-		if len(steps) != len(h.l.Nodes) {
-			t.Errorf("%s: steps seen for %d nodes (%v); want all %d", tc.name, len(steps), steps, len(h.l.Nodes))
-		}
+	}
+	if len(steps) != len(h.l.Nodes) {
+		h.t.Errorf("%s: steps seen for %d nodes (%v); want all %d", what, len(steps), steps, len(h.l.Nodes))
 	}
 }
 
@@ -337,9 +606,10 @@ func TestChaosControlPlaneFrozenDuringSwitch(t *testing.T) {
 	h := newHarness(t)
 	d := chaosFreeze(t)
 	for _, component := range []string{"kube-apiserver", "etcd"} {
-		freeze := func(string) time.Duration { return h.freeze(component, d) }
-		h.chaosSwitch(fmt.Sprintf("%s frozen %s (tunnel→native+bpf)", component, d), nativeSpec, false, freeze)
-		h.chaosSwitch(fmt.Sprintf("%s frozen %s (native+bpf→tunnel)", component, d), tunnelSpec, false, freeze)
+		freeze := func(string) (time.Duration, string) { return h.freeze(component, d), "" }
+		for _, way := range switches {
+			h.chaosSwitch(chaosCase{fault: fmt.Sprintf("%s frozen %s (%s)", component, d, way.name), spec: way.spec, at: firstSwitching, inject: freeze})
+		}
 	}
 }
 
@@ -367,21 +637,13 @@ func TestChaosOperatorFailover(t *testing.T) {
 		}
 	})
 	fault := "operator leader SIGKILL, standby replica takes over (tunnel→native+bpf)"
-	steps := h.chaosSwitch(fault, nativeSpec, false, func(string) time.Duration {
+	h.onceEach(fault, h.chaosSwitch(chaosCase{fault: fault, spec: nativeSpec, at: firstSwitching, inject: func(string) (time.Duration, string) {
 		if err := h.l.stopSupervised("operator"); err != nil {
 			t.Fatal(err)
 		}
 		killed = true
-		return 0
-	})
-	for node, s := range steps {
-		if n := count(s, v1alpha1.StepSwitch); n != 1 {
-			t.Errorf("%s was told to Switch %d times (steps %v); want once", node, n, s)
-		}
-	}
-	if len(steps) != len(h.l.Nodes) {
-		t.Errorf("steps seen for %d nodes (%v); want all %d", len(steps), steps, len(h.l.Nodes))
-	}
+		return 0, ""
+	}}).steps)
 	// The standby, not a restarted first replica, finished the rollout.
 	if b, err := os.ReadFile(h.l.path("logs", "operator-standby.log")); err != nil || !strings.Contains(string(b), "Successfully acquired lease") {
 		t.Errorf("the standby replica never led (log read error %v)", err)
@@ -487,9 +749,12 @@ func (h *harness) readKernel(n Node) (kernelView, error) {
 // kernels: no node encapsulates towards a node without the tunnel (on the
 // same port), no node tunnels at full route MTU, and no two nodes that
 // send to each other differently have strict rp_filter.
-func (h *harness) kernelInvariant() error {
+func (h *harness) kernelInvariant() error { return h.kernelInvariantOf(h.l.Nodes) }
+
+// kernelInvariantOf is kernelInvariant among nodes only.
+func (h *harness) kernelInvariantOf(nodes []Node) error {
 	views := map[string]kernelView{}
-	for _, n := range h.l.Nodes {
+	for _, n := range nodes {
 		v, err := h.readKernel(n)
 		if err != nil {
 			return err

@@ -51,9 +51,11 @@ func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (*Traf
 }
 
 // startTrafficBetween runs the traffic between the pods that use selects.
-func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int, use func(PodState) bool) (t *Traffic, err error) {
+func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int, use func(PodState) bool) (_ *Traffic, err error) {
 	ctx, cancel := context.WithCancel(ctx)
-	t = &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel}
+	// Not the named result, which an error return sets to nil: this is
+	// what the deferred Stop must stop.
+	t := &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel}
 	defer func() {
 		if err != nil {
 			t.Stop()

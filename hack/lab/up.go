@@ -218,12 +218,7 @@ func (l *Lab) startAgent(ctx context.Context, cs kubernetes.Interface, n Node) e
 		"--netns", nsPath, "--to", fmt.Sprintf("127.0.0.1:%d", l.cp.apiPort)); err != nil {
 		return err
 	}
-	tok, err := agentToken(ctx, cs, n.NS)
-	if err != nil {
-		return err
-	}
-	kc := l.nodeDir(n, "kubeconfig")
-	if err := l.cp.kubeconfig(kc, fmt.Sprintf("https://127.0.0.1:%d", RelayPort), "routemode-agent", tok); err != nil {
+	if err := l.agentKubeconfig(ctx, cs, n); err != nil {
 		return err
 	}
 	l.state.Namespaces = append(l.state.Namespaces, "rmhealth-"+n.NS)
@@ -231,6 +226,16 @@ func (l *Lab) startAgent(ctx context.Context, cs kubernetes.Interface, n Node) e
 		return err
 	}
 	return l.spawnAgent(n)
+}
+
+// agentKubeconfig writes n's agent a kubeconfig with a token bound to its
+// Node, through the node's relay.
+func (l *Lab) agentKubeconfig(ctx context.Context, cs kubernetes.Interface, n Node) error {
+	tok, err := agentToken(ctx, cs, n.NS)
+	if err != nil {
+		return err
+	}
+	return l.cp.kubeconfig(l.nodeDir(n, "kubeconfig"), fmt.Sprintf("https://127.0.0.1:%d", RelayPort), "routemode-agent", tok)
 }
 
 // spawnAgent starts n's agent under a supervisor, with the kubeconfig

@@ -1,0 +1,471 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/routemode/routemode/agent/datapath"
+	"github.com/routemode/routemode/agent/health"
+	"github.com/routemode/routemode/agent/hostrouting"
+	"github.com/routemode/routemode/agent/masq"
+	"github.com/routemode/routemode/agent/podnet"
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/internal/netlab"
+)
+
+// The chaos rows that hit the nodes' kernels and underlay, and the
+// RoutingMode itself, mid-rollout (chaos_test.go has the machinery and the
+// process faults).
+
+// chaosWays are the switches a row runs: both ways under make chaos, one
+// way and back without the fault in make test's short form.
+func (h *harness) chaosWays(row func(way struct{ name, spec string })) {
+	h.t.Helper()
+	if chaosFull() {
+		for _, way := range switches {
+			row(way)
+		}
+		return
+	}
+	row(switches[0])
+	h.restore(tunnelSpec)
+	h.everyPairAnswers("back to the tunnel")
+}
+
+// nodeIndex is the 1-based index netlab gave the node in namespace ns.
+func (h *harness) nodeIndex(ns string) int {
+	return slices.IndexFunc(h.l.Nodes, func(n Node) bool { return n.NS == ns }) + 1
+}
+
+// TestChaosNodeRebooted "reboots" the first node told to Switch: its agent
+// is killed for good, everything the agent made in the node's kernel is
+// wiped (its peer routes, its health endpoint's route, the VXLAN device,
+// the eBPF programs with their pins, the masquerading table) and rp_filter
+// is strict again, as the distribution boots it; then the agent is started again. It must
+// rebuild the node from the API state and its state directory: the
+// rollout completes, the peers lose only traffic to and from that node
+// while it is down, and afterwards every pair is reachable again.
+func TestChaosNodeRebooted(t *testing.T) {
+	h := newHarness(t)
+	h.chaosWays(func(way struct{ name, spec string }) {
+		fault := "node rebooted: kernel state wiped, agent restarted (" + way.name + ")"
+		o := h.chaosRun(chaosCase{fault: fault, spec: way.spec, at: firstSwitching, hitsNode: true, inject: h.reboot})
+		if o.err != nil {
+			t.Fatalf("%s: %v", fault, o.err)
+		}
+		if lost := h.lostOutside(o.report, o.node); lost != 0 {
+			t.Errorf("%s: %d probes lost between the other nodes; want none", fault, lost)
+		}
+		if err := h.kernelInvariant(); err != nil {
+			t.Errorf("%s: after the rollout: %v", fault, err)
+		}
+		if way.spec == nativeSpec {
+			if routes, err := hostrouting.ListDirectRoutes(hostrouting.DefaultPinDir(o.node)); err != nil || len(routes) != len(h.l.Nodes)-1 {
+				t.Errorf("%s: the rebooted node's eBPF direct routes: %v %v; want one per peer", fault, routes, err)
+			}
+		}
+		h.everyPairAnswers(fault)
+	})
+}
+
+// everyPairAnswers runs fresh traffic between every pair until 300 more
+// probes were answered and fails on any loss.
+func (h *harness) everyPairAnswers(what string) {
+	h.t.Helper()
+	ctx := context.Background()
+	tr, err := h.l.StartTraffic(ctx, 300, 8472)
+	if err != nil {
+		h.t.Fatalf("%s: afterwards: %v", what, err)
+	}
+	err = tr.Answered(ctx, 300, time.Minute)
+	r := tr.Stop()
+	if err != nil {
+		h.t.Fatalf("%s: afterwards: %v", what, err)
+	}
+	h.noLoss(what+": afterwards", r)
+}
+
+// reboot stops node's agent for good, wipes what it made in the kernel and
+// starts it again, returning how long the agent was down.
+func (h *harness) reboot(node string) (time.Duration, string) {
+	h.t.Helper()
+	n := h.l.node(node)
+	start := time.Now()
+	if err := h.l.stopSupervised("agent-" + node); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.wipeKernel(*n); err != nil {
+		h.t.Fatalf("wiping %s: %v", node, err)
+	}
+	if err := h.l.spawnAgent(*n); err != nil {
+		h.t.Fatal(err)
+	}
+	return time.Since(start), ""
+}
+
+// wipeKernel removes from n's namespace everything the agent made, as a
+// reboot would, and sets rp_filter back to strict.
+func (h *harness) wipeKernel(n Node) error {
+	var errs []error
+	try := func(out string, err error) {
+		if err != nil && !strings.Contains(out, "Cannot find device") && !strings.Contains(out, "No such file or directory") {
+			errs = append(errs, err)
+		}
+	}
+	// The pods' own routes stay: the CNI plugin made them with the pods,
+	// which a real reboot takes down and the kubelet wires afresh. The
+	// health endpoint's is the agent's.
+	try(run("ip", "-n", n.NS, "route", "flush", "proto", strconv.Itoa(datapath.RouteProtocol)))
+	try(run("ip", "-n", n.NS, "route", "flush", "dev", health.LXCName, "proto", strconv.Itoa(int(podnet.RouteProtocol))))
+	try(run("ip", "-n", n.NS, "link", "del", datapath.TunnelDevice))
+	try(run("ip", "netns", "exec", n.NS, "nft", "delete", "table", "ip", masq.Table))
+	// With no agent holding them, unpinned links detach their programs.
+	if err := os.RemoveAll(hostrouting.DefaultPinDir(n.NS)); err != nil {
+		errs = append(errs, err)
+	}
+	try(run("ip", "netns", "exec", n.NS, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.eth0.rp_filter=1"))
+	return errors.Join(errs...)
+}
+
+// TestChaosUnderlayCut cuts the underlay of the last node not yet told to
+// Switch for 10 s once every node applied Prepare (its bridge port set
+// down, as TestE2EUnhealthyNodeRolledBack does), then restores it. The
+// health gate holds the rollout meanwhile: no node is told to Switch
+// beyond the batch already deciding when the cut began, and never the cut
+// node; afterwards the rollout completes; only paths through the cut node
+// lose traffic.
+func TestChaosUnderlayCut(t *testing.T) {
+	h := newHarness(t)
+	const cut = 10 * time.Second
+	h.chaosWays(func(way struct{ name, spec string }) {
+		fault := fmt.Sprintf("underlay of a node not yet switched cut for %s (%s)", cut, way.name)
+		var w *pointWatch
+		var before, during map[string][]v1alpha1.RolloutStep
+		o := h.chaosRun(chaosCase{fault: fault, spec: way.spec, at: afterPrepare, hitsNode: true,
+			watch: func(pw *pointWatch) { w = pw },
+			inject: func(node string) (time.Duration, string) {
+				port := netlab.BridgePort(h.nodeIndex(node))
+				before = w.snapshot()
+				h.linkState(port, "down")
+				// The fault's own length, not a wait for something to happen.
+				time.Sleep(cut)
+				during = w.snapshot()
+				h.linkState(port, "up")
+				return cut, ""
+			}})
+		if o.err != nil {
+			t.Fatalf("%s: %v", fault, o.err)
+		}
+		switchedBy := func(steps map[string][]v1alpha1.RolloutStep) (names []string) {
+			for name, s := range steps {
+				if slices.Contains(s, v1alpha1.StepSwitch) {
+					names = append(names, name)
+				}
+			}
+			return names
+		}
+		if got := switchedBy(during); slices.Contains(got, o.node) || len(got) > max(len(switchedBy(before)), 1) {
+			t.Errorf("%s: told to Switch by the end of the cut: %v (before it: %v); want no batch beyond the one deciding when %s was cut",
+				fault, got, switchedBy(before), o.node)
+		}
+		t.Logf("%s: %d probes lost on paths through %s", fault, o.report.UDP.Lost, o.node)
+		if lost := h.lostOutside(o.report, o.node); lost != 0 {
+			t.Errorf("%s: %d probes lost between the other nodes; want none", fault, lost)
+		}
+		if err := h.kernelInvariant(); err != nil {
+			t.Errorf("%s: after the rollout: %v", fault, err)
+		}
+		h.everyPairAnswers(fault)
+	})
+}
+
+// linkState sets an underlay bridge port up or down; a port left down by
+// a failing test is set up again.
+func (h *harness) linkState(port, state string) {
+	h.t.Helper()
+	if _, err := run("ip", "-n", h.l.state.Underlay, "link", "set", port, state); err != nil {
+		h.t.Fatal(err)
+	}
+	if state == "down" {
+		h.t.Cleanup(func() { _, _ = run("ip", "-n", h.l.state.Underlay, "link", "set", port, "up") })
+	}
+}
+
+// lossPercent is the random loss TestChaosUnderlayLoss injects.
+const lossPercent = 5
+
+// TestChaosUnderlayLoss drops 5% of the frames crossing the underlay
+// bridge, at random, for a whole rollout: every node's underlay in both
+// directions. (The rule sits on the bridge, not in the nodes' namespaces:
+// with eBPF host routing the programs redirect pods' packets at tc,
+// before any netfilter hook of the node sees them.) The rollout must
+// complete, or halt with a message that says why; no probe may be lost
+// beyond what the rule dropped: a probe crosses the bridge twice, so
+// about 1-0.95² = 9.75% of them, and never more than the frames the
+// rule's counter dropped.
+func TestChaosUnderlayLoss(t *testing.T) {
+	h := newHarness(t)
+	h.chaosWays(func(way struct{ name, spec string }) {
+		fault := fmt.Sprintf("%d%% random loss on every underlay (%s)", lossPercent, way.name)
+		var dropped int64
+		o := h.chaosRun(chaosCase{fault: fault, spec: way.spec, at: fromStart,
+			inject: func(string) (time.Duration, string) {
+				h.randomLoss()
+				return 0, ""
+			},
+			after: func() string {
+				dropped = h.randomLossDropped()
+				return fmt.Sprintf("%d frames dropped by the rule", dropped)
+			}})
+		h.noRandomLoss()
+		if o.err != nil {
+			stalled := o.err.Error()
+			if !strings.Contains(stalled, "stalled:") {
+				t.Fatalf("%s: %v; want the rollout completed or halted with a message", fault, o.err)
+			}
+			t.Logf("%s: halted: %s", fault, stalled)
+			h.restore(tunnelSpec)
+		}
+		r := o.report
+		p := 1 - math.Pow(1-lossPercent/100.0, 2)
+		bound := float64(r.UDP.Sent)*p + 5*math.Sqrt(float64(r.UDP.Sent)*p*(1-p))
+		t.Logf("%s: %d of %d probes lost (%.2f%%; injected ≈ %.2f%%), %d frames dropped by the rule; TCP %s",
+			fault, r.UDP.Lost, r.UDP.Sent, 100*float64(r.UDP.Lost)/float64(max(r.UDP.Sent, 1)), 100*p, dropped, r.TCP)
+		if r.UDP.Sent == 0 || r.UDP.Lost > dropped || float64(r.UDP.Lost) > bound {
+			t.Errorf("%s: %d of %d probes lost with %d frames dropped; want at most the dropped frames and %.0f (%.2f%% + 5σ)",
+				fault, r.UDP.Lost, r.UDP.Sent, dropped, bound, 100*p)
+		}
+		if r.TCP.Messages == 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 {
+			t.Errorf("%s: TCP %s; want no reset or error (TCP retransmits what the rule drops)", fault, r.TCP)
+		}
+		if err := h.kernelInvariant(); err != nil {
+			t.Errorf("%s: after the rollout: %v", fault, err)
+		}
+	})
+}
+
+// lossTable is the nftables table of the injected loss, in the underlay's
+// namespace.
+const lossTable = "rmchaos"
+
+func (h *harness) randomLoss() {
+	h.t.Helper()
+	rules := fmt.Sprintf("table bridge %s {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  numgen random mod 100 < %d counter drop\n }\n}\n", lossTable, lossPercent)
+	f := h.t.TempDir() + "/loss.nft"
+	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := run("ip", "netns", "exec", h.l.state.Underlay, "nft", "-f", f); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(h.noRandomLoss)
+}
+
+// noRandomLoss removes the loss, if it is there.
+func (h *harness) noRandomLoss() {
+	if out, err := run("ip", "netns", "exec", h.l.state.Underlay, "nft", "delete", "table", "bridge", lossTable); err != nil && !strings.Contains(out, "No such file or directory") {
+		h.t.Error(err)
+	}
+}
+
+var counterPackets = regexp.MustCompile(`counter packets (\d+)`)
+
+// randomLossDropped is what the loss rule's counter dropped so far.
+func (h *harness) randomLossDropped() int64 {
+	h.t.Helper()
+	out, err := run("ip", "netns", "exec", h.l.state.Underlay, "nft", "list", "table", "bridge", lossTable)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	m := counterPackets.FindStringSubmatch(out)
+	if m == nil {
+		h.t.Fatalf("no counter in the loss table:\n%s", out)
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return n
+}
+
+// TestChaosSpecChangedMidRollout edits the RoutingMode back to the tunnel
+// while the last node switches to native, and deletes it while the first
+// node switches. Documented behaviour (docs/reliability.md): an edit
+// reverses the rollout from where it is, and it completes in the new
+// mode; a deletion stops the rollout where it is, every node keeping its
+// last step (the switching node finishes it), which is safe because every
+// node already receives both ways. Neither may leave a pair unable to
+// reach each other: nothing is lost, the kernels hold the invariant in the
+// state the deletion left and after the RoutingMode is applied again.
+func TestChaosSpecChangedMidRollout(t *testing.T) {
+	h := newHarness(t)
+	// Each edit starts from the mode it then returns to.
+	type edit struct {
+		fault, spec, back string
+		at                rolloutPoint
+	}
+	edits := []edit{{"RoutingMode edited back to the tunnel (tunnel→native+bpf→tunnel)", nativeSpec, tunnelSpec, lastSwitching}}
+	if chaosFull() {
+		edits = append(edits,
+			edit{"RoutingMode edited back to the tunnel (tunnel→native+bpf→tunnel)", nativeSpec, tunnelSpec, firstSwitching},
+			edit{"RoutingMode edited back to native (native+bpf→tunnel→native+bpf)", tunnelSpec, nativeSpec, lastSwitching})
+	}
+	for _, e := range edits {
+		h.restore(e.back)
+		h.chaosSwitch(chaosCase{fault: e.fault, spec: e.spec, at: e.at, inject: func(string) (time.Duration, string) {
+			if out, err := h.apply(e.back); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			return 0, ""
+		}})
+		h.allSendVia(e.back == tunnelSpec)
+	}
+	h.restore(tunnelSpec)
+	var left string
+	h.chaosSwitch(chaosCase{fault: "RoutingMode deleted, then the tunnel applied again (tunnel→native+bpf)", spec: nativeSpec, at: firstSwitching,
+		inject: func(string) (time.Duration, string) {
+			if _, err := h.l.Kubectl("delete", "routingmode", "default"); err != nil {
+				t.Fatal(err)
+			}
+			return 0, ""
+		},
+		settle: func(_ *pointWatch, tr *Traffic) error {
+			ctx := context.Background()
+			var steps []string
+			if err := wait(ctx, time.Minute, "every node to apply its last step", func() (bool, error) {
+				var rns v1alpha1.RoutingNodeList
+				if err := h.c.List(ctx, &rns); err != nil {
+					return false, err
+				}
+				steps = nil
+				for _, rn := range rns.Items {
+					if !appliedStep(&rn) {
+						return false, nil
+					}
+					steps = append(steps, fmt.Sprintf("%s %s→%s", rn.Name, rn.Spec.Step, rn.Spec.Datapath.SendMode))
+				}
+				return true, nil
+			}); err != nil {
+				return err
+			}
+			if err := tr.Answered(ctx, 300, time.Minute); err != nil {
+				return err
+			}
+			if err := h.kernelInvariant(); err != nil {
+				return fmt.Errorf("in the state the deletion left (%s): %w", strings.Join(steps, ", "), err)
+			}
+			left = "stopped with " + strings.Join(steps, ", ") + "; the tunnel applied again: completed"
+			if out, err := h.apply(tunnelSpec); err != nil {
+				return fmt.Errorf("%w\n%s", err, out)
+			}
+			_, err := h.l.WaitRollout(ctx, h.c, 3*time.Minute, func(line string) { t.Logf("after the deletion: %s", line) })
+			return err
+		},
+		after: func() string { return left }})
+	h.allSendVia(true)
+}
+
+// allSendVia fails unless every node routes every peer into the tunnel
+// (tunnel true) or none does, read from the kernels.
+func (h *harness) allSendVia(tunnel bool) {
+	h.t.Helper()
+	for _, n := range h.l.Nodes {
+		v, err := h.readKernel(n)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		for peer, via := range v.viaTunnel {
+			if via != tunnel {
+				h.t.Errorf("%s routes %s into the tunnel: %v; want %v", n.NS, peer, via, tunnel)
+			}
+		}
+	}
+}
+
+// TestChaosNodeRemovedAndAdded takes the last node out of the cluster
+// while the first batch switches to native (its agent stopped for good and
+// its Node deleted, as a drained machine leaves), and brings it back as a
+// new node while the first batch of the switch back to the tunnel
+// switches (its kernel wiped as a fresh machine's, its Node registered
+// again, its agent started). The traffic runs between the other nodes'
+// pods, which must lose nothing. Removed: its RoutingNode is deleted, the
+// rollout completes on the others and their kernels drop its routes.
+// Added: its first datapath receives both ways (the tunnel device, loose
+// rp_filter) before it takes part, the rollout completes with it, and
+// afterwards every pair, its pod's included, answers.
+func TestChaosNodeRemovedAndAdded(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	gone := h.l.Nodes[len(h.l.Nodes)-1]
+	others := h.l.Nodes[:len(h.l.Nodes)-1]
+	elsewhere := func(p PodState) bool { return p.Node != gone.NS }
+	removed := false
+	t.Cleanup(func() {
+		// Whatever happened, the lab's other tests need the node.
+		if removed {
+			if err := h.l.addNode(ctx, gone); err != nil {
+				t.Errorf("adding %s again: %v", gone.NS, err)
+			}
+			h.restore(tunnelSpec)
+		}
+	})
+	fault := "node removed: agent stopped, Node deleted (tunnel→native+bpf)"
+	h.chaosSwitch(chaosCase{fault: fault, spec: nativeSpec, at: firstSwitching, use: elsewhere,
+		inject: func(string) (time.Duration, string) {
+			if err := h.l.removeNode(ctx, gone); err != nil {
+				t.Fatal(err)
+			}
+			removed = true
+			return 0, ""
+		}})
+	var rn v1alpha1.RoutingNode
+	if err := h.c.Get(ctx, client.ObjectKey{Name: gone.Name}, &rn); !apierrors.IsNotFound(err) {
+		t.Errorf("%s: %s's RoutingNode: %v; want it deleted", fault, gone.Name, err)
+	}
+	for _, n := range others {
+		out, err := run("ip", "-n", n.NS, "route", "show", gone.PodCIDR.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(out) != "" {
+			t.Errorf("%s: %s still routes the removed node's pods: %s", fault, n.NS, out)
+		}
+	}
+
+	fault = "node added: kernel wiped, Node registered, agent started (native+bpf→tunnel)"
+	var w *pointWatch
+	h.chaosSwitch(chaosCase{fault: fault, spec: tunnelSpec, at: firstSwitching, use: elsewhere,
+		watch: func(pw *pointWatch) { w = pw },
+		inject: func(string) (time.Duration, string) {
+			if err := h.wipeKernel(gone); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.l.addNode(ctx, gone); err != nil {
+				t.Fatal(err)
+			}
+			removed = false
+			return 0, ""
+		}})
+	w.mu.Lock()
+	first := w.first[gone.Name]
+	w.mu.Unlock()
+	if first == nil || first.Tunnel != v1alpha1.TunnelVXLAN || !first.LooseRPFilter {
+		t.Errorf("%s: %s's first datapath %+v; want it to receive both ways (VXLAN and loose rp_filter)", fault, gone.Name, first)
+	}
+	if err := h.kernelInvariant(); err != nil {
+		t.Errorf("%s: after the rollout: %v", fault, err)
+	}
+	h.everyPairAnswers(fault)
+}

@@ -388,7 +388,9 @@ func (h *harness) chaosSwitch(c chaosCase) chaosOutcome {
 func (h *harness) noLoss(what string, r TrafficReport) {
 	h.t.Helper()
 	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.UDP.Duplicates != 0 {
-		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost", what, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates)
+		// The whole report: a loss of the tool (send errors, its own
+		// socket's drops) reads differently from one of the network.
+		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost: UDP %s; lost by pair %v", what, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates, r.UDP, r.LostByPair)
 	}
 	if r.TCP.Messages == 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 || r.TCP.Reconnects != 0 {
 		h.t.Errorf("%s: TCP %s; want no reset, error or reconnect", what, r.TCP)

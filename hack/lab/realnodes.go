@@ -76,6 +76,10 @@ func cgroupControllers() ([]string, error) {
 	return out, sc.Err()
 }
 
+// nodeCgroupPrefix begins the name of every node's cgroupRoot: only
+// cgroups of that name are ever killed and removed with what is below.
+const nodeCgroupPrefix = "routemode-lab-"
+
 // labCgroup is the memory cgroup this process runs in: the nodes' cgroups
 // go below it (in every hierarchy, at the same path, as the cgroupfs
 // driver requires), never at a hierarchy's root.
@@ -137,12 +141,21 @@ func (l *Lab) makeCgroup(path string) error {
 	return nil
 }
 
-// removeCgroups kills every task left in the recorded cgroups (containers
-// whose shims are gone) and removes them with what the kubelet made below,
-// deepest first.
+// removeCgroups kills every task left in the recorded nodes' cgroups
+// (containers whose shims are gone) and removes them with what the kubelet
+// made below, deepest first. A recorded parent (made because it was
+// missing in a hierarchy) is only removed when empty: other labs' nodes,
+// and in some hierarchies every process of the machine's session, may be
+// below it by now, and must not be killed.
 func removeCgroups(dirs []string) error {
 	var errs []error
 	for _, d := range slices.Backward(dirs) {
+		if !strings.HasPrefix(filepath.Base(d), nodeCgroupPrefix) {
+			if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) {
+				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", d, err))
+			}
+			continue
+		}
 		var tree []string
 		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
 			if err == nil && e.IsDir() {
@@ -384,7 +397,7 @@ func (l *Lab) startRealNode(n Node) error {
 	if err != nil {
 		return err
 	}
-	cgroup := filepath.Join(base, "routemode-lab-"+n.NS)
+	cgroup := filepath.Join(base, nodeCgroupPrefix+n.NS)
 	if err := l.makeCgroup(cgroup); err != nil {
 		return fmt.Errorf("node %s's cgroup: %w", n.NS, err)
 	}

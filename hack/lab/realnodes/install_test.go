@@ -146,7 +146,7 @@ func testSwitch(t *testing.T, h *harness) {
 	}
 	backends := h.echoPods(t)
 	for _, r := range results {
-		h.checkTraffic(t, r.Name, r.Traffic, false)
+		h.checkTraffic(t, r.Name, r.Traffic, "")
 		for _, b := range backends {
 			if r.Traffic.Service != nil && r.Traffic.Service.Backends[b.Name] == 0 {
 				t.Errorf("%s: backend %s answered no request: %s", r.Name, b.Name, r.Traffic.Service.Window)
@@ -156,10 +156,9 @@ func testSwitch(t *testing.T, h *harness) {
 }
 
 // checkTraffic fails unless traffic ran and none of it was lost or reset,
-// and, unless a backend was killed on purpose (killed), no Service request
-// failed: until kube-proxy has removed a dead backend, connections to it
-// fail whatever the network does.
-func (h *harness) checkTraffic(t *testing.T, name string, r lab.TrafficReport, killed bool) {
+// and, unless serviceMayFail says why they may, no Service request
+// failed; failed requests are always reported.
+func (h *harness) checkTraffic(t *testing.T, name string, r lab.TrafficReport, serviceMayFail string) {
 	t.Helper()
 	s := r.Service
 	if s == nil {
@@ -175,7 +174,10 @@ func (h *harness) checkTraffic(t *testing.T, name string, r lab.TrafficReport, k
 	if r.UDP.Lost != 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 {
 		t.Errorf("%s: lost %d of %d probes, %d TCP resets, %d TCP errors", name, r.UDP.Lost, r.UDP.Sent, r.TCP.Resets, r.TCP.Errors)
 	}
-	if s.Failed != 0 && !killed {
+	switch {
+	case s.Failed != 0 && serviceMayFail == "":
 		t.Errorf("%s: %d of %d Service requests failed (last: %s)", name, s.Failed, s.Sent, s.LastError)
+	case s.Failed != 0:
+		t.Logf("%s: %d of %d Service requests failed (last: %s), not counted as a failure: %s", name, s.Failed, s.Sent, s.LastError, serviceMayFail)
 	}
 }

@@ -71,16 +71,21 @@ func testChurn(t *testing.T, h *harness) {
 		t.Logf("+%.1fs new pod %s (%s on %s) Ready, and answered from every node %s later, %s",
 			time.Since(switchStart).Seconds(), p.Name, p.IP, p.Node, d.Round(time.Millisecond), when())
 	}
+	// The API server reports the new sandbox's address a moment after
+	// the old one is gone: wait for a Ready pod of that name in another
+	// network namespace.
+	var reborn lab.PodState
 	d := waitFor(t, 2*time.Minute, "pod "+victim.Name+" in a new sandbox", func() bool {
-		_, err := os.Stat(victim.NSPath)
 		ready, _ := h.l.Kubectl("get", "pod", victim.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
-		return errors.Is(err, os.ErrNotExist) && strings.TrimSpace(ready) == "True"
+		pods, err := h.l.PodsOf(ctx, "app="+lab.EchoDeployment)
+		i := slices.IndexFunc(pods, func(p lab.PodState) bool { return p.Name == victim.Name })
+		if err != nil || i < 0 || pods[i].NSPath == victim.NSPath || strings.TrimSpace(ready) != "True" {
+			return false
+		}
+		reborn = pods[i]
+		_, err = os.Stat(victim.NSPath)
+		return errors.Is(err, os.ErrNotExist)
 	})
-	i := slices.IndexFunc(h.echoPods(t), func(p lab.PodState) bool { return p.Name == victim.Name })
-	if i < 0 {
-		t.Fatalf("pod %s is not running", victim.Name)
-	}
-	reborn := h.echoPods(t)[i]
 	t.Logf("+%.1fs pod %s back in a new sandbox (%s, was %s) %s after the kill, answering from every node %s later, %s",
 		time.Since(switchStart).Seconds(), victim.Name, reborn.IP, victim.IP, d.Round(time.Millisecond),
 		h.reachable(t, reborn, 20*time.Second).Round(time.Millisecond), when())

@@ -103,7 +103,7 @@ func testUninstall(t *testing.T, h *harness) {
 		// The health endpoint lives as long as the agent: its network
 		// namespace is mounted in the agent's container only.
 		after := h.nodeState(t, i)
-		if strings.Contains(after, health.LXCName) {
+		if slices.ContainsFunc(strings.Split(after, "\n"), isHealthDevice) {
 			t.Errorf("%s: the health endpoint (%s) outlived the agent:\n%s", n.NS, health.LXCName, after)
 		}
 		if want := withoutHealth(before[i]); after != want {
@@ -161,8 +161,13 @@ func (h *harness) nodeState(t *testing.T, i int) string {
 }
 
 // withoutHealth is a node's state without the health endpoint's device and
-// route.
+// route; the pin of its eBPF link stays, defunct, with the others.
 func withoutHealth(state string) string {
-	lines := strings.Split(state, "\n")
-	return strings.Join(slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, health.LXCName) }), "\n")
+	return strings.Join(slices.DeleteFunc(strings.Split(state, "\n"), isHealthDevice), "\n")
+}
+
+// isHealthDevice says whether a line of `ip link` or `ip route` is the
+// health endpoint's device or route.
+func isHealthDevice(line string) bool {
+	return strings.Contains(line, health.LXCName+"@") || strings.Contains(line, "dev "+health.LXCName+" ")
 }

@@ -124,7 +124,7 @@ node-deps:
 ##@ Test
 
 .PHONY: test
-test: envtest-bin ## Run every test: units, the API server tests, and the kernel tests (as root).
+test: envtest-bin node-bin ## Run every test: units, the API server tests, the kernel tests and the real-node end to end (as root).
 	KUBEBUILDER_ASSETS=$(K8S_BIN) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: chaos
@@ -135,8 +135,8 @@ chaos: envtest-bin ## Run the chaos suite in the lab (faults during a live switc
 	echo "|---|---|---|---|---|---|---|---|"; cat $(BIN)/chaos-table.md
 
 .PHONY: test-realnodes
-test-realnodes: envtest-bin node-bin images ## Run the end-to-end tests on real nodes (containerd, kubelet, kube-proxy; root; not yet in make test).
-	$(GO) test -tags realnodes -count=1 -v -timeout $(TEST_TIMEOUT) ./hack/lab/realnodes
+test-realnodes: envtest-bin node-bin ## Run only the end-to-end test on real nodes (containerd, kubelet, kube-proxy; root; part of make test).
+	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./hack/lab/realnodes
 
 .PHONY: bench-datapath
 bench-datapath: ## Benchmark cross-node pod traffic: baseline, legacy, legacy+netfilter, bpf, tunnel (root).

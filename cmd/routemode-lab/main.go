@@ -64,7 +64,8 @@ func run(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&cfg.K8sBin, "k8s-bin", filepath.Join(root, "bin", "k8s"), "directory of kube-apiserver, etcd and kubectl")
 	fs.BoolVar(&cfg.RealNodes, "real-nodes", false, "up: run containerd, kubelet and kube-proxy on the nodes and install routemode from config/default")
 	fs.StringVar(&cfg.NodeBin, "node-bin", filepath.Join(root, "bin", "node"), "directory of the real nodes' binaries (make node-bin)")
-	images := fs.String("images", filepath.Join(root, "bin", "images", "routemode-operator.tar")+","+filepath.Join(root, "bin", "images", "routemode-agent.tar"),
+	images := fs.String("images", strings.Join([]string{filepath.Join(root, "bin", "images", "routemode-operator.tar"),
+		filepath.Join(root, "bin", "images", "routemode-agent.tar"), filepath.Join(root, "bin", "images", lab.EchoArchive)}, ","),
 		"up --real-nodes: comma-separated image archives to import into every node (make images)")
 	keep := fs.Bool("keep", os.Getenv("DEMO_KEEP") != "0", "demo: leave the lab up afterwards (DEMO_KEEP=0 removes it)")
 	rate := fs.Int("rate", 1000, "demo: probes per second in all")
@@ -127,6 +128,9 @@ func demo(ctx context.Context, cfg lab.Config, keep bool, rate int) error {
 		for _, r := range results {
 			if r.Traffic.UDP.Lost != 0 || r.Traffic.TCP.Resets != 0 {
 				err = fmt.Errorf("%s lost %d probes and reset %d TCP connections", r.Name, r.Traffic.UDP.Lost, r.Traffic.TCP.Resets)
+			}
+			if s := r.Traffic.Service; s != nil && s.Failed != 0 {
+				err = errors.Join(err, fmt.Errorf("%s: %d of %d requests to the Service failed: %s", r.Name, s.Failed, s.Sent, s.LastError))
 			}
 		}
 	}

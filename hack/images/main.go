@@ -7,7 +7,9 @@
 //
 // build compiles the binaries the way the Dockerfile does (static,
 // -trimpath, no VCS stamp) and writes one image archive per image,
-// <dir>/<repository>.tar, tagged <registry>/<repository>:<tag>.
+// <dir>/<repository>.tar, tagged <registry>/<repository>:<tag>: the
+// operator's, the agent's and the real-node lab's workload (routemode-echo);
+// push pushes the first two.
 //
 // single writes an image archive of one static binary built elsewhere, the
 // way build writes routemode's: the lab's pause image and test workloads.
@@ -23,6 +25,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 
 	"github.com/google/go-containerregistry/pkg/name"
 
@@ -83,7 +86,8 @@ func build(ctx context.Context, dir, registry, tag, arch string) error {
 	}
 	defer os.RemoveAll(bin)
 	// The Dockerfile's build stage, flag for flag.
-	args := append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", bin + "/"}, images.Packages(images.All...)...)
+	specs := append(slices.Clone(images.All), images.Echo)
+	args := append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", bin + "/"}, images.Packages(specs...)...)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch, "GOFLAGS=-buildvcs=false")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -93,7 +97,7 @@ func build(ctx context.Context, dir, registry, tag, arch string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for _, spec := range images.All {
+	for _, spec := range specs {
 		ref, err := images.Ref(registry, spec, tag)
 		if err != nil {
 			return err

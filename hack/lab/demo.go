@@ -105,10 +105,19 @@ func (d *Demo) Run(ctx context.Context) ([]SwitchResult, error) {
 	if err := d.kubectl("get", "routingmode,routingnodes"); err != nil {
 		return nil, err
 	}
-	pods := d.Lab.Pods()
-	d.say("\nPods (named network namespaces, wired by routemode-cni):")
-	for _, p := range pods {
-		d.say("  %-8s on %-7s %s", p.Name, p.Node, p.IP)
+	if d.Lab.Real() {
+		if err := d.kubectl("get", "pods", "-A", "-o", "wide"); err != nil {
+			return nil, err
+		}
+		e := d.Lab.state.Echo
+		d.say("\nService traffic: %s on %s requests the ClusterIP %s (Service %s) %d times a second, each on a new connection,",
+			e.Client.Name, e.Client.Node, e.ServiceIP, EchoDeployment, echoRate)
+		d.say("through kube-proxy's rules to the %s pods on the other nodes.", EchoDeployment)
+	} else {
+		d.say("\nPods (named network namespaces, wired by routemode-cni):")
+		for _, p := range d.Lab.Pods() {
+			d.say("  %-8s on %-7s %s", p.Name, p.Node, p.IP)
+		}
 	}
 	node1 := d.Lab.Nodes[0].NS
 	d.nodeCmd(node1, "ip", "route")
@@ -252,6 +261,12 @@ func (d *Demo) switchTo(ctx context.Context, name, sample, explain string) (Swit
 	r.Traffic = t.Stop()
 	d.say("Underlay after: %s", r.After)
 	d.say("Traffic during the switch: UDP %s; TCP %s", r.Traffic.UDP, r.Traffic.TCP)
+	if s := r.Traffic.Service; s != nil {
+		d.say("Service requests during the switch: %s", s.Window)
+		if s.Err != nil {
+			return r, s.Err
+		}
+	}
 	return r, nil
 }
 
@@ -261,11 +276,20 @@ func summary(s probe.CaptureStats) CaptureSummary {
 
 func (d *Demo) table(results []SwitchResult) {
 	w := tabwriter.NewWriter(d.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "Switch\tDuration\tProbes sent\tLost\tDuplicated\tLargest gap (when)\tTCP conns\tTCP resets\tUnderlay before\tUnderlay after")
+	service := d.Lab.state.Echo != nil
+	head := "Switch\tDuration\tProbes sent\tLost\tDuplicated\tLargest gap (when)\tTCP conns\tTCP resets"
+	if service {
+		head += "\tService requests\tFailed"
+	}
+	fmt.Fprintln(w, head+"\tUnderlay before\tUnderlay after")
 	for _, r := range results {
-		fmt.Fprintf(w, "%s\t%.1fs\t%d\t%d\t%d\t%s (%.1fs)\t%d\t%d\t%s\t%s\n", r.Name, r.Duration.Seconds(), r.Traffic.UDP.Sent, r.Traffic.UDP.Lost,
+		fmt.Fprintf(w, "%s\t%.1fs\t%d\t%d\t%d\t%s (%.1fs)\t%d\t%d", r.Name, r.Duration.Seconds(), r.Traffic.UDP.Sent, r.Traffic.UDP.Lost,
 			r.Traffic.UDP.Duplicates, r.Traffic.UDP.LargestGap.Round(100*time.Microsecond), r.Traffic.UDP.LargestGapAt.Seconds(),
-			r.Traffic.Pairs, r.Traffic.TCP.Resets, r.Before, r.After)
+			r.Traffic.Pairs, r.Traffic.TCP.Resets)
+		if s := r.Traffic.Service; service && s != nil {
+			fmt.Fprintf(w, "\t%d\t%d", s.Sent, s.Failed)
+		}
+		fmt.Fprintf(w, "\t%s\t%s\n", r.Before, r.After)
 	}
 	w.Flush()
 	fmt.Fprintf(d.Out, "Each switch began %s after its traffic started; the largest gap between two answers on any stream, and when it began, is in the table.\n", d.Window)

@@ -84,6 +84,8 @@ type State struct {
 	// cgroup directories the lab made for them.
 	NodePIDs []int    `json:"nodePIDs,omitempty"`
 	Cgroups  []string `json:"cgroups,omitempty"`
+	// Echo is the real nodes' Service workload (echo.go).
+	Echo *EchoState `json:"echo,omitempty"`
 }
 
 // PodState is one pod of the lab.

@@ -76,6 +76,10 @@ func cgroupControllers() ([]string, error) {
 	return out, sc.Err()
 }
 
+// nodeCgroupPrefix begins the name of every node's cgroupRoot: only
+// cgroups of that name are ever killed and removed with what is below.
+const nodeCgroupPrefix = "routemode-lab-"
+
 // labCgroup is the memory cgroup this process runs in: the nodes' cgroups
 // go below it (in every hierarchy, at the same path, as the cgroupfs
 // driver requires), never at a hierarchy's root.
@@ -137,12 +141,21 @@ func (l *Lab) makeCgroup(path string) error {
 	return nil
 }
 
-// removeCgroups kills every task left in the recorded cgroups (containers
-// whose shims are gone) and removes them with what the kubelet made below,
-// deepest first.
+// removeCgroups kills every task left in the recorded nodes' cgroups
+// (containers whose shims are gone) and removes them with what the kubelet
+// made below, deepest first. A recorded parent (made because it was
+// missing in a hierarchy) is only removed when empty: other labs' nodes,
+// and in some hierarchies every process of the machine's session, may be
+// below it by now, and must not be killed.
 func removeCgroups(dirs []string) error {
 	var errs []error
 	for _, d := range slices.Backward(dirs) {
+		if !strings.HasPrefix(filepath.Base(d), nodeCgroupPrefix) {
+			if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) {
+				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", d, err))
+			}
+			continue
+		}
 		var tree []string
 		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
 			if err == nil && e.IsDir() {
@@ -384,7 +397,7 @@ func (l *Lab) startRealNode(n Node) error {
 	if err != nil {
 		return err
 	}
-	cgroup := filepath.Join(base, "routemode-lab-"+n.NS)
+	cgroup := filepath.Join(base, nodeCgroupPrefix+n.NS)
 	if err := l.makeCgroup(cgroup); err != nil {
 		return fmt.Errorf("node %s's cgroup: %w", n.NS, err)
 	}
@@ -416,7 +429,17 @@ func (l *Lab) startRealNode(n Node) error {
 		"/bin/bash", filepath.Join(dir, "node.sh"), dir, n.Name, l.cfg.NodeBin, n.IP.String(), netlab.OutsideIP.String()); err != nil {
 		return err
 	}
-	l.state.NodePIDs = append(l.state.NodePIDs, l.state.PIDs[len(l.state.PIDs)-1])
+	// The supervised process holds the node's namespaces (nsenter and
+	// unshare exec the script in place), not its supervisor, which stays
+	// in the host's.
+	var pid int
+	if err := wait(context.Background(), 30*time.Second, "node "+n.NS+"'s process to start", func() (bool, error) {
+		pid, err = l.supervisedPID("node-" + n.NS)
+		return err == nil, err
+	}); err != nil {
+		return err
+	}
+	l.state.NodePIDs = append(l.state.NodePIDs, pid)
 	return l.saveState()
 }
 
@@ -433,6 +456,16 @@ func (l *Lab) inNode(ctx context.Context, i int, args ...string) (string, error)
 	}
 	return string(out), nil
 }
+
+// Routemodectl runs routemodectl on node i, in its network and mount
+// namespaces: its bpffs holds the agent's pins.
+func (l *Lab) Routemodectl(ctx context.Context, i int, args ...string) (string, error) {
+	return l.inNode(ctx, i, append([]string{filepath.Join(l.cfg.Bin, "routemodectl")}, args...)...)
+}
+
+// NodeRoot is node i's root directory as its containerd and kubelet see
+// it (/etc/cni/net.d, /opt/cni/bin, /run, its bpffs), seen from the host.
+func (l *Lab) NodeRoot(i int) string { return fmt.Sprintf("/proc/%d/root", l.nodePID(i)) }
 
 // Load imports image archives into every node's containerd under the names
 // they carry, as `kind load image-archive` does: pods then start from them
@@ -483,6 +516,47 @@ func stopRealNodes(pids []int) {
 		}
 		waitGone(left, 5*time.Second)
 	}
+}
+
+// inotifyPerNode is how many inotify instances one real node holds, as
+// counted in this lab: the kubelet 5, containerd 2, kube-proxy 1 and the
+// agent 1; inotifyControlPlane is kube-controller-manager's and the
+// API server's.
+const (
+	inotifyPerNode      = 9
+	inotifyControlPlane = 2
+)
+
+// checkInotify refuses to start nodes that would run out of inotify
+// instances: fs.inotify.max_user_instances (128 on many hosts) counts
+// every process of the user, other labs' included, and a kubelet or
+// containerd without one fails in ways that do not say so. It counts the
+// instances of every process, which errs on the safe side when other
+// users hold some. The lab never raises the limit itself: that is the
+// host's setting.
+func checkInotify(nodes int) error {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+	if err != nil {
+		return err
+	}
+	limit, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	used := 0
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil && target == "anon_inode:inotify" {
+			used++
+		}
+	}
+	need := nodes*inotifyPerNode + inotifyControlPlane
+	if used+need > limit {
+		return fmt.Errorf("%d real nodes need about %d inotify instances (%d each, %d for the control plane), but %d of fs.inotify.max_user_instances=%d are in use: "+
+			"stop other labs, use fewer nodes, or raise the limit yourself (sysctl -w fs.inotify.max_user_instances=512); the lab does not change it",
+			nodes, need, inotifyPerNode, inotifyControlPlane, used, limit)
+	}
+	return nil
 }
 
 // upReal brings up the real nodes once the API server runs, imports the
@@ -593,43 +667,22 @@ const pauseImage = "registry.k8s.io/pause:3.10.2"
 
 // addRealPods runs realPods and records each pod with its network
 // namespace, found through the node's mount namespace (/proc/PID/root) by
-// the address on its eth0.
+// the address on its eth0, then the Service workload (echo.go).
 func (l *Lab) addRealPods(ctx context.Context) error {
-	manifest := l.path("lab-pods.yaml")
-	if err := os.WriteFile(manifest, []byte(render(realPods, "{{PAUSE}}", pauseImage)), 0o600); err != nil {
-		return err
-	}
-	if _, err := l.Apply(manifest); err != nil {
+	if err := l.applyRendered("lab-pods.yaml", realPods, "{{PAUSE}}", pauseImage); err != nil {
 		return err
 	}
 	if _, err := l.Kubectl("rollout", "status", "daemonset/lab-pods", "--timeout=3m"); err != nil {
 		return err
 	}
-	out, err := l.Kubectl("get", "pods", "-l", "app=lab-pods", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}`)
-	if err != nil {
+	var err error
+	if l.state.Pods, err = l.PodsOf(ctx, "app=lab-pods"); err != nil {
 		return err
 	}
-	l.state.Pods = nil
-	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 3 {
-			return fmt.Errorf("pod line %q: want name, node and address", line)
-		}
-		ip, err := netip.ParseAddr(f[2])
-		if err != nil {
-			return err
-		}
-		i := slices.IndexFunc(l.Nodes, func(n Node) bool { return n.Name == f[1] })
-		if i < 0 {
-			return fmt.Errorf("pod %s on unknown node %s", f[0], f[1])
-		}
-		ns, err := l.podNetns(ctx, i, ip)
-		if err != nil {
-			return fmt.Errorf("pod %s: %w", f[0], err)
-		}
-		l.state.Pods = append(l.state.Pods, PodState{Name: f[0], Node: l.Nodes[i].NS, IP: ip, NSPath: ns})
+	if err := l.saveState(); err != nil {
+		return err
 	}
-	return l.saveState()
+	return l.addEcho(ctx)
 }
 
 // podNetns finds the network namespace containerd made on node i for the

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/routemode/routemode/hack/lab/echostats"
 	"github.com/routemode/routemode/internal/probe"
 )
 
@@ -29,7 +30,9 @@ type Traffic struct {
 	streams  map[string]*probe.Stream
 	tcp      map[string]*probe.TCPCheck
 	captures map[string]*probe.Capture
-	cancel   context.CancelFunc
+	// service reads the Service client's counts, on real nodes.
+	service func() (echostats.Window, error)
+	cancel  context.CancelFunc
 }
 
 // TrafficReport is what the traffic saw.
@@ -43,6 +46,16 @@ type TrafficReport struct {
 	// LostByPair is UDP.Lost per pod pair, keyed "src->dst" by pod name,
 	// to tell loss on paths through a faulty node from loss elsewhere.
 	LostByPair map[string]int64
+	// Service is what the Service workload's client counted, on real
+	// nodes; nil otherwise.
+	Service *ServiceReport
+}
+
+// ServiceReport is the requests to the ClusterIP Service over the
+// traffic's time, or why they could not be read.
+type ServiceReport struct {
+	echostats.Window
+	Err error
 }
 
 // StartTraffic starts the traffic at rate probes per second in all.
@@ -99,6 +112,13 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 			return nil, fmt.Errorf("connecting %s over TCP: %w", key, err)
 		}
 		t.tcp[key] = c
+	}
+	if l.state.Echo != nil {
+		// The client runs all the time: its counts start now.
+		t.service = func() (echostats.Window, error) { return l.ServiceWindow(ctx) }
+		if _, err := t.service(); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
 }
@@ -169,6 +189,10 @@ func (t *Traffic) Stop() TrafficReport {
 		if st.LastError != "" {
 			r.TCP.LastError = st.LastError
 		}
+	}
+	if t.service != nil {
+		w, err := t.service()
+		r.Service = &ServiceReport{Window: w, Err: err}
 	}
 	r.Capture = t.Capture()
 	for _, c := range t.captures {

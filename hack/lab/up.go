@@ -51,6 +51,12 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 				return nil, fmt.Errorf("image archive %s: %w (run `make images`)", img, err)
 			}
 		}
+		if err := checkInotify(cfg.Nodes); err != nil {
+			return nil, err
+		}
+		if !slices.ContainsFunc(cfg.Images, func(img string) bool { return filepath.Base(img) == EchoArchive }) {
+			return nil, fmt.Errorf("the real nodes' Service workload needs the %s image archive among the images (run `make images`; it is bin/images/%s)", EchoImage, EchoArchive)
+		}
 	}
 	if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
 		return nil, err

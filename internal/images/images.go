@@ -76,6 +76,15 @@ var (
 		User:       "0:0",
 	}
 	All = []Spec{Operator, Agent}
+	// Echo is the real-node lab's workload (hack/lab/routemode-echo), a
+	// Deployment behind a ClusterIP Service and its client: built with
+	// the others, but not routemode's, so neither in All nor pushed.
+	Echo = Spec{
+		Repository: "routemode-echo",
+		Files:      []File{{Path: "/usr/local/bin/routemode-echo", Package: "./hack/lab/routemode-echo"}},
+		Entrypoint: []string{"/usr/local/bin/routemode-echo"},
+		User:       "65532:65532",
+	}
 )
 
 // Packages lists the Go packages the specs need built.

@@ -1,18 +1,24 @@
 package config_test
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/internal/ciliumconfig"
@@ -286,5 +292,118 @@ func TestChartRefusesBadValues(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHelmInstall installs the chart with Helm's SDK, as `helm install
+// --create-namespace` and `helm upgrade` do, on an API server with nothing
+// installed: bad values change nothing; the CRDs from crds/ and every
+// templated object are created and accepted (the RoutingMode by the CRD's
+// schema and CEL rules); an upgrade to native routing is accepted, one the
+// CRD's CEL refuses fails with its message and leaves the RoutingMode as
+// it was; uninstalling removes everything but the CRDs.
+func TestHelmInstall(t *testing.T) {
+	c, err := startPristine("helm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ch := loadChart(t)
+	h, err := helmchart.Connect(c.kubeconfig, namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, bad := range badValues {
+		if _, err := h.Install(ctx, ch, bad.values, 0); err == nil {
+			t.Fatalf("helm install with %v succeeded", bad.values)
+		}
+	}
+	crds := &apiextensionsv1.CustomResourceDefinitionList{}
+	if err := c.client.List(ctx, crds); err != nil {
+		t.Fatal(err)
+	}
+	if len(crds.Items) != 0 {
+		t.Errorf("refused installs left %d CRDs", len(crds.Items))
+	}
+	if err := c.client.Get(ctx, client.ObjectKey{Name: namespace}, &corev1.Namespace{}); !apierrors.IsNotFound(err) {
+		t.Errorf("refused installs left namespace %s (get: %v)", namespace, err)
+	}
+
+	rel, err := h.Install(ctx, ch, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := decodeYAML(strings.NewReader(rel.Manifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) == 0 {
+		t.Fatal("the release has no objects")
+	}
+	for _, u := range objs {
+		if err := c.client.Get(ctx, client.ObjectKeyFromObject(u), u.DeepCopy()); err != nil {
+			t.Errorf("%s: %v", id(u), err)
+		}
+	}
+	for _, name := range []string{"routingmodes.routemode.io", "routingnodes.routemode.io"} {
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := c.client.Get(ctx, client.ObjectKey{Name: name}, crd); err != nil {
+			t.Errorf("CRD %s from crds/: %v", name, err)
+		}
+	}
+	rm := &v1alpha1.RoutingMode{}
+	if err := c.client.Get(ctx, client.ObjectKey{Name: "default"}, rm); err != nil {
+		t.Fatal(err)
+	}
+	if rm.Spec.Tunnel != v1alpha1.TunnelVXLAN || rm.Spec.HostRouting != v1alpha1.HostRoutingLegacy || rm.Spec.Rollout.MaxUnavailable == nil {
+		t.Errorf("installed RoutingMode spec %+v, want vxlan, legacy, and the CRD's rollout defaults", rm.Spec)
+	}
+
+	native := map[string]any{"routingMode": "native", "autoDirectNodeRoutes": true, "ipv4NativeRoutingCIDR": "10.0.0.0/16",
+		"bpf": map[string]any{"hostLegacyRouting": false}}
+	if _, err := h.Upgrade(ctx, ch, native, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.client.Get(ctx, client.ObjectKey{Name: "default"}, rm); err != nil {
+		t.Fatal(err)
+	}
+	if rm.Spec.Tunnel != v1alpha1.TunnelDisabled || rm.Spec.NativeRoutingCIDR != "10.0.0.0/16" || !rm.Spec.AutoDirectNodeRoutes || rm.Spec.HostRouting != v1alpha1.HostRoutingBPF {
+		t.Errorf("upgraded RoutingMode spec %+v, want native routing with direct routes and eBPF host routing", rm.Spec)
+	}
+
+	// Host bits pass the values schema, which checks the form only; the
+	// CRD's CEL rule refuses them.
+	hostBits := maps.Clone(native)
+	hostBits["ipv4NativeRoutingCIDR"] = "10.0.0.1/16"
+	_, err = h.Upgrade(ctx, ch, hostBits, 0)
+	if err == nil || !strings.Contains(err.Error(), "nativeRoutingCIDR has host bits set") {
+		t.Errorf("upgrade to a CIDR with host bits: %v, want the CRD's refusal", err)
+	}
+	generation := rm.Generation
+	if err := c.client.Get(ctx, client.ObjectKey{Name: "default"}, rm); err != nil {
+		t.Fatal(err)
+	}
+	if rm.Spec.NativeRoutingCIDR != "10.0.0.0/16" || rm.Generation != generation {
+		t.Errorf("the refused upgrade changed the RoutingMode: %s at generation %d", rm.Spec.NativeRoutingCIDR, rm.Generation)
+	}
+
+	if err := h.Uninstall(0); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range objs {
+		eventually(t, 30*time.Second, id(u)+" deleted", func(ctx context.Context) error {
+			err := c.client.Get(ctx, client.ObjectKeyFromObject(u), u.DeepCopy())
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("still there (get: %v)", err)
+		})
+	}
+	if err := c.client.List(ctx, crds); err != nil {
+		t.Fatal(err)
+	}
+	if len(crds.Items) != 2 {
+		t.Errorf("after helm uninstall %d CRDs are left, want routemode's 2 (Helm keeps what crds/ installed)", len(crds.Items))
 	}
 }

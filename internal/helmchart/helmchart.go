@@ -83,13 +83,20 @@ func Connect(kubeconfig, namespace string) (*Cluster, error) {
 	return &Cluster{cfg: cfg, namespace: namespace}, nil
 }
 
-// Install is `helm install routemode charts/routemode -n NAMESPACE`: the
-// CRDs first (crds/), then everything else. With wait > 0 it returns once
-// Helm's status watcher sees every object current, as `--wait` does.
+// Install is `helm install routemode charts/routemode -n NAMESPACE
+// --create-namespace`: the CRDs first (crds/), then everything else. With
+// wait > 0 it returns once Helm's status watcher sees every object current,
+// as `--wait` does.
 func (c *Cluster) Install(ctx context.Context, ch *chart.Chart, values map[string]any, wait time.Duration) (*release.Release, error) {
+	// Helm installs crds/ before it checks the values, so bad values would
+	// leave CRDs behind; rendering first refuses them with nothing changed.
+	if _, err := Render(ch, c.namespace, values); err != nil {
+		return nil, fmt.Errorf("helm install: %w", err)
+	}
 	in := action.NewInstall(c.cfg)
 	in.ReleaseName = ReleaseName
 	in.Namespace = c.namespace
+	in.CreateNamespace = true
 	in.WaitStrategy, in.Timeout = strategy(wait)
 	rel, err := in.RunWithContext(ctx, ch, values)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,7 +12,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/chart/common"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
+	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -405,5 +409,33 @@ func TestHelmInstall(t *testing.T) {
 	}
 	if len(crds.Items) != 2 {
 		t.Errorf("after helm uninstall %d CRDs are left, want routemode's 2 (Helm keeps what crds/ installed)", len(crds.Items))
+	}
+}
+
+// TestChartLints runs `helm lint --strict` on the chart with its default
+// values and with native routing: Helm's checks of Chart.yaml, the values
+// schema and the rendered YAML, warnings counted as failures.
+func TestChartLints(t *testing.T) {
+	kv, err := common.ParseKubeVersion(helmchart.KubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, values := range []map[string]any{nil, {"routingMode": "native", "ipv4NativeRoutingCIDR": "10.0.0.0/16"}} {
+		lint := action.NewLint()
+		lint.Strict, lint.Namespace, lint.KubeVersion = true, namespace, kv
+		res := lint.Run([]string{filepath.Join(root, "charts", "routemode")}, values)
+		if res.TotalChartsLinted != 1 {
+			t.Errorf("helm lint linted %d charts, want 1", res.TotalChartsLinted)
+		}
+		for _, m := range res.Messages {
+			if m.Severity >= support.WarningSev {
+				t.Errorf("helm lint with %v: %v", values, m)
+			} else {
+				t.Logf("helm lint with %v: %v", values, m)
+			}
+		}
+		for _, err := range res.Errors {
+			t.Errorf("helm lint with %v: %v", values, err)
+		}
 	}
 }

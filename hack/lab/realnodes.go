@@ -416,7 +416,17 @@ func (l *Lab) startRealNode(n Node) error {
 		"/bin/bash", filepath.Join(dir, "node.sh"), dir, n.Name, l.cfg.NodeBin, n.IP.String(), netlab.OutsideIP.String()); err != nil {
 		return err
 	}
-	l.state.NodePIDs = append(l.state.NodePIDs, l.state.PIDs[len(l.state.PIDs)-1])
+	// The supervised process holds the node's namespaces (nsenter and
+	// unshare exec the script in place), not its supervisor, which stays
+	// in the host's.
+	var pid int
+	if err := wait(context.Background(), 30*time.Second, "node "+n.NS+"'s process to start", func() (bool, error) {
+		pid, err = l.supervisedPID("node-" + n.NS)
+		return err == nil, err
+	}); err != nil {
+		return err
+	}
+	l.state.NodePIDs = append(l.state.NodePIDs, pid)
 	return l.saveState()
 }
 

@@ -110,6 +110,9 @@ func (c *Cluster) Install(ctx context.Context, ch *chart.Chart, values map[strin
 func (c *Cluster) Upgrade(ctx context.Context, ch *chart.Chart, values map[string]any, wait time.Duration) (*release.Release, error) {
 	up := action.NewUpgrade(c.cfg)
 	up.Namespace = c.namespace
+	// The helm CLI's --history-max default: the SDK's 0 keeps every
+	// revision's Secret for ever.
+	up.MaxHistory = 10
 	up.WaitStrategy, up.Timeout = strategy(wait)
 	rel, err := up.RunWithContext(ctx, ReleaseName, ch, values)
 	if err != nil {

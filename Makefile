@@ -33,6 +33,10 @@ generate: ## Generate DeepCopy methods for the API types.
 .PHONY: manifests
 manifests: ## Generate the CRDs and the operator's and agent's RBAC from markers.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	# The Helm chart installs the same CRDs from crds/, which Helm cannot
+	# read outside the chart; config's TestChartMatchesConfigDefault also
+	# holds the chart's RBAC to config/rbac's generated roles.
+	cp config/crd/bases/*.yaml charts/routemode/crds/
 	$(CONTROLLER_GEN) rbac:roleName=routemode-operator paths=./controllers/... output:rbac:artifacts:config=config/rbac/operator
 	$(CONTROLLER_GEN) rbac:roleName=routemode-agent paths=./agent/... output:rbac:artifacts:config=config/rbac/agent
 

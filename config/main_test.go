@@ -83,9 +83,9 @@ func run(m *testing.M) int {
 	if err := te.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stopping the dry-run API server:", err)
 	}
-	if installedEnv != nil {
-		if err := installedEnv.env.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping the installed API server:", err)
+	for name, c := range pristine {
+		if err := c.env.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stopping the %s API server: %v\n", name, err)
 		}
 	}
 	return code
@@ -136,10 +136,9 @@ func assetsDir() string {
 }
 
 var (
-	installOnce  sync.Once
-	installedEnv *cluster
-	installOut   string
-	installErr   error
+	installOnce sync.Once
+	installOut  string
+	installErr  error
 )
 
 // installed returns a second, pristine API server (no namespace, no CRDs,
@@ -149,23 +148,13 @@ var (
 func installed(t *testing.T) *cluster {
 	t.Helper()
 	installOnce.Do(func() {
-		env := &envtest.Environment{BinaryAssetsDirectory: assetsDir(), Scheme: scheme()}
-		cfg, err := env.Start()
-		if err != nil {
-			installErr = fmt.Errorf("starting a pristine API server: %w", err)
-			return
-		}
-		c := &cluster{env: env, cfg: cfg}
-		installedEnv = c
-		if c.client, err = client.New(cfg, client.Options{Scheme: scheme()}); err != nil {
-			installErr = err
-			return
-		}
-		if c.kubeconfig, err = writeKubeconfig(cfg, filepath.Join(tmpDir, "installed.kubeconfig")); err != nil {
-			installErr = err
+		var c *cluster
+		c, installErr = startPristine("installed")
+		if installErr != nil {
 			return
 		}
 		var stderr string
+		var err error
 		installOut, stderr, err = c.kubectl("apply", "-k", "config/default")
 		if err != nil {
 			installErr = fmt.Errorf("kubectl apply -k config/default: %w\nstdout:\n%s\nstderr:\n%s", err, installOut, stderr)
@@ -174,7 +163,30 @@ func installed(t *testing.T) *cluster {
 	if installErr != nil {
 		t.Fatal(installErr)
 	}
-	return installedEnv
+	return pristine["installed"]
+}
+
+// pristine are the API servers startPristine started, by name, stopped
+// after the tests.
+var pristine = map[string]*cluster{}
+
+// startPristine starts an API server with nothing installed (no namespace,
+// no CRDs), as a new cluster is, with a client and a kubeconfig.
+func startPristine(name string) (*cluster, error) {
+	env := &envtest.Environment{BinaryAssetsDirectory: assetsDir(), Scheme: scheme()}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting a pristine API server: %w", err)
+	}
+	c := &cluster{env: env, cfg: cfg}
+	pristine[name] = c
+	if c.client, err = client.New(cfg, client.Options{Scheme: scheme()}); err != nil {
+		return nil, err
+	}
+	if c.kubeconfig, err = writeKubeconfig(cfg, filepath.Join(tmpDir, name+".kubeconfig")); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // scheme is the shared one (core and routemode types) plus CRDs.

@@ -64,6 +64,10 @@ type Config struct {
 	// Images are the image archives imported into every real node before
 	// routemode is installed (`make images`).
 	Images []string
+	// NoInstall leaves installing routemode on the real nodes to the
+	// caller (the Helm test installs the chart): Up returns once the
+	// nodes are registered and the images loaded.
+	NoInstall bool
 }
 
 // State is what Down needs to remove everything: saved as state.json. The

@@ -561,7 +561,7 @@ func checkInotify(nodes int) error {
 
 // upReal brings up the real nodes once the API server runs, imports the
 // pause and routemode images into them and installs routemode from
-// config/default.
+// config/default, unless Config.NoInstall leaves that to the caller.
 func (l *Lab) upReal(ctx context.Context) error {
 	if err := l.cp.startControllers(l); err != nil {
 		return err
@@ -597,7 +597,7 @@ func (l *Lab) upReal(ctx context.Context) error {
 		return err
 	}
 	l.state.Nodes = l.Nodes
-	if err := l.saveState(); err != nil {
+	if err := l.saveState(); err != nil || l.cfg.NoInstall {
 		return err
 	}
 	if _, err := l.Kubectl("apply", "-k", filepath.Join(l.cfg.Root, "config", "default")); err != nil {

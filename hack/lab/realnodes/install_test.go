@@ -100,6 +100,7 @@ func TestRealNodes(t *testing.T) {
 		{"churn", testChurn},
 		{"agentRoll", testAgentRoll},
 		{"uninstall", testUninstall},
+		{"helm", testHelm},
 	} {
 		phaseStart := time.Now()
 		ok := t.Run(phase.name, func(t *testing.T) { phase.run(t, h) })

@@ -35,6 +35,8 @@ import (
 	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/api/v1alpha1"
 	"github.com/routemode/routemode/bpf"
+	"github.com/routemode/routemode/internal/fwdcount"
+	"github.com/routemode/routemode/internal/netlab"
 	"github.com/routemode/routemode/internal/scheme"
 	"github.com/routemode/routemode/internal/testenv"
 )
@@ -670,7 +672,7 @@ func TestE2EUnhealthyNodeRolledBack(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	node3 := h.l.Nodes[2]
-	drop, err := dropPlainPodTraffic(nsPath(node3.NS), node3.PodCIDR)
+	drop, err := fwdcount.DropPlain(nsPath(node3.NS), netlab.UnderlayDev, node3.PodCIDR)
 	if err != nil {
 		t.Fatal(err)
 	}

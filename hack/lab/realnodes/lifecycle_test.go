@@ -100,14 +100,15 @@ func testUninstall(t *testing.T, h *harness) {
 		}
 	}
 	for i, n := range h.l.Nodes {
-		// The health endpoint lives as long as the agent: its network
-		// namespace is mounted in the agent's container only.
+		// The health endpoint lives as long as the agent (its network
+		// namespace is mounted in the agent's container only), and so
+		// does the socket the agent serves its peer table on.
 		after := h.nodeState(t, i)
-		if slices.ContainsFunc(strings.Split(after, "\n"), isHealthDevice) {
-			t.Errorf("%s: the health endpoint (%s) outlived the agent:\n%s", n.NS, health.LXCName, after)
+		if slices.ContainsFunc(strings.Split(after, "\n"), goesWithAgent) {
+			t.Errorf("%s: the health endpoint (%s) or the agent's socket outlived the agent:\n%s", n.NS, health.LXCName, after)
 		}
-		if want := withoutHealth(before[i]); after != want {
-			t.Errorf("%s changed in the uninstall beyond its health endpoint:\nbefore:\n%s\nafter:\n%s", n.NS, want, after)
+		if want := withoutAgent(before[i]); after != want {
+			t.Errorf("%s changed in the uninstall beyond its health endpoint and the agent's socket:\nbefore:\n%s\nafter:\n%s", n.NS, want, after)
 		}
 	}
 	t.Logf("what stays on %s:\n%s", h.l.Nodes[0].NS, before[0])
@@ -160,14 +161,16 @@ func (h *harness) nodeState(t *testing.T, i int) string {
 	return b.String()
 }
 
-// withoutHealth is a node's state without the health endpoint's device and
-// route; the pin of its eBPF link stays, defunct, with the others.
-func withoutHealth(state string) string {
-	return strings.Join(slices.DeleteFunc(strings.Split(state, "\n"), isHealthDevice), "\n")
+// withoutAgent is a node's state without the health endpoint's device and
+// route and the agent's socket; the pin of the health endpoint's eBPF
+// link stays, defunct, with the others.
+func withoutAgent(state string) string {
+	return strings.Join(slices.DeleteFunc(strings.Split(state, "\n"), goesWithAgent), "\n")
 }
 
-// isHealthDevice says whether a line of `ip link` or `ip route` is the
-// health endpoint's device or route.
-func isHealthDevice(line string) bool {
-	return strings.Contains(line, health.LXCName+"@") || strings.Contains(line, "dev "+health.LXCName+" ")
+// goesWithAgent says whether a line of the node's state is the health
+// endpoint's device or route, or the agent's socket.
+func goesWithAgent(line string) bool {
+	return strings.Contains(line, health.LXCName+"@") || strings.Contains(line, "dev "+health.LXCName+" ") ||
+		strings.TrimSpace(line) == "/run/routemode/agent.sock"
 }

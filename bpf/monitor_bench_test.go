@@ -22,7 +22,7 @@ import (
 )
 
 // beforeMonitor is bpf/hostrouting_bpfel.o as it was before the programs
-// had a monitor (commit b1bee63, the parent of d93b6da), built by the same
+// had a monitor (commit 8dbb432, the parent of d93b6da), built by the same
 // pinned clang: the baseline BenchmarkMonitorCost compares against.
 //
 //go:embed testdata/hostrouting_before_monitor.o

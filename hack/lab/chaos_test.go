@@ -52,10 +52,10 @@ func (h *harness) lostOutside(r TrafficReport, node string) int64 {
 		onNode[p.Name] = p.Node == node
 	}
 	var n int64
-	for key, lost := range r.LostByPair {
+	for key, st := range r.ByPair {
 		src, dst, _ := strings.Cut(key, "->")
 		if !onNode[src] && !onNode[dst] {
-			n += lost
+			n += st.Lost
 		}
 	}
 	return n
@@ -390,7 +390,7 @@ func (h *harness) noLoss(what string, r TrafficReport) {
 	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.UDP.Duplicates != 0 {
 		// The whole report: a loss of the tool (send errors, its own
 		// socket's drops) reads differently from one of the network.
-		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost: UDP %s; lost by pair %v", what, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates, r.UDP, r.LostByPair)
+		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost: UDP %s; by pair:\n%s", what, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates, r.UDP, r.Troubled())
 	}
 	if r.TCP.Messages == 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 || r.TCP.Reconnects != 0 {
 		h.t.Errorf("%s: TCP %s; want no reset, error or reconnect", what, r.TCP)

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/routemode/routemode/hack/lab/echostats"
@@ -43,9 +46,13 @@ type TrafficReport struct {
 	Pairs int
 	// Capture is the sum over the nodes' underlay captures.
 	Capture probe.CaptureStats
-	// LostByPair is UDP.Lost per pod pair, keyed "src->dst" by pod name,
-	// to tell loss on paths through a faulty node from loss elsewhere.
-	LostByPair map[string]int64
+	// ByPair is UDP per pod pair, keyed "src->dst" by pod name, to tell
+	// loss on paths through a faulty node from loss elsewhere.
+	ByPair map[string]probe.Stats
+	// EchoDrops counts probes the responders' own sockets dropped for
+	// want of buffer (also in UDP.Lost): the tool's loss, not the
+	// network's.
+	EchoDrops int64
 	// Service is what the Service workload's client counted, on real
 	// nodes; nil otherwise.
 	Service *ServiceReport
@@ -123,6 +130,20 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 	return t, nil
 }
 
+// Troubled lists, one per line, the pairs that lost probes or went a
+// second without an answer, and the responders' socket drops: what a
+// failure report needs to tell the network's loss from the tool's.
+func (r TrafficReport) Troubled() string {
+	var lines []string
+	for _, key := range slices.Sorted(maps.Keys(r.ByPair)) {
+		if st := r.ByPair[key]; st.Lost > 0 || st.LargestGap > time.Second {
+			lines = append(lines, fmt.Sprintf("  %s: %s", key, st))
+		}
+	}
+	lines = append(lines, fmt.Sprintf("  responders' socket drops: %d", r.EchoDrops))
+	return strings.Join(lines, "\n")
+}
+
 func nsPath(name string) string { return filepath.Join("/var/run/netns", name) }
 
 // podPairs is every ordered pair of used pods on different nodes.
@@ -164,20 +185,14 @@ func (t *Traffic) captured() probe.CaptureStats {
 // Stop ends the traffic and reports it; loss is counted once the last
 // answers had time to arrive.
 func (t *Traffic) Stop() TrafficReport {
-	r := TrafficReport{Pairs: len(t.streams), LostByPair: map[string]int64{}}
+	r := TrafficReport{Pairs: len(t.streams), ByPair: map[string]probe.Stats{}}
 	for key, s := range t.streams {
 		st := s.Stop()
-		r.LostByPair[key] = st.Lost
-		r.UDP.Sent += st.Sent
-		r.UDP.Received += st.Received
-		r.UDP.Lost += st.Lost
-		r.UDP.Duplicates += st.Duplicates
-		r.UDP.Reordered += st.Reordered
-		r.UDP.SendErrors += st.SendErrors
-		if st.LargestGap > r.UDP.LargestGap {
-			r.UDP.LargestGap, r.UDP.LargestGapAt = st.LargestGap, st.LargestGapAt
-		}
-		r.UDP.MaxRTT = max(r.UDP.MaxRTT, st.MaxRTT)
+		r.ByPair[key] = st
+		r.UDP.Add(st)
+	}
+	for _, e := range t.echoes {
+		r.EchoDrops += int64(e.Drops())
 	}
 	for _, c := range t.tcp {
 		st := c.Stop()

@@ -82,17 +82,7 @@ func (s *Streams) EchoDrops() map[string]uint32 {
 func Total(stats map[string]probe.Stats) probe.Stats {
 	var t probe.Stats
 	for _, s := range stats {
-		t.Sent += s.Sent
-		t.Received += s.Received
-		t.Lost += s.Lost
-		t.Duplicates += s.Duplicates
-		t.Reordered += s.Reordered
-		t.SendErrors += s.SendErrors
-		t.SocketDrops += s.SocketDrops
-		if s.LargestGap > t.LargestGap {
-			t.LargestGap, t.LargestGapAt = s.LargestGap, s.LargestGapAt
-		}
-		t.MaxRTT = max(t.MaxRTT, s.MaxRTT)
+		t.Add(s)
 	}
 	return t
 }

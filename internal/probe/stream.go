@@ -87,14 +87,39 @@ type Stats struct {
 	LargestGapAt time.Duration
 	// MaxRTT is the longest round trip of an answered probe.
 	MaxRTT time.Duration
+	// MaxSendLag is how far the sender fell furthest behind its schedule:
+	// the tool's own stall (CPU starvation, a stopped process), which
+	// delays answers and widens gaps without the network being at fault.
+	MaxSendLag time.Duration
 	// LastSendError is the last write error, if any.
 	LastSendError string
 }
 
 func (s Stats) String() string {
-	return fmt.Sprintf("sent=%d received=%d lost=%d dup=%d reordered=%d send_errors=%d socket_drops=%d largest_gap=%s(at %s) max_rtt=%s",
+	return fmt.Sprintf("sent=%d received=%d lost=%d dup=%d reordered=%d send_errors=%d socket_drops=%d largest_gap=%s(at %s) max_rtt=%s max_send_lag=%s",
 		s.Sent, s.Received, s.Lost, s.Duplicates, s.Reordered, s.SendErrors, s.SocketDrops,
-		s.LargestGap.Round(10*time.Microsecond), s.LargestGapAt.Round(time.Millisecond), s.MaxRTT.Round(10*time.Microsecond))
+		s.LargestGap.Round(10*time.Microsecond), s.LargestGapAt.Round(time.Millisecond), s.MaxRTT.Round(10*time.Microsecond),
+		s.MaxSendLag.Round(time.Millisecond))
+}
+
+// Add sums o into s: counts add up, gaps, round trips and lags keep the
+// largest.
+func (s *Stats) Add(o Stats) {
+	s.Sent += o.Sent
+	s.Received += o.Received
+	s.Lost += o.Lost
+	s.Duplicates += o.Duplicates
+	s.Reordered += o.Reordered
+	s.SendErrors += o.SendErrors
+	s.SocketDrops += o.SocketDrops
+	if o.LargestGap > s.LargestGap {
+		s.LargestGap, s.LargestGapAt = o.LargestGap, o.LargestGapAt
+	}
+	s.MaxRTT = max(s.MaxRTT, o.MaxRTT)
+	s.MaxSendLag = max(s.MaxSendLag, o.MaxSendLag)
+	if o.LastSendError != "" {
+		s.LastSendError = o.LastSendError
+	}
 }
 
 // Stream is a running probe stream.
@@ -105,6 +130,7 @@ type Stream struct {
 
 	sent    atomic.Int64
 	sendErr atomic.Int64
+	sendLag atomic.Int64 // nanoseconds
 	drops   atomic.Uint32
 
 	mu         sync.Mutex
@@ -213,6 +239,12 @@ func (s *Stream) send() {
 			return
 		case now := <-tick.C:
 			due := int64(now.Sub(start).Seconds() * float64(s.cfg.Rate))
+			if behind := due - s.sent.Load(); behind > 1 {
+				lag := time.Duration(behind) * time.Second / time.Duration(s.cfg.Rate)
+				if int64(lag) > s.sendLag.Load() {
+					s.sendLag.Store(int64(lag))
+				}
+			}
 			for seq := s.sent.Load(); seq < due; seq++ {
 				header{stream: s.id, seq: uint64(seq), sent: time.Now()}.put(buf)
 				s.sent.Add(1)
@@ -313,6 +345,7 @@ func (s *Stream) statsLocked() Stats {
 		LargestGap:    s.largestGap,
 		LargestGapAt:  s.gapAt,
 		MaxRTT:        s.maxRTT,
+		MaxSendLag:    time.Duration(s.sendLag.Load()),
 		LastSendError: s.lastErr,
 	}
 }

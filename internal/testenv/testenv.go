@@ -79,9 +79,15 @@ func Start() (*Env, error) {
 		// test of the package failed without having run.
 		ControlPlaneStartTimeout: 2 * time.Minute,
 	}
+	// Their output, otherwise discarded, says why a start failed (envtest
+	// only says the process exited); only its end is kept.
+	apiOut, etcdOut := &tail{max: 4096}, &tail{max: 2048}
+	api := env.ControlPlane.GetAPIServer()
+	api.Out, api.Err = apiOut, apiOut
+	env.ControlPlane.Etcd = &envtest.Etcd{Out: etcdOut, Err: etcdOut}
 	cfg, err := env.Start()
 	if err != nil {
-		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err)
+		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w\nkube-apiserver's last output:\n%s\netcd's last output:\n%s", assets, err, apiOut, etcdOut)
 	}
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
@@ -89,6 +95,29 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	return &Env{Environment: env, Config: cfg, Client: c, Scheme: scheme, Root: root}, nil
+}
+
+// tail keeps the last max bytes written to it.
+type tail struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
 }
 
 // Main runs a package's tests against one API server, started before them

@@ -3,7 +3,6 @@ package gitopshealth
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -15,11 +14,7 @@ import (
 
 var env testenv.Lazy
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	env.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { env.Main(m) }
 
 // TestFixturesThroughAPIServer stores every fixture in a real API server
 // (spec, then enough spec edits to reach the fixture's generation, then

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"testing"
 	"time"
 
@@ -17,11 +16,7 @@ import (
 
 var env testenv.Lazy
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	env.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { env.Main(m) }
 
 // TestCacheSynced checks the operator's readiness against a real API
 // server: not ready before the cache runs, ready once it has synced.

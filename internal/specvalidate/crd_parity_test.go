@@ -3,7 +3,6 @@ package specvalidate
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,11 +15,7 @@ import (
 
 var env testenv.Lazy
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	env.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { env.Main(m) }
 
 // TestCRDParity creates every spec of specCases on a real API server with
 // the generated CRD and checks the server agrees with Validate: if the CRD

@@ -154,6 +154,14 @@ func (l *Lazy) Get(t testing.TB) *Env {
 	return l.env
 }
 
+// Main runs a package's tests and stops the API server if one of them
+// started it, then exits with the tests' code.
+func (l *Lazy) Main(m *testing.M) {
+	code := m.Run()
+	l.Stop()
+	os.Exit(code)
+}
+
 // Stop stops the API server if it was started.
 func (l *Lazy) Stop() {
 	if l.env != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -83,7 +84,9 @@ func main() {
 	fs.BoolVar(&o.legacyOnly, "legacy-host-routing-only", false, "never load eBPF host routing programs: hostRouting bpf is refused for this node, and programs an earlier run attached are detached")
 	fs.StringVar(&o.procSys, "proc-sys", nsutil.DefaultProcSys, "where to write sysctls; in a container whose /proc/sys is read-only, the host's /proc/sys/net mounted elsewhere (the DaemonSet uses /host/proc/sys)")
 	config.RegisterFlags(fs) // --kubeconfig
-	zopts := zap.Options{}
+	// Milliseconds and below: a datapath switch is over in milliseconds,
+	// and its log lines are read against packet traces.
+	zopts := zap.Options{TimeEncoder: zapcore.RFC3339NanoTimeEncoder}
 	zopts.BindFlags(fs)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))

@@ -390,7 +390,8 @@ func (h *harness) noLoss(what string, r TrafficReport) {
 	if r.UDP.Sent == 0 || r.UDP.Lost != 0 || r.UDP.Duplicates != 0 {
 		// The whole report: a loss of the tool (send errors, its own
 		// socket's drops) reads differently from one of the network.
-		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost: UDP %s; by pair:\n%s", what, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates, r.UDP, r.Troubled())
+		h.t.Errorf("%s: %d probes sent, %d lost, %d duplicated; want none lost: UDP %s; by pair:\n%s\nthe lab's logs within 1s of the lost probes:\n%s",
+			what, r.UDP.Sent, r.UDP.Lost, r.UDP.Duplicates, r.UDP, r.Troubled(), h.l.LogsAround(r.UDP.LostSent, time.Second, 80))
 	}
 	if r.TCP.Messages == 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 || r.TCP.Reconnects != 0 {
 		h.t.Errorf("%s: TCP %s; want no reset, error or reconnect", what, r.TCP)

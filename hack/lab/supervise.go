@@ -3,10 +3,13 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -121,4 +124,52 @@ func (l *Lab) stopSupervised(name string) error {
 		return fmt.Errorf("killing %s (pid %d): %w", name, pid, err)
 	}
 	return nil
+}
+
+// LogsAround returns the lines of the supervised processes' logs stamped
+// within d of any of times, oldest first, at most limit of them, each
+// prefixed with its process: what the lab's components did when probes
+// were lost.
+func (l *Lab) LogsAround(times []time.Time, d time.Duration, limit int) string {
+	if len(times) == 0 {
+		return ""
+	}
+	type line struct {
+		at   time.Time
+		text string
+	}
+	var lines []line
+	files, _ := filepath.Glob(l.path("logs", "*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		name := strings.TrimSuffix(filepath.Base(f), ".log")
+		for _, text := range strings.Split(string(b), "\n") {
+			var entry struct {
+				TS string `json:"ts"`
+			}
+			if json.Unmarshal([]byte(text), &entry) != nil {
+				continue
+			}
+			at, err := time.Parse(time.RFC3339Nano, entry.TS)
+			if err != nil {
+				continue
+			}
+			if slices.ContainsFunc(times, func(t time.Time) bool { return at.Sub(t).Abs() <= d }) {
+				lines = append(lines, line{at, name + ": " + text})
+			}
+		}
+	}
+	slices.SortStableFunc(lines, func(a, b line) int { return a.at.Compare(b.at) })
+	var out []string
+	for i, ln := range lines {
+		if i == limit {
+			out = append(out, fmt.Sprintf("… and %d more", len(lines)-limit))
+			break
+		}
+		out = append(out, ln.text)
+	}
+	return strings.Join(out, "\n")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ func TestStreamNoLoss(t *testing.T) {
 	if st.Sent < 300 || st.Lost != 0 || st.Received != st.Sent || st.Duplicates != 0 {
 		t.Errorf("loopback stream: %s; want ~600 sent, none lost", st)
 	}
-	if again := s.Stop(); again != st {
+	if again := s.Stop(); !reflect.DeepEqual(again, st) {
 		t.Errorf("second Stop returned %s", again)
 	}
 }
@@ -54,6 +55,15 @@ func TestStreamCountsLoss(t *testing.T) {
 	}
 	if st.LargestGap < 80*time.Millisecond {
 		t.Errorf("largest gap %s, want about the whole run", st.LargestGap)
+	}
+	// The first lost probes' send times, one probe period apart.
+	if len(st.LostSent) != maxLostSent {
+		t.Fatalf("lost_sent has %d times; want the first %d", len(st.LostSent), maxLostSent)
+	}
+	for i := 1; i < len(st.LostSent); i++ {
+		if d := st.LostSent[i].Sub(st.LostSent[i-1]); d != time.Millisecond {
+			t.Errorf("lost probes %d and %d were due %s apart; want 1ms at 1,000/s", i-1, i, d)
+		}
 	}
 }
 

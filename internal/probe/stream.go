@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -93,13 +94,26 @@ type Stats struct {
 	MaxSendLag time.Duration
 	// LastSendError is the last write error, if any.
 	LastSendError string
+	// LostSent is when the first lost probes (at most maxLostSent) were
+	// due to be sent, to find them in the logs of what ran meanwhile.
+	LostSent []time.Time
 }
 
+const maxLostSent = 5
+
 func (s Stats) String() string {
-	return fmt.Sprintf("sent=%d received=%d lost=%d dup=%d reordered=%d send_errors=%d socket_drops=%d largest_gap=%s(at %s) max_rtt=%s max_send_lag=%s",
+	out := fmt.Sprintf("sent=%d received=%d lost=%d dup=%d reordered=%d send_errors=%d socket_drops=%d largest_gap=%s(at %s) max_rtt=%s max_send_lag=%s",
 		s.Sent, s.Received, s.Lost, s.Duplicates, s.Reordered, s.SendErrors, s.SocketDrops,
 		s.LargestGap.Round(10*time.Microsecond), s.LargestGapAt.Round(time.Millisecond), s.MaxRTT.Round(10*time.Microsecond),
 		s.MaxSendLag.Round(time.Millisecond))
+	if len(s.LostSent) > 0 {
+		times := make([]string, len(s.LostSent))
+		for i, t := range s.LostSent {
+			times[i] = t.UTC().Format("15:04:05.000")
+		}
+		out += " lost_sent=[" + strings.Join(times, " ") + "]"
+	}
+	return out
 }
 
 // Add sums o into s: counts add up, gaps, round trips and lags keep the
@@ -120,6 +134,7 @@ func (s *Stats) Add(o Stats) {
 	if o.LastSendError != "" {
 		s.LastSendError = o.LastSendError
 	}
+	s.LostSent = append(s.LostSent, o.LostSent...)
 }
 
 // Stream is a running probe stream.
@@ -350,6 +365,17 @@ func (s *Stream) statsLocked() Stats {
 	}
 }
 
+// lostSentLocked is when the first unanswered probes were due.
+func (s *Stream) lostSentLocked() []time.Time {
+	var out []time.Time
+	for seq := int64(0); seq < s.sent.Load() && len(out) < maxLostSent; seq++ {
+		if word := seq / 64; word >= int64(len(s.seen)) || s.seen[word]&(uint64(1)<<(seq%64)) == 0 {
+			out = append(out, s.start.Add(time.Duration(seq)*time.Second/time.Duration(s.cfg.Rate)))
+		}
+	}
+	return out
+}
+
 // Stop stops sending, waits cfg.Drain for the last answers, closes the
 // socket and returns the final counts. Later calls return the same counts.
 func (s *Stream) Stop() Stats {
@@ -377,6 +403,7 @@ func (s *Stream) Stop() Stats {
 			s.largestGap, s.gapAt = gap, s.lastEvent.Sub(s.start)
 		}
 		s.final = s.statsLocked()
+		s.final.LostSent = s.lostSentLocked()
 		s.mu.Unlock()
 	})
 	return s.final

@@ -87,6 +87,14 @@ func TestMain(m *testing.M) {
 			e2eErr = e2e.Bootstrap(ctx, filepath.Join(root, "config", "samples", "tunnel.yaml"))
 		}
 		code := m.Run()
+		if code != 0 {
+			// The lab's directory goes with it; its components' logs say
+			// what they decided while a test failed.
+			keep := dir + "-logs"
+			if err := os.CopyFS(keep, os.DirFS(filepath.Join(cfg.Dir, "logs"))); err == nil {
+				fmt.Fprintln(os.Stderr, "the lab's logs are kept in", keep)
+			}
+		}
 		if err := Down(cfg.Dir); err != nil {
 			fmt.Fprintln(os.Stderr, "removing the lab:", err)
 			code = 1

@@ -456,12 +456,16 @@ func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.Routi
 	if rm.Annotations[v1alpha1.AnnotationLastAppliedSpec] == string(raw) {
 		return nil
 	}
-	base := rm.DeepCopy()
-	if rm.Annotations == nil {
-		rm.Annotations = map[string]string{}
+	// A copy: the patch's answer is the object as it is now, and a spec
+	// edited meanwhile would give rm a newer generation, for which the
+	// status this reconcile writes (its decision: Complete) would then
+	// claim a rollout that has not begun.
+	base, patched := rm.DeepCopy(), rm.DeepCopy()
+	if patched.Annotations == nil {
+		patched.Annotations = map[string]string{}
 	}
-	rm.Annotations[v1alpha1.AnnotationLastAppliedSpec] = string(raw)
-	if err := r.Patch(ctx, rm, client.MergeFrom(base)); err != nil {
+	patched.Annotations[v1alpha1.AnnotationLastAppliedSpec] = string(raw)
+	if err := r.Patch(ctx, patched, client.MergeFrom(base)); err != nil {
 		return fmt.Errorf("recording the completed spec: %w", err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -463,4 +464,97 @@ func TestRolloutMaxUnavailablePercent(t *testing.T) {
 		c.agents.holdAtStep(n, "")
 	}
 	c.waitReady()
+}
+
+// editBeforePatch is the operator's client with a user's edit landing just
+// before the operator's next metadata patch of the RoutingMode: the race
+// of a spec edited as a rollout completes, made to happen every time.
+type editBeforePatch struct {
+	client.Client
+	armed atomic.Bool
+	edit  func()
+}
+
+func (c *editBeforePatch) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+	if _, ok := obj.(*v1alpha1.RoutingMode); ok && c.armed.CompareAndSwap(true, false) {
+		c.edit()
+	}
+	return c.Client.Patch(ctx, obj, patch, opts...)
+}
+
+// The RoutingMode edited while the operator records a completed rollout:
+// the status it writes is that rollout's, at that rollout's generation.
+// Read from one watch, in order, no status may say the edited generation
+// is Complete while the nodes still have the old mode (the lab's chaos
+// suite saw exactly that: Complete at the new generation, every node in
+// the old mode).
+func TestSpecEditedAsRolloutCompletes(t *testing.T) {
+	c := newCluster(t, 3)
+	intercept := &editBeforePatch{}
+	startOperator(t, func(r *Reconciler) {
+		intercept.Client = r.Client
+		r.Client = intercept
+	})
+	c.bootstrap(tunnelSpec)
+	intercept.edit = func() {
+		// Nothing of the edit's rollout may complete: the agents hold.
+		for _, n := range []string{"node-1", "node-2", "node-3"} {
+			c.agents.set(c.agents.held, n, true)
+		}
+		// On the operator's goroutine: no Fatal here.
+		rm := &v1alpha1.RoutingMode{}
+		ctx := context.Background()
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: v1alpha1.RoutingModeName}, rm); err != nil {
+			t.Errorf("the edit: %v", err)
+			return
+		}
+		base := rm.DeepCopy()
+		rm.Spec = tunnelSpec
+		if err := env.Client.Patch(ctx, rm, client.MergeFrom(base)); err != nil {
+			t.Errorf("the edit: %v", err)
+		}
+	}
+	w, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch, err := w.Watch(context.Background(), &v1alpha1.RoutingModeList{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Stop()
+	intercept.armed.Store(true)
+	c.apply(nativeSpec)
+	native := c.get().Generation
+	limit := time.After(time.Minute)
+	for {
+		var rm *v1alpha1.RoutingMode
+		select {
+		case ev := <-watch.ResultChan():
+			var ok bool
+			if rm, ok = ev.Object.(*v1alpha1.RoutingMode); !ok {
+				continue
+			}
+		case <-limit:
+			t.Fatalf("the edit's rollout never showed Preparing; last: %+v", c.get().Status)
+		}
+		if rm.Status.ObservedGeneration <= native {
+			continue
+		}
+		if rm.Status.Phase == v1alpha1.PhaseComplete || meta.IsStatusConditionTrue(rm.Status.Conditions, v1alpha1.ConditionReady) {
+			t.Fatalf("generation %d (the edit back to the tunnel) reported %s, Ready %v, while every node still had the native mode",
+				rm.Status.ObservedGeneration, rm.Status.Phase, meta.IsStatusConditionTrue(rm.Status.Conditions, v1alpha1.ConditionReady))
+		}
+		if rm.Status.Phase == v1alpha1.PhasePreparing {
+			break
+		}
+	}
+	if intercept.armed.Load() {
+		t.Fatal("the operator made no metadata patch after the rollout: the edit was never injected")
+	}
+	for _, n := range []string{"node-1", "node-2", "node-3"} {
+		c.agents.set(c.agents.held, n, false)
+	}
+	c.waitReady()
+	c.expectNodes(tunnelSpec)
 }

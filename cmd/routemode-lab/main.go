@@ -157,7 +157,7 @@ func printUsage(l *lab.Lab) {
 The lab is up, with real nodes. To use it:
   export KUBECONFIG=%s
   %s get pods -A -o wide
-  routemode-lab load my-image.tar            # import an image archive into every node
+  make lab-load IMAGES=my-image.tar          # import an image archive into every node
   nsenter --net=/var/run/netns/%s ip route   # a node's routes
   kubectl apply -f config/samples/native-routing.yaml   # switch it live
 Remove it with: make lab-down

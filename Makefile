@@ -177,6 +177,8 @@ lab-load: build ## Import image archives into every real node of the running lab
 lab-down: ## Remove everything the lab made.
 	$(GO) run ./cmd/routemode-lab down
 
+# DEMO_FLAGS passes routemode-lab demo's flags, e.g. -prefix rd- for a
+# second lab next to one with the plain node names.
 .PHONY: demo
-demo: envtest-bin build ## Switch the lab live from VXLAN to native routing with eBPF host routing and back.
-	$(BIN)/routemode-lab demo
+demo: envtest-bin node-bin build images ## Start the lab with real nodes and switch it live from VXLAN to native routing with eBPF host routing and back.
+	$(BIN)/routemode-lab demo $(DEMO_FLAGS)

@@ -29,7 +29,9 @@ const usage = `usage: routemode-lab up|down|demo|load|relay|supervise [flags] [F
   down   remove everything the lab made
   load   import image archives (FILE...) into every real node's containerd,
          under the names they carry, like kind load image-archive
-  demo   start the lab, switch it VXLAN -> native+BPF -> VXLAN under traffic
+  demo   start the lab with real nodes (as up --real-nodes), switch it
+         VXLAN -> native+BPF -> VXLAN under traffic (--real-nodes=false:
+         the network-namespace lab, without kubelets or containerd)
   relay  (internal) forward 127.0.0.1:6443 in a node namespace to the API server
   supervise --pid-file F -- CMD ARGS...
          (internal) run CMD, restarting it with backoff whenever it exits
@@ -62,11 +64,13 @@ func run(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&cfg.Root, "root", root, "the repository root (for config/)")
 	fs.StringVar(&cfg.Bin, "bin", filepath.Dir(exe), "directory of the routemode binaries")
 	fs.StringVar(&cfg.K8sBin, "k8s-bin", filepath.Join(root, "bin", "k8s"), "directory of kube-apiserver, etcd and kubectl")
-	fs.BoolVar(&cfg.RealNodes, "real-nodes", false, "up: run containerd, kubelet and kube-proxy on the nodes and install routemode from config/default")
+	// The demo shows what users install, so it runs real nodes unless
+	// told not to; up stays the fast network-namespace lab by default.
+	fs.BoolVar(&cfg.RealNodes, "real-nodes", cmd == "demo", "up, demo: run containerd, kubelet and kube-proxy on the nodes and install routemode from config/default (demo's default)")
 	fs.StringVar(&cfg.NodeBin, "node-bin", filepath.Join(root, "bin", "node"), "directory of the real nodes' binaries (make node-bin)")
 	images := fs.String("images", strings.Join([]string{filepath.Join(root, "bin", "images", "routemode-operator.tar"),
 		filepath.Join(root, "bin", "images", "routemode-agent.tar"), filepath.Join(root, "bin", "images", lab.EchoArchive)}, ","),
-		"up --real-nodes: comma-separated image archives to import into every node (make images)")
+		"real nodes: comma-separated image archives to import into every node (make images)")
 	keep := fs.Bool("keep", os.Getenv("DEMO_KEEP") != "0", "demo: leave the lab up afterwards (DEMO_KEEP=0 removes it)")
 	rate := fs.Int("rate", 1000, "demo: probes per second in all")
 	netnsPath := fs.String("netns", "", "relay: the node namespace")
@@ -113,7 +117,12 @@ func run(ctx context.Context, cmd string, args []string) error {
 
 func demo(ctx context.Context, cfg lab.Config, keep bool, rate int) error {
 	start := time.Now()
-	fmt.Printf("Starting the lab: kube-apiserver and etcd, %d nodes as network namespaces, the agents, the operator, one pod per node...\n", cfg.Nodes)
+	if cfg.RealNodes {
+		fmt.Printf("Starting the lab: kube-apiserver, etcd, kube-scheduler and kube-controller-manager, %d nodes each with containerd, kubelet and kube-proxy;\n"+
+			"routemode installed with kubectl apply -k config/default from the image archives in bin/images...\n", cfg.Nodes)
+	} else {
+		fmt.Printf("Starting the lab: kube-apiserver and etcd, %d nodes as network namespaces, the agents, the operator, one pod per node...\n", cfg.Nodes)
+	}
 	if err := lab.Down(cfg.Dir); err != nil {
 		return fmt.Errorf("removing a previous lab: %w", err)
 	}
@@ -148,7 +157,7 @@ func printUsage(l *lab.Lab) {
 The lab is up, with real nodes. To use it:
   export KUBECONFIG=%s
   %s get pods -A -o wide
-  routemode-lab load my-image.tar            # import an image archive into every node
+  make lab-load IMAGES=my-image.tar          # import an image archive into every node
   nsenter --net=/var/run/netns/%s ip route   # a node's routes
   kubectl apply -f config/samples/native-routing.yaml   # switch it live
 Remove it with: make lab-down

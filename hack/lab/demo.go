@@ -96,7 +96,10 @@ func (d *Demo) Run(ctx context.Context) ([]SwitchResult, error) {
 	if err := d.kubectl("apply", "-f", d.sample("tunnel.yaml")); err != nil {
 		return nil, err
 	}
-	if _, err := d.Lab.WaitRollout(ctx, d.c, 3*time.Minute, nil); err != nil {
+	if d.Lab.Real() {
+		d.say("Waiting for the agent DaemonSet and the operator Deployment to roll out, then for the RoutingMode to be Ready...")
+	}
+	if err := d.Lab.waitFirstRollout(ctx, d.c); err != nil {
 		return nil, err
 	}
 	if err := d.Lab.AddPods(ctx); err != nil {

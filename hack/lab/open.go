@@ -133,7 +133,8 @@ func (l *Lab) WaitRollout(ctx context.Context, c client.Client, limit time.Durat
 	return nil, fmt.Errorf("the rollout did not finish within %s: %s", limit, last)
 }
 
-// Bootstrap applies a first RoutingMode, waits for it and wires the pods.
+// Bootstrap applies a first RoutingMode, waits for it and, on the lab's
+// own nodes, wires the pods; real nodes' pods are the workloads users run.
 func (l *Lab) Bootstrap(ctx context.Context, sample string) error {
 	c, err := l.Client()
 	if err != nil {
@@ -142,17 +143,21 @@ func (l *Lab) Bootstrap(ctx context.Context, sample string) error {
 	if _, err := l.Apply(sample); err != nil {
 		return err
 	}
-	if l.Real() {
-		// The operator and the agents are pods: they start, then roll the
-		// RoutingMode out; the nodes' pods are the workloads users run.
-		if err := l.WaitInstalled(5 * time.Minute); err != nil {
-			return err
-		}
-		_, err := l.WaitRollout(ctx, c, 3*time.Minute, nil)
-		return err
-	}
-	if _, err := l.WaitRollout(ctx, c, 3*time.Minute, nil); err != nil {
+	if err := l.waitFirstRollout(ctx, c); err != nil || l.Real() {
 		return err
 	}
 	return l.AddPods(ctx)
+}
+
+// waitFirstRollout waits for the first RoutingMode to reach every node. On
+// real nodes the operator and the agents are pods: nothing rolls out
+// before the kubelets started them.
+func (l *Lab) waitFirstRollout(ctx context.Context, c client.Client) error {
+	if l.Real() {
+		if err := l.WaitInstalled(5 * time.Minute); err != nil {
+			return err
+		}
+	}
+	_, err := l.WaitRollout(ctx, c, 3*time.Minute, nil)
+	return err
 }

@@ -216,3 +216,19 @@ func TestNodeSetAt5000Nodes(t *testing.T) {
 	mustNodes(t, m, slices.Clone(cfg.Nodes), "one node replaced")
 	t.Logf("5000 nodes: first write %s, unchanged Ensure %s, one node replaced %s", write, noop, update)
 }
+
+// TestNodeSetPastTheDefaultSendBuffer writes 20,000 nodes at once, a
+// batch (320 KB) that overflows a netlink socket's default send buffer.
+func TestNodeSetPastTheDefaultSendBuffer(t *testing.T) {
+	m := inNewNS(t)
+	var nodes []netip.Addr
+	for a := netip.MustParseAddr("172.16.0.1"); len(nodes) < 20000; a = a.Next() {
+		nodes = append(nodes, a)
+	}
+	cfg := testConfig()
+	cfg.Nodes = nodes
+	if _, err := m.Ensure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	mustNodes(t, m, slices.Clone(nodes), "20000 nodes")
+}

@@ -73,6 +73,7 @@ enum rm_reason {
 	RM_PASS_MTU = 16,
 	/* Seen by an observe-only program: legacy host routing, the stack routes. */
 	RM_PASS_LEGACY = 17,
+	RM_PASS_SOURCE_OUTSIDE_CIDR = 18,
 };
 
 /*
@@ -505,6 +506,21 @@ static __always_inline int from_network(struct __sk_buff *skb, __u32 prog)
 	 */
 	if (skb->pkt_type != PACKET_HOST)
 		return pass(skb, prog, RM_PASS_NOT_FOR_HOST);
+	/*
+	 * Only pod-to-pod traffic skips the stack. The answer to a packet from
+	 * outside the pod network (a node's own stack, a NodePort kube-proxy
+	 * forwarded after masquerading it to its node's IP, a client routed to
+	 * pod addresses) leaves through the stack, netfilter and the
+	 * masquerading rule: the packet must come in that way too. Delivered
+	 * around it, conntrack meets the flow first in the pod's answers, calls
+	 * the first one (a SYN-ACK) invalid, which kube-proxy drops, and takes
+	 * the next ones for a new flow, which the masquerading rule rewrites.
+	 * On the tunnel device the native routing CIDR may be the node's own
+	 * pod CIDR only (tunnel mode needs no other), so the check would send
+	 * the other nodes' pods there too: it is the underlay's alone.
+	 */
+	if (prog == RM_PROG_NETDEV && (ip->saddr & cfg_cidr_mask) != cfg_cidr_addr)
+		return pass(skb, prog, RM_PASS_SOURCE_OUTSIDE_CIDR);
 	reason = translated_flow(skb, ip);
 	if (reason >= 0)
 		return pass(skb, prog, reason);

@@ -478,6 +478,21 @@ func TestFromNetwork(t *testing.T) {
 			frame: udpFrame(otherMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64}),
 			want:  want{ret: TCActUnspec, reason: ReasonNotForHost},
 		}
+		// A node's own stack, say, whose answers the stack sees: from the
+		// underlay the packet takes the stack too. The tunnel's native
+		// routing CIDR may hold only the node's own pods, so there the
+		// check does not apply.
+		fromNode := struct {
+			frame []byte
+			want  want
+		}{
+			frame: udpFrame(tn.ulMAC, gwMAC, ipv4{src: netip.MustParseAddr("192.168.0.130"), dst: localPod, ttl: 64}),
+			want:  want{ret: TCActUnspec, reason: ReasonSourceOutsideCIDR},
+		}
+		if prog.id == ProgramOverlay {
+			fromNode.want = want{ret: TCActRedirect, reason: ReasonRedirectPeer, ifindex: localPodIfindex, dstMAC: podMAC, srcMAC: nodeMAC}
+		}
+		cases["source outside the CIDR for a local pod"] = fromNode
 		for name, tc := range cases {
 			t.Run(prog.name+"/"+name, func(t *testing.T) {
 				objs := loadObjects(t, Config{NativeRoutingCIDR: cidr})

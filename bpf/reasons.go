@@ -98,6 +98,11 @@ const (
 	// ReasonLegacy: seen by an observe-only program, in legacy host
 	// routing; never counted.
 	ReasonLegacy Reason = 17
+	// ReasonSourceOutsideCIDR: from the underlay, for a local pod, but from
+	// outside the native routing CIDR (a node, a NodePort masqueraded to
+	// another node's IP, a client outside the cluster): the pod's answer
+	// leaves through the stack, so the packet comes in that way too.
+	ReasonSourceOutsideCIDR Reason = 18
 )
 
 // Slot counts of the counter map, fixed in the C source so that the pinned
@@ -113,6 +118,7 @@ var Reasons = []Reason{
 	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
 	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonNAT,
 	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions, ReasonMTU, ReasonLegacy,
+	ReasonSourceOutsideCIDR,
 }
 
 var reasonNames = map[Reason]string{
@@ -135,6 +141,7 @@ var reasonNames = map[Reason]string{
 	ReasonIPOptions:           "ip_options",
 	ReasonMTU:                 "mtu",
 	ReasonLegacy:              "legacy",
+	ReasonSourceOutsideCIDR:   "source_outside_cidr",
 }
 
 // reasonWords say why, for people: `routemodectl monitor` prints them.
@@ -157,6 +164,7 @@ var reasonWords = map[Reason]string{
 	ReasonIPOptions:           "IP options, which the forwarding code processes",
 	ReasonMTU:                 "over the direct route's MTU, or a GSO packet the program cannot size",
 	ReasonLegacy:              "legacy host routing: the stack routes every packet",
+	ReasonSourceOutsideCIDR:   "source outside the native routing CIDR, whose answers the stack sees and may masquerade",
 }
 
 // Words says why a packet got its verdict, in a sentence fragment.

@@ -29,34 +29,15 @@ import (
 // agent changes nothing (it adopts the running programs), and one restarted with
 // --legacy-host-routing-only refuses bpf but detaches for legacy.
 func TestAgentTogglesBPFHostRouting(t *testing.T) {
-	if c := hostrouting.Probe(); !c.BPFHostRouting {
-		privileged.Unavailable(t, "eBPF host routing: "+c.Reason)
-	}
-	routers := map[string]*bpfhost.Router{}
 	legacyOnly := map[string]bool{} // nodes whose next agent runs --legacy-host-routing-only
 	const legacyOnlyReason = "the agent runs with --legacy-host-routing-only"
-	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1, HostRouter: func(n *netlab.Node) node.HostRouter {
-		pin, err := n.Lab.RecordDir(filepath.Join(hostrouting.BPFFSRoot, "routemode", n.Lab.ID+n.Name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts := hostrouting.Options{Handle: n.Handle, NetNS: n.Path(), Logger: n.Logger()}
+	routers := map[string]*bpfhost.Router{}
+	l := bpfLab(t, routers, func(n *netlab.Node) string {
 		if legacyOnly[n.Name] {
-			opts.Disabled = legacyOnlyReason
+			return legacyOnlyReason
 		}
-		r := bpfhost.New(pin, opts)
-		if routers[n.Name] == nil {
-			t.Cleanup(func() {
-				if err := r.Remove(); err != nil {
-					t.Errorf("removing %s's programs: %v", n.Name, err)
-				}
-				r.Close()
-				_ = os.Remove(filepath.Dir(pin)) // only once empty: other tests may use it
-			})
-		}
-		routers[n.Name] = r
-		return r
-	}})
+		return ""
+	})
 	ctx := netlab.Context(t, time.Minute)
 	netlab.MustStep(t, ctx, l.Nodes, netlab.Native)
 	var pods []*netlab.Pod
@@ -194,6 +175,35 @@ func TestDirectRoutesAreTheUnderlayRoutesInTheCIDR(t *testing.T) {
 	if got := bpfhost.DirectRoutes(routes, "eth0", netip.Prefix{}); len(got) != 0 {
 		t.Errorf("without a native routing CIDR: got %v, want none", got)
 	}
+}
+
+// bpfLab is a 2-node lab, strict rp_filter, whose agents are eBPF host
+// routers pinned in directories the lab removes, recorded in routers by
+// node name, their programs removed when the test ends; disabled gives the
+// reason a node's next agent runs with --legacy-host-routing-only, or "".
+// Where the kernel cannot do eBPF host routing, the test is skipped.
+func bpfLab(t *testing.T, routers map[string]*bpfhost.Router, disabled func(*netlab.Node) string) *netlab.Lab {
+	if c := hostrouting.Probe(); !c.BPFHostRouting {
+		privileged.Unavailable(t, "eBPF host routing: "+c.Reason)
+	}
+	return netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1, HostRouter: func(n *netlab.Node) node.HostRouter {
+		pin, err := n.Lab.RecordDir(filepath.Join(hostrouting.BPFFSRoot, "routemode", n.Lab.ID+n.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := bpfhost.New(pin, hostrouting.Options{Handle: n.Handle, NetNS: n.Path(), Logger: n.Logger(), Disabled: disabled(n)})
+		if routers[n.Name] == nil {
+			t.Cleanup(func() {
+				if err := r.Remove(); err != nil {
+					t.Errorf("removing %s's programs: %v", n.Name, err)
+				}
+				r.Close()
+				_ = os.Remove(filepath.Dir(pin)) // only once empty: other tests may use it
+			})
+		}
+		routers[n.Name] = r
+		return r
+	}})
 }
 
 // forwarded reads the forward hooks' packet counts.

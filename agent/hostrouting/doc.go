@@ -20,8 +20,12 @@ Licensed under the Apache License, Version 2.0.
 //     bpf_redirect_neigh when Config.DirectRoutes has one for the
 //     destination, else with bpf_fib_lookup + bpf_redirect(_neigh).
 //
-// Only TCP and UDP between pods take the shortcut, and only while
-// conntrack has not translated the flow: the programs look each packet up
+// Only TCP and UDP between pods take the shortcut: rm_from_netdev leaves
+// packets from outside the native routing CIDR (a node's own stack, a
+// NodePort masqueraded to another node's IP, a client outside the cluster)
+// to the stack, whose conntrack must see them because the pod's answers
+// go through it and its masquerading rule. And only while conntrack has
+// not translated the flow: the programs look each packet up
 // with the bpf_skb_ct_lookup kfunc and leave translated ones (kube-proxy's
 // Service DNAT, masquerading) to the stack, which alone translates their
 // replies back. ICMP (whose errors may belong to a translated flow), other

@@ -48,7 +48,8 @@ func sourceSeen(t *testing.T, from, at string, to netip.AddrPort) netip.Addr {
 }
 
 // TestMasquerade: pod traffic to the outside leaves with the node IP, pod
-// traffic inside nativeRoutingCIDR keeps the pod IP, in both modes.
+// traffic inside nativeRoutingCIDR keeps the pod IP, in both modes; so does
+// pod traffic to another node in native routing, but not through a tunnel.
 func TestMasquerade(t *testing.T) {
 	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
 	ctx := netlab.Context(t, time.Minute)
@@ -61,6 +62,15 @@ func TestMasquerade(t *testing.T) {
 		netlab.MustStep(t, ctx, l.Nodes, mode.d)
 		if src := sourceSeen(t, pods[0].Path(), pods[1].Path(), netip.AddrPortFrom(pods[1].IP, 7100)); src != pods[0].IP {
 			t.Errorf("%s: pod1→pod2 arrives from %s, want pod1's %s (no masquerade inside the pod network)", mode.name, src, pods[0].IP)
+		}
+		// A node whose pods this node reaches over the underlay is not the
+		// outside: to it, the pod keeps its address, as a pod's answers to a
+		// node that connected to it must. One reached through the tunnel
+		// routes its answers back through it, and its strict rp_filter
+		// would drop the pod's address on the underlay.
+		wantSrc := map[string]netip.Addr{"tunnel": l.Nodes[0].IP, "native": pods[0].IP}[mode.name]
+		if src := sourceSeen(t, pods[0].Path(), l.Nodes[1].Path(), netip.AddrPortFrom(l.Nodes[1].IP, 7100)); src != wantSrc {
+			t.Errorf("%s: pod1→node-2 arrives from %s, want %s", mode.name, src, wantSrc)
 		}
 		if src := sourceSeen(t, pods[0].Path(), l.UnderlayPath(), outside); src != l.Nodes[0].IP {
 			t.Errorf("%s: pod1→outside arrives from %s, want node-1's %s (masqueraded)", mode.name, src, l.Nodes[0].IP)

@@ -332,18 +332,37 @@ func (r *run) applyKernel(ctx context.Context, t *target) error {
 	if a.cfg.NodeNS != nil {
 		nsFd = int(a.cfg.NodeNS.Fd())
 	}
-	mcfg := masq.Config{PodCIDR: self.PodCIDR.Masked(), Exempt: nativeRoutingCIDR(spec, self), Underlay: t.underlay, NodeIP: self.IP}
-	if changed, err := (masq.Masq{NetNSFd: nsFd}).Ensure(mcfg); err != nil {
-		return err
-	} else if changed {
-		line := fmt.Sprintf("nftables ip %s: masquerade %s to %s via %s unless to %s", masq.Table, mcfg.PodCIDR, mcfg.NodeIP, mcfg.Underlay, mcfg.Exempt)
+	mcfg := masq.Config{PodCIDR: self.PodCIDR.Masked(), Exempt: nativeRoutingCIDR(spec, self), Underlay: t.underlay, NodeIP: self.IP,
+		Nodes: r.nodeIPs()}
+	lines, err := (masq.Masq{NetNSFd: nsFd}).Ensure(mcfg)
+	for _, line := range lines {
 		r.log.Info("Changed kernel state", "op", line)
-		r.changes = append(r.changes, line)
+	}
+	r.changes = append(r.changes, lines...)
+	if err != nil {
+		return err
 	}
 	if !lowering {
 		return r.writeCNI(cniCfg)
 	}
 	return nil
+}
+
+// nodeIPs are the IPv4 InternalIPs of this node and of the peers whose
+// pods it reaches over the underlay, which masquerading leaves alone
+// (agent/masq says why). Not those reached through the tunnel: their
+// answers to a pod come back through the tunnel, so its packets must not
+// reach them on the underlay with a pod source, which strict reverse-path
+// filtering drops. The masquerade table is IPv4 only.
+func (r *run) nodeIPs() []netip.Addr {
+	out := []netip.Addr{r.req.Self.IP}
+	for _, p := range r.obs.Peers {
+		via := r.obs.Routes[p.Name].Via
+		if p.IP.Is4() && (via == datapath.ViaDirect || via == datapath.ViaUnderlay) {
+			out = append(out, p.IP)
+		}
+	}
+	return out
 }
 
 // nativeRoutingCIDR holds every pod address: the spec's, or the node's

@@ -67,8 +67,9 @@ type NodeDatapath struct {
 	// +required
 	SendMode SendMode `json:"sendMode"`
 
-	// nativeRoutingCIDR is never masqueraded; empty means the node's podCIDR
-	// is the only destination exempt from masquerading.
+	// nativeRoutingCIDR is never masqueraded, as a destination; empty means
+	// the node's podCIDR. Nor are the nodes whose pods this node reaches
+	// over the underlay.
 	// +optional
 	NativeRoutingCIDR string `json:"nativeRoutingCIDR,omitempty"`
 

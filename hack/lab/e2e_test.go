@@ -335,6 +335,16 @@ func TestE2ESwitchTunnelNativeTunnel(t *testing.T) {
 			t.Errorf("%s's BPF direct routes: %v %v; want one per other node", n.NS, routes, err)
 		}
 	}
+	// Nodes' own stacks reach pods on other nodes, as kube-proxy's
+	// NodePorts (masqueraded to the node IP), host-network pods and the API
+	// server do: the pods' answers go back through their node's stack.
+	failed, err := h.l.NodeToPod(context.Background(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range failed {
+		t.Errorf("native+bpf: %s", f)
+	}
 	h.agentsInNodeNamespaces()
 	h.rollout("native+bpf→tunnel", tunnelSpec, encapsulated)
 	h.agentsInNodeNamespaces()

@@ -251,3 +251,55 @@ func (t *Traffic) Answered(ctx context.Context, n int64, limit time.Duration) er
 	from := received()
 	return wait(ctx, limit, fmt.Sprintf("%d more probes answered", n), func() (bool, error) { return received()-from >= n, nil })
 }
+
+// Ports NodeToPod's responders listen on in the pods, apart from the
+// traffic's so both can run at once.
+const (
+	nodeCheckTCPPort = 7002
+	nodeCheckUDPPort = 7003
+)
+
+// NodeToPod checks every node's own network namespace (its host stack,
+// source address the node IP) against every lab pod on another node: a new
+// TCP connection must carry that many messages, and a UDP probe must be
+// answered from the pod's address, not rewritten on the way. It returns one line
+// per failed check, and an error when the checks could not run.
+func (l *Lab) NodeToPod(ctx context.Context, messages int64) ([]string, error) {
+	var closers []func() error
+	defer func() {
+		for _, c := range closers {
+			_ = c()
+		}
+	}()
+	for _, p := range l.state.Pods {
+		te, err := probe.StartTCPEcho(p.netns(), netip.AddrPortFrom(p.IP, nodeCheckTCPPort))
+		if err != nil {
+			return nil, fmt.Errorf("starting a TCP echo in %s: %w", p.Name, err)
+		}
+		closers = append(closers, te.Close)
+		e, err := probe.StartEcho(p.netns(), netip.AddrPortFrom(p.IP, nodeCheckUDPPort))
+		if err != nil {
+			return nil, fmt.Errorf("starting a UDP echo in %s: %w", p.Name, err)
+		}
+		closers = append(closers, e.Close)
+	}
+	var failed []string
+	for _, n := range l.Nodes {
+		for _, p := range l.state.Pods {
+			if p.Node == n.NS {
+				continue
+			}
+			what := fmt.Sprintf("%s → pod %s (%s on %s)", n.NS, p.Name, p.IP, p.Node)
+			tcp := netip.AddrPortFrom(p.IP, nodeCheckTCPPort)
+			st, err := probe.Exchange(ctx, probe.TCPCheckConfig{NSPath: nsPath(n.NS), Target: tcp}, messages, 30*time.Second)
+			if err != nil || st.Messages < messages || st.Resets+st.Errors+st.Reconnects != 0 {
+				failed = append(failed, fmt.Sprintf("%s: TCP %s (%v); want %d messages on one connection", what, st, err, messages))
+			}
+			udp := netip.AddrPortFrom(p.IP, nodeCheckUDPPort)
+			if src, err := probe.AnswerSource(nsPath(n.NS), udp, 5, time.Second); err != nil || src != udp {
+				failed = append(failed, fmt.Sprintf("%s: UDP answer from %s (%v); want from %s", what, src, err, udp))
+			}
+		}
+	}
+	return failed, nil
+}

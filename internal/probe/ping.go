@@ -163,3 +163,35 @@ func Warm(ctx context.Context, nsPath string, target netip.AddrPort, attempts in
 	}
 	return nil
 }
+
+// AnswerSource sends probes from the namespace at nsPath to the Echo at
+// target until one is answered, at most attempts times, waiting timeout for
+// each, and returns the address the answer came from. A datapath that
+// rewrites the answer's source (a masquerade conntrack applied to it) shows
+// there; a connected socket would only drop the answer.
+func AnswerSource(nsPath string, target netip.AddrPort, attempts int, timeout time.Duration) (netip.AddrPort, error) {
+	c, err := ListenUDP(nsPath, netip.AddrPort{})
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	defer c.Close()
+	id := rand.Uint64()
+	out, in := make([]byte, headerLen), make([]byte, 64)
+	for seq := range uint64(max(attempts, 1)) {
+		header{stream: id, seq: seq, sent: time.Now()}.put(out)
+		if _, err := c.WriteToUDPAddrPort(out, target); err != nil {
+			return netip.AddrPort{}, fmt.Errorf("sending probe to %s: %w", target, err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(timeout))
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(in)
+			if err != nil {
+				break // timed out: send the next probe
+			}
+			if h, ok := parseHeader(in[:n]); ok && h.stream == id {
+				return from, nil
+			}
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("no answer from %s in %d tries of %s", target, attempts, timeout)
+}

@@ -222,3 +222,21 @@ func (c *TCPCheck) run(ctx context.Context, conn *net.TCPConn) {
 		last = now
 	}
 }
+
+// Exchange connects as StartTCPCheck does and keeps exchanging messages
+// until n were echoed, the connection failed, or limit passed; it returns
+// the counts, and an error only when the first connection failed.
+func Exchange(ctx context.Context, cfg TCPCheckConfig, n int64, limit time.Duration) (TCPStats, error) {
+	c, err := StartTCPCheck(ctx, cfg)
+	if err != nil {
+		return TCPStats{}, err
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		st := c.Snapshot()
+		if st.Messages >= n || st.Resets+st.Errors > 0 || time.Now().After(deadline) {
+			return c.Stop(), nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

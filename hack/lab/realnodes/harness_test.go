@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/routemode/routemode/agent/ipam"
+	"github.com/routemode/routemode/agent/nsutil"
 	"github.com/routemode/routemode/hack/lab"
 )
 
@@ -55,24 +56,33 @@ func (h *harness) echoPods(t *testing.T) []lab.PodState {
 }
 
 // reachable waits until an echo backend answers with its name from the
-// lab's pod on every node, and returns how long that took. From pods, not
-// from the nodes' own network namespaces: with eBPF host routing on, a
-// node's TCP connections to pods on other nodes are reset today (the
-// peer's stack never sees them come in, picks the pod's replies up
-// mid-stream and its masquerading rule rewrites them).
+// lab's pod on every node and from every other node's own network
+// namespace (its host stack: how kube-proxy's NodePorts, masqueraded to the
+// node IP, host-network pods and the API server reach pods), and returns
+// how long that took.
 func (h *harness) reachable(t *testing.T, pod lab.PodState, limit time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for _, from := range h.l.Pods() {
+	type source struct{ what, nsPath string }
+	var from []source
+	for _, p := range h.l.Pods() {
+		from = append(from, source{"pod " + p.Name + " on " + p.Node, p.NSPath})
+	}
+	for _, n := range h.l.Nodes {
+		if n.NS != pod.Node {
+			from = append(from, source{"node " + n.Name, nsutil.NamedPath(n.NS)})
+		}
+	}
+	for _, f := range from {
 		var body []byte
 		var err error
 		for {
-			body, err = lab.HTTPGetIn(context.Background(), from.NSPath, netip.AddrPortFrom(pod.IP, 8080), "/")
+			body, err = lab.HTTPGetIn(context.Background(), f.nsPath, netip.AddrPortFrom(pod.IP, 8080), "/")
 			if err == nil && strings.TrimSpace(string(body)) == pod.Name {
 				break
 			}
 			if time.Since(start) > limit {
-				t.Fatalf("pod %s (%s on %s) not reachable from pod %s on %s within %s: %v %q", pod.Name, pod.IP, pod.Node, from.Name, from.Node, limit, err, body)
+				t.Fatalf("pod %s (%s on %s) not reachable from %s within %s: %v %q", pod.Name, pod.IP, pod.Node, f.what, limit, err, body)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

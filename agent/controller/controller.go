@@ -11,9 +11,10 @@
 // MAC from its InternalIP (datapath.VTEPMAC), so peers derive it the same way.
 //
 // Triggers: the own RoutingNode (spec changes), Node changes that matter
-// (addresses, podCIDR, creation, deletion), kernel link events (a deleted
-// rm_vxlan is repaired at once, via a source.Channel fed by a netlink link
-// subscription) and the periodic resync the agent asks for (RequeueAfter).
+// (addresses, podCIDR, creation, deletion), kernel events (a deleted
+// rm_vxlan or pod route is repaired at once, via a source.Channel fed by
+// netlink link and route subscriptions) and the periodic resync the agent
+// asks for (RequeueAfter).
 package controller
 
 import (

@@ -1,8 +1,6 @@
 package masq
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"net/netip"
 	"testing"
 
@@ -13,10 +11,7 @@ import (
 
 func TestEnsureIsIdempotent(t *testing.T) {
 	privileged.Require(t, "creates a network namespace")
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	name := "rmmasq" + hex.EncodeToString(b)
-	n, err := nsutil.Create(name)
+	name, n, err := nsutil.CreateTemp("rmmasq")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,7 +101,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 		log.Info("Adopted the node's kernel state", "generation", rn.Generation, "step", rn.Spec.Step, "changes", res.Changes)
 	}
 	if !StatusEqual(rn.Status, res.Status) {
-		patch := client.MergeFrom(rn.DeepCopy())
+		// A merge patch holds only what differs from rn, the cached
+		// object, which may not have the agent's own last write yet:
+		// fields that write changed and this one changes back (a peer
+		// counted unreachable, then gone) would be left as that write
+		// made them, and the rollout's gate would wait on them until the
+		// next resync. The lock makes such a patch fail, and the retry
+		// reads the cache again.
+		patch := client.MergeFromWithOptions(rn.DeepCopy(), client.MergeFromWithOptimisticLock{})
 		rn.Status = res.Status
 		if err := r.Client.Status().Patch(ctx, &rn, patch); err != nil {
 			return ctrl.Result{}, err

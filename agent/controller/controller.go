@@ -11,9 +11,10 @@
 // MAC from its InternalIP (datapath.VTEPMAC), so peers derive it the same way.
 //
 // Triggers: the own RoutingNode (spec changes), Node changes that matter
-// (addresses, podCIDR, creation, deletion), kernel link events (a deleted
-// rm_vxlan is repaired at once, via a source.Channel fed by a netlink link
-// subscription) and the periodic resync the agent asks for (RequeueAfter).
+// (addresses, podCIDR, creation, deletion), kernel events (a deleted
+// rm_vxlan or pod route is repaired at once, via a source.Channel fed by
+// netlink link and route subscriptions) and the periodic resync the agent
+// asks for (RequeueAfter).
 package controller
 
 import (
@@ -100,7 +101,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.R
 		log.Info("Adopted the node's kernel state", "generation", rn.Generation, "step", rn.Spec.Step, "changes", res.Changes)
 	}
 	if !StatusEqual(rn.Status, res.Status) {
-		patch := client.MergeFrom(rn.DeepCopy())
+		// A merge patch holds only what differs from rn, the cached
+		// object, which may not have the agent's own last write yet:
+		// fields that write changed and this one changes back (a peer
+		// counted unreachable, then gone) would be left as that write
+		// made them, and the rollout's gate would wait on them until the
+		// next resync. The lock makes such a patch fail, and the retry
+		// reads the cache again.
+		patch := client.MergeFromWithOptions(rn.DeepCopy(), client.MergeFromWithOptimisticLock{})
 		rn.Status = res.Status
 		if err := r.Client.Status().Patch(ctx, &rn, patch); err != nil {
 			return ctrl.Result{}, err

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -324,5 +326,79 @@ func TestReadyFollowsAppliedGeneration(t *testing.T) {
 	}
 	if err := r.Ready(probe); err != nil {
 		t.Fatalf("after applying generation 2: %v", err)
+	}
+}
+
+// scriptedAgent reports the peer table it is given.
+type scriptedAgent struct{ table []peertable.Row }
+
+func (a *scriptedAgent) Reconcile(_ context.Context, req node.Request) node.Result {
+	return node.Result{Status: v1alpha1.RoutingNodeStatus{ObservedGeneration: req.Generation, PeerSummary: peertable.Summarize(a.table)}}
+}
+
+// staleClient reads the RoutingNode as it was before the agent's last
+// status write, as a cache that has not caught up with it yet.
+type staleClient struct {
+	client.Client
+	stale *v1alpha1.RoutingNode
+}
+
+func (c staleClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if rn, ok := obj.(*v1alpha1.RoutingNode); ok {
+		c.stale.DeepCopyInto(rn)
+		return nil
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// TestStatusNeverMixesWrites: a status written from a cache that lacks the
+// agent's own last write must not leave that write's fields behind. A
+// peer counted unreachable and then gone left the API server saying the
+// node misses a peer, which held the rollout until the next resync (the
+// 10 s seen when the chaos suite removes a node). The write fails instead,
+// and the retry on a fresh read writes the whole status.
+func TestStatusNeverMixesWrites(t *testing.T) {
+	ctx := t.Context()
+	makeNode(t, "s-1", "192.168.0.120", "10.0.0.0/24")
+	makeRoutingNode(t, "s-1", tunnel)
+	reach := func(name string, ok bool) peertable.Row {
+		return peertable.Row{Node: name, NodeIP: "192.168.0.1", Direct: true, Probed: true, Reachable: ok}
+	}
+	agent := &scriptedAgent{table: []peertable.Row{reach("s-2", true), reach("s-3", true)}}
+	r := &Reconciler{Client: env.Client, NodeName: "s-1", Agent: agent}
+	read := func() *v1alpha1.RoutingNode {
+		t.Helper()
+		var rn v1alpha1.RoutingNode
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: "s-1"}, &rn); err != nil {
+			t.Fatal(err)
+		}
+		return &rn
+	}
+	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	before := read()
+	agent.table = []peertable.Row{reach("s-2", true), reach("s-3", false)}
+	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	unreachable := read().Status.PeerSummary
+	if unreachable.Unreachable != 1 {
+		t.Fatalf("after s-3 stopped answering: %+v", unreachable)
+	}
+
+	agent.table = []peertable.Row{reach("s-2", true)} // s-3 is gone
+	stale := &Reconciler{Client: staleClient{Client: env.Client, stale: before}, NodeName: "s-1", Agent: agent}
+	if _, err := stale.Reconcile(ctx, reconcile.Request{}); !apierrors.IsConflict(err) {
+		t.Errorf("a status written from a stale read: %v; want a conflict", err)
+	}
+	if got := read().Status.PeerSummary; !equality.Semantic.DeepEqual(got, unreachable) {
+		t.Errorf("after the stale write the API server has %+v; want the last whole status %+v", got, unreachable)
+	}
+	if _, err := r.Reconcile(ctx, reconcile.Request{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := read().Status.PeerSummary, peertable.Summarize(agent.table); !equality.Semantic.DeepEqual(got, want) {
+		t.Errorf("after the retry the API server has %+v; want %+v", got, want)
 	}
 }

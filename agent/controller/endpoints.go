@@ -30,12 +30,6 @@ func WatchEndpoints(ctx context.Context, dir string, out chan<- event.GenericEve
 	if err := w.Add(dir); err != nil {
 		return fmt.Errorf("watching %s: %w", dir, err)
 	}
-	wake := func() {
-		select {
-		case out <- event.GenericEvent{}:
-		default: // a reconcile is already queued
-		}
-	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -46,13 +40,13 @@ func WatchEndpoints(ctx context.Context, dir string, out chan<- event.GenericEve
 			}
 			// Events may have been lost (a queue overflow): look again.
 			log.Error(err, "Failed to read endpoint record events", "dir", dir)
-			wake()
+			wake(out)
 		case e, ok := <-w.Events:
 			if !ok {
 				return nil
 			}
 			if e.Name == dir && (e.Has(fsnotify.Remove) || e.Has(fsnotify.Rename)) {
-				wake()
+				wake(out)
 				return fmt.Errorf("endpoint directory %s was removed", dir)
 			}
 			// Records are written to a dot-file and renamed into place.
@@ -61,7 +55,15 @@ func WatchEndpoints(ctx context.Context, dir string, out chan<- event.GenericEve
 				!e.Has(fsnotify.Create) && !e.Has(fsnotify.Remove) && !e.Has(fsnotify.Rename) {
 				continue
 			}
-			wake()
+			wake(out)
 		}
+	}
+}
+
+// wake queues a reconcile unless one is queued already.
+func wake(out chan<- event.GenericEvent) {
+	select {
+	case out <- event.GenericEvent{}:
+	default:
 	}
 }

@@ -44,25 +44,7 @@ func TestWatchEndpoints(t *testing.T) {
 	if err := store.Delete("c1", "eth0"); err != nil {
 		t.Fatal(err)
 	}
-	// A wanted event may take long on a loaded machine; an unwanted one is
-	// given half a second to show, which only a quiet machine would miss.
-	expect := func(what string, want bool) {
-		t.Helper()
-		wait := 500 * time.Millisecond
-		if want {
-			wait = 30 * time.Second
-		}
-		select {
-		case <-out:
-			if !want {
-				t.Errorf("%s woke the reconciler", what)
-			}
-		case <-time.After(wait):
-			if want {
-				t.Errorf("%s did not wake the reconciler within %s", what, wait)
-			}
-		}
-	}
+	expect := func(what string, want bool) { t.Helper(); expectWake(t, out, what, want) }
 	expect("a removed record", true)
 	if err := store.Put(ep); err != nil {
 		t.Fatal(err)
@@ -88,5 +70,26 @@ func TestWatchEndpoints(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Error("the watch did not end when its directory was removed")
+	}
+}
+
+// expectWake fails unless out delivers an event (want) or stays quiet. A
+// wanted event may take long on a loaded machine; an unwanted one is given
+// half a second to show, which only a quiet machine would miss.
+func expectWake(t *testing.T, out <-chan event.GenericEvent, what string, want bool) {
+	t.Helper()
+	wait := 500 * time.Millisecond
+	if want {
+		wait = 30 * time.Second
+	}
+	select {
+	case <-out:
+		if !want {
+			t.Errorf("%s woke the reconciler", what)
+		}
+	case <-time.After(wait):
+		if want {
+			t.Errorf("%s did not wake the reconciler within %s", what, wait)
+		}
 	}
 }

@@ -48,10 +48,7 @@ func WatchLinks(ctx context.Context, ns netns.NsHandle, underlay string, out cha
 			// Deletions and admin state changes matter; carrier flaps of
 			// pod devices do not generate work beyond a cheap reconcile.
 			if u.Header.Type == unix.RTM_DELLINK || u.Header.Type == unix.RTM_NEWLINK {
-				select {
-				case out <- event.GenericEvent{}:
-				default: // a reconcile is already queued
-				}
+				wake(out)
 			}
 		}
 	}

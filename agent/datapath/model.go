@@ -7,12 +7,15 @@
 // Ownership: the agent owns the devices rm_host/rm_net (router IP) and
 // rm_vxlan (tunnel), every neighbour and FDB entry on rm_vxlan, the routes
 // in the main table carrying RouteProtocol, the sysctls it lists, and the
-// default-route MTU of the pods recorded in the endpoint directory. Nothing
-// else is read as "actual", so nothing else is ever changed or deleted.
+// default-route MTU of the pods recorded in the endpoint directory. It
+// also keeps the node's route to each such pod, which the CNI plugin made
+// (protocol 182), while the pod's device exists: it puts back a deleted
+// one but never deletes one, which is CNI DEL's job. Nothing else is read
+// as "actual", so nothing else is ever changed or deleted.
 //
 // Order of a plan, so that no packet meets a missing route or a too-large
 // MTU: devices and addresses; loosening sysctls (rp_filter, forwarding);
-// pod route MTUs that go down; per peer neighbour → FDB → route (flannel's
+// missing pod routes; pod route MTUs that go down; per peer neighbour → FDB → route (flannel's
 // order: the route last, so the kernel never resolves the gateway early);
 // stale routes → stale FDB → stale neighbours; the tunnel device; pod route
 // MTUs that go up; restored sysctls. Route changes are replaces of the same
@@ -153,6 +156,29 @@ type FDB struct {
 	Dst netip.Addr
 }
 
+// Endpoint is a local endpoint (a pod, or the health endpoint) as its
+// record names it.
+type Endpoint struct {
+	// Key is its container ID and interface name.
+	Key string
+	IP  netip.Addr
+	// Dev is the node side of its veth.
+	Dev string
+}
+
+// PodRoute is the node's route to one endpoint: its address as a /32
+// through its device, scope link, protocol 182 (the CNI plugin's).
+type PodRoute struct {
+	// Key is the endpoint's container ID and interface name.
+	Key string
+	IP  netip.Addr
+	Dev string
+}
+
+func (r PodRoute) String() string {
+	return fmt.Sprintf("%s/32 dev %s proto 182 scope link (pod %s)", r.IP, r.Dev, r.Key)
+}
+
 // PodMTU is the default route MTU of one endpoint.
 type PodMTU struct {
 	// Key is the endpoint's container ID and interface name.
@@ -177,17 +203,22 @@ type State struct {
 	Saved map[string]string
 	// PodMTU maps endpoint keys to default route MTUs.
 	PodMTU map[string]int
+	// PodRoutes maps endpoint keys to the node's route to the endpoint.
+	// Actual state holds only endpoints whose device exists, with a zero
+	// PodRoute when the route is missing or is not the one wanted.
+	PodRoutes map[string]PodRoute
 }
 
 // NewState returns an empty State with its maps made.
 func NewState() State {
 	return State{
-		Routes:  map[netip.Prefix]Route{},
-		Neighs:  map[netip.Addr]Neigh{},
-		FDB:     map[string]FDB{},
-		Sysctls: map[string]string{},
-		Saved:   map[string]string{},
-		PodMTU:  map[string]int{},
+		Routes:    map[netip.Prefix]Route{},
+		Neighs:    map[netip.Addr]Neigh{},
+		FDB:       map[string]FDB{},
+		Sysctls:   map[string]string{},
+		Saved:     map[string]string{},
+		PodMTU:    map[string]int{},
+		PodRoutes: map[string]PodRoute{},
 	}
 }
 

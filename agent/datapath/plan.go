@@ -20,6 +20,7 @@ const (
 	OpTunnelRecreate OpKind = "tunnel-recreate"
 	OpTunnelUpdate   OpKind = "tunnel-update"
 	OpSysctl         OpKind = "sysctl"
+	OpPodRoute       OpKind = "pod-route"
 	OpPodMTU         OpKind = "pod-mtu"
 	OpNeighSet       OpKind = "neigh-set"
 	OpFDBSet         OpKind = "fdb-set"
@@ -47,9 +48,11 @@ type Op struct {
 	Dev    string
 	Sysctl Sysctl
 	Pod    PodMTU
-	Neigh  Neigh
-	FDB    FDB
-	Route  Route
+	// PodRoute is the route of OpPodRoute.
+	PodRoute PodRoute
+	Neigh    Neigh
+	FDB      FDB
+	Route    Route
 	// Why explains the operation in the log.
 	Why string
 }
@@ -83,6 +86,8 @@ func (o Op) String() string {
 		}
 	case OpSavedForget:
 		s = fmt.Sprintf("forget saved %s", o.Sysctl.Key)
+	case OpPodRoute:
+		s = fmt.Sprintf("route replace %s", o.PodRoute)
 	case OpPodMTU:
 		s = fmt.Sprintf("pod %s default route mtu %d", o.Pod.Key, o.Pod.MTU)
 	case OpNeighSet:
@@ -111,8 +116,9 @@ func (o Op) String() string {
 // (see the package documentation). It does not modify its arguments.
 func Plan(desired, actual State) []Op {
 	var (
-		early, lower, neighSet, fdbSet, routeSet, routeDel []Op
-		fdbDel, neighDel, tunnelDel, raise, late, forget   []Op
+		early, podRoutes, lower, neighSet, fdbSet, routeSet []Op
+		routeDel, fdbDel, neighDel, tunnelDel, raise, late  []Op
+		forget                                              []Op
 	)
 	actualRoutes := maps.Clone(actual.Routes)
 	actualNeighs := maps.Clone(actual.Neighs)
@@ -181,6 +187,18 @@ func Plan(desired, actual State) []Op {
 		}
 	}
 
+	for _, k := range SortedKeys(desired.PodRoutes) {
+		d := desired.PodRoutes[k]
+		// An endpoint without its device is absent: the pod is going away.
+		if a, ok := actual.PodRoutes[k]; ok && a != d {
+			why := "missing"
+			if a.Dev != "" {
+				why = "was dev " + a.Dev
+			}
+			podRoutes = append(podRoutes, Op{Kind: OpPodRoute, PodRoute: d, Why: why})
+		}
+	}
+
 	for _, k := range SortedKeys(desired.PodMTU) {
 		v := desired.PodMTU[k]
 		a, ok := actual.PodMTU[k]
@@ -238,7 +256,7 @@ func Plan(desired, actual State) []Op {
 		tunnelDel = append(tunnelDel, Op{Kind: OpTunnelDelete, Tunnel: *actual.Tunnel})
 	}
 
-	return slices.Concat(early, lower, neighSet, fdbSet, routeSet, routeDel, fdbDel, neighDel, tunnelDel, raise, late, forget)
+	return slices.Concat(early, podRoutes, lower, neighSet, fdbSet, routeSet, routeDel, fdbDel, neighDel, tunnelDel, raise, late, forget)
 }
 
 // addrOps adds the addresses of want that dev lacks and deletes the ones it

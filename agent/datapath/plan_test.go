@@ -36,6 +36,7 @@ func clone(s State) State {
 	c.Sysctls = maps.Clone(s.Sysctls)
 	c.Saved = maps.Clone(s.Saved)
 	c.PodMTU = maps.Clone(s.PodMTU)
+	c.PodRoutes = maps.Clone(s.PodRoutes)
 	if s.Tunnel != nil {
 		t := *s.Tunnel
 		c.Tunnel = &t
@@ -59,6 +60,48 @@ func TestPlanFromScratchOrder(t *testing.T) {
 	want := []OpKind{OpHostCreate, OpAddrAdd, OpTunnelCreate, OpAddrAdd, OpSysctl, OpPodMTU, OpNeighSet, OpFDBSet, OpRouteReplace}
 	if !slices.Equal(kinds(ops), want) {
 		t.Fatalf("plan %v, want %v", kinds(ops), want)
+	}
+}
+
+// TestPlanPodRoute: a pod's route someone deleted, or pointed elsewhere,
+// is put back as soon as the devices and sysctls are there, before any
+// MTU or peer change; a pod whose device is gone (absent from actual) is
+// going away and gets none; nothing ever deletes a pod's route.
+func TestPlanPodRoute(t *testing.T) {
+	desired := render(t, input(tunnelSpec, peer2))
+	want := desired.PodRoutes["pod-a/eth0"]
+	for name, tc := range map[string]struct {
+		have    *PodRoute // nil: the pod's device is gone
+		ops     []OpKind
+		logLine string
+	}{
+		"deleted":        {have: &PodRoute{}, ops: []OpKind{OpPodRoute, OpPodMTU}, logLine: "route replace 10.0.0.5/32 dev lxc0123456789ab proto 182 scope link (pod pod-a/eth0) (missing)"},
+		"other device":   {have: &PodRoute{Key: want.Key, IP: want.IP, Dev: "lxc-stale"}, ops: []OpKind{OpPodRoute, OpPodMTU}, logLine: "(was dev lxc-stale)"},
+		"in place":       {have: &want, ops: []OpKind{OpPodMTU}},
+		"device is gone": {ops: []OpKind{OpPodMTU}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			actual := clone(desired)
+			actual.PodMTU["pod-a/eth0"] = 1500
+			delete(actual.PodRoutes, "pod-a/eth0")
+			if tc.have != nil {
+				actual.PodRoutes["pod-a/eth0"] = *tc.have
+			}
+			ops := Plan(desired, actual)
+			if !slices.Equal(kinds(ops), tc.ops) {
+				t.Fatalf("plan %v, want %v", kinds(ops), tc.ops)
+			}
+			if tc.logLine != "" && !strings.Contains(ops[0].String(), tc.logLine) {
+				t.Errorf("op %q, want it to say %q", ops[0], tc.logLine)
+			}
+		})
+	}
+	// From scratch the pod route comes after the devices and sysctls.
+	actual := NewState()
+	actual.PodRoutes["pod-a/eth0"] = PodRoute{}
+	ops := Plan(desired, actual)
+	if i, j := index(ops, OpSysctl), index(ops, OpPodRoute); i < 0 || j < i || j != index(ops, OpNeighSet)-1 {
+		t.Errorf("plan %v: want the pod route after the sysctls, before the peers", kinds(ops))
 	}
 }
 

@@ -34,8 +34,8 @@ type Input struct {
 	// Underlay is the device holding the node IP; UnderlayMTU its MTU.
 	Underlay    string
 	UnderlayMTU int
-	// Endpoints are the keys of the local endpoints.
-	Endpoints []string
+	// Endpoints are the local endpoints.
+	Endpoints []Endpoint
 	// Saved are the sysctl values saved before loosening.
 	Saved map[string]string
 	// Kernel is what the kernel can do.
@@ -169,7 +169,8 @@ func Render(in Input) (Rendered, error) {
 		st.Sysctls[k] = v
 	}
 	for _, ep := range in.Endpoints {
-		st.PodMTU[ep] = routeMTU
+		st.PodMTU[ep.Key] = routeMTU
+		st.PodRoutes[ep.Key] = PodRoute{Key: ep.Key, IP: ep.IP, Dev: ep.Dev}
 	}
 	out.State = st
 	return out, nil

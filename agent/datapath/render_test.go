@@ -23,7 +23,7 @@ var (
 
 func input(spec v1alpha1.NodeDatapath, peers ...Peer) Input {
 	return Input{Spec: spec, Self: self, Peers: peers, Underlay: "eth0", UnderlayMTU: 1500,
-		Endpoints: []string{"pod-a/eth0"}, Kernel: KernelCaps{Release: "6.18", VXLAN: true}}
+		Endpoints: []Endpoint{{Key: "pod-a/eth0", IP: netip.MustParseAddr("10.0.0.5"), Dev: "lxc0123456789ab"}}, Kernel: KernelCaps{Release: "6.18", VXLAN: true}}
 }
 
 func with(d v1alpha1.NodeDatapath, f func(*v1alpha1.NodeDatapath)) v1alpha1.NodeDatapath {

@@ -12,10 +12,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/go-logr/logr"
@@ -210,7 +212,64 @@ func (k *Kernel) Read(req ReadRequest) (datapath.State, error) {
 			st.PodMTU[EndpointKey(ep)] = mtu
 		}
 	}
+	if err := k.readPodRoutes(&st, req.Endpoints, byName, names); err != nil {
+		return st, err
+	}
 	return st, nil
+}
+
+// readPodRoutes records the node's route to every endpoint whose device
+// is still the one its record names (another device of that name is a
+// pod being wired anew, whose CNI ADD routes it).
+func (k *Kernel) readPodRoutes(st *datapath.State, eps []endpoint.Endpoint, byName map[string]netlink.Link, names map[int]string) error {
+	if len(eps) == 0 {
+		return nil
+	}
+	routes, err := k.H.RouteListFiltered(unix.AF_INET,
+		&netlink.Route{Protocol: podnet.RouteProtocol, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("listing pod routes: %w", err)
+	}
+	byIP := map[netip.Addr]netlink.Route{}
+	for _, r := range routes {
+		if r.Dst == nil || r.Scope != netlink.SCOPE_LINK || r.Gw != nil {
+			continue
+		}
+		if ones, _ := r.Dst.Mask.Size(); ones != 32 {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(r.Dst.IP.To4()); ok {
+			byIP[ip] = r
+		}
+	}
+	for _, ep := range eps {
+		if l, ok := byName[ep.LXCName]; !ok || l.Attrs().Index != ep.LXCIndex {
+			continue
+		}
+		key := EndpointKey(ep)
+		have := datapath.PodRoute{}
+		if r, ok := byIP[ep.IP]; ok {
+			have = datapath.PodRoute{Key: key, IP: ep.IP, Dev: names[r.LinkIndex]}
+		}
+		st.PodRoutes[key] = have
+	}
+	return nil
+}
+
+// LocalEndpoints indexes endpoint records by EndpointKey and describes them
+// for datapath.Render, sorted by key.
+func LocalEndpoints(eps []endpoint.Endpoint) (map[string]endpoint.Endpoint, []datapath.Endpoint) {
+	byKey := map[string]endpoint.Endpoint{}
+	for _, ep := range eps {
+		byKey[EndpointKey(ep)] = ep
+	}
+	local := make([]datapath.Endpoint, 0, len(byKey))
+	for _, key := range slices.Sorted(maps.Keys(byKey)) {
+		ep := byKey[key]
+		local = append(local, datapath.Endpoint{Key: key, IP: ep.IP, Dev: ep.LXCName})
+	}
+	return byKey, local
 }
 
 func prefixes(addrs []netlink.Addr) []netip.Prefix {
@@ -401,6 +460,13 @@ func (k *Kernel) apply(op datapath.Op, env ApplyEnv, links *linkCache) error {
 		}
 		delete(saved, op.Sysctl.Key)
 		return k.storeSaved(saved)
+	case datapath.OpPodRoute:
+		ep, ok := env.Endpoints[op.PodRoute.Key]
+		if !ok {
+			return fmt.Errorf("unknown endpoint %s", op.PodRoute.Key)
+		}
+		// The device gone meanwhile is the pod gone: nothing to route.
+		return ignoreGone(k.H.RouteReplace(podnet.HostRoute(op.PodRoute.IP, ep.LXCIndex)))
 	case datapath.OpPodMTU:
 		ep, ok := env.Endpoints[op.Pod.Key]
 		if !ok {

@@ -1,8 +1,6 @@
 package masq
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"maps"
 	"net/netip"
 	"slices"
@@ -22,10 +20,7 @@ import (
 func inNewNS(t *testing.T) Masq {
 	t.Helper()
 	privileged.Require(t, "creates a network namespace")
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	name := "rmmasq" + hex.EncodeToString(b)
-	n, err := nsutil.Create(name)
+	name, n, err := nsutil.CreateTemp("rmmasq")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -280,11 +280,7 @@ func (r *run) prepare() (*target, error) {
 	if t.endpoints, err = a.Endpoints().List(); err != nil {
 		r.log.Error(err, "Failed to read some endpoint records")
 	}
-	t.byKey = map[string]endpoint.Endpoint{}
-	for _, ep := range t.endpoints {
-		t.byKey[kernel.EndpointKey(ep)] = ep
-	}
-	in.Endpoints = slices.Sorted(maps.Keys(t.byKey))
+	t.byKey, in.Endpoints = kernel.LocalEndpoints(t.endpoints)
 	if t.rendered, err = datapath.Render(in); err != nil {
 		return nil, err
 	}

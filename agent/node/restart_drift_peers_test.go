@@ -91,8 +91,9 @@ func TestRestartChangesNothing(t *testing.T) {
 	}
 }
 
-// TestDriftRepair deletes what the agent made behind its back and checks
-// that the next reconcile repairs it, touching no route it does not own.
+// TestDriftRepair deletes what the agent made behind its back, and a pod's
+// route the CNI plugin made, and checks that the next reconcile repairs
+// them, touching no route it does not own.
 func TestDriftRepair(t *testing.T) {
 	l := netlab.New(t, netlab.Spec{Nodes: 2, CNI: true, Agents: true, RPFilter: 1})
 	ctx := netlab.Context(t, time.Minute)
@@ -107,8 +108,11 @@ func TestDriftRepair(t *testing.T) {
 	// Someone else's route, and a stale one of ours.
 	run("route", "add", "10.9.0.0/24", "via", "192.168.0.1", "proto", "static")
 	run("route", "add", "10.0.7.0/24", "via", "192.168.0.1", "proto", "181")
-	// Drift: the route to node-2's pods and the tunnel device are gone.
+	// Drift: the route to node-2's pods, the one to node-1's own pod (the
+	// CNI plugin's) and the tunnel device are gone.
+	podRoute := pods[0].IP.String() + "/32"
 	run("route", "del", "10.0.1.0/24")
+	run("route", "del", podRoute)
 	run("link", "del", "rm_vxlan")
 	if err := (masq.Masq{NetNSFd: int(n1.NS.Fd())}).Delete(); err != nil {
 		t.Fatal(err)
@@ -122,7 +126,8 @@ func TestDriftRepair(t *testing.T) {
 	if ok, why := n1.Healthy(); !ok {
 		t.Fatalf("after repair: %s", why)
 	}
-	for _, want := range []string{"create rm_vxlan", "route replace 10.0.1.0/24 via 10.0.1.0 dev rm_vxlan", "route del 10.0.7.0/24", "nftables"} {
+	for _, want := range []string{"create rm_vxlan", "route replace 10.0.1.0/24 via 10.0.1.0 dev rm_vxlan", "route del 10.0.7.0/24", "nftables",
+		"route replace " + podRoute + " dev lxc"} {
 		if !slices.ContainsFunc(res.Changes, func(c string) bool { return strings.Contains(c, want) }) {
 			t.Errorf("repair lacks %q", want)
 		}
@@ -135,6 +140,9 @@ func TestDriftRepair(t *testing.T) {
 	}
 	if got := routeTo(t, n1, "10.0.7.0/24"); got != "" {
 		t.Errorf("stale owned route survived: %q", got)
+	}
+	if got := routeTo(t, n1, podRoute); !strings.Contains(got, "dev lxc") || !strings.Contains(got, "proto 182") || !strings.Contains(got, "scope link") {
+		t.Errorf("the pod's route after the repair: %q; want it through its lxc device, proto 182, scope link", got)
 	}
 	if res := n1.Reconcile(ctx); len(res.Changes) != 0 {
 		t.Errorf("second reconcile after repair changed %v", res.Changes)

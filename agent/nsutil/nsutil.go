@@ -6,6 +6,8 @@
 package nsutil
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -39,6 +41,18 @@ func Ensure(name string) (n ns.NetNS, created bool, err error) {
 	}
 	n, err = Create(name)
 	return n, err == nil, err
+}
+
+// CreateTemp makes a new named network namespace, named prefix and six
+// random hex digits, for throwaway uses (tests); the caller deletes it.
+func CreateTemp(prefix string) (name string, n ns.NetNS, err error) {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, err
+	}
+	name = prefix + hex.EncodeToString(b)
+	n, err = Create(name)
+	return name, n, err
 }
 
 // Create makes a new named network namespace, without switching the caller

@@ -201,6 +201,11 @@ func run(o options) error {
 		}
 	}()
 	go func() {
+		if err := agentcontroller.WatchRoutes(ctx, netns.None(), kernel, log); err != nil {
+			log.Error(err, "Failed to watch routes; a deleted pod route waits for the periodic resync")
+		}
+	}()
+	go func() {
 		if err := agentcontroller.WatchEndpoints(ctx, agent.Endpoints().Dir, kernel, log); err != nil {
 			log.Error(err, "Failed to watch endpoint records; new pods wait for the periodic resync")
 		}

@@ -87,7 +87,7 @@ func Plan(in Input) (d Decision) {
 	case d.Preflight.Failed:
 		d.Phase, d.Stall = v1alpha1.PhaseStalled, &Stall{Reason: d.Preflight.Reason, Message: d.Preflight.Message}
 		return d
-	case d.Preflight.Reason == ReasonWaitingForAgents:
+	case d.Preflight.Waiting:
 		return waitForAgents(d, in)
 	}
 
@@ -195,7 +195,9 @@ func complete(d Decision, nodes []Node, in Input) Decision {
 // waitForAgents waits for the agents to report, for healthCheckTimeout
 // from the rollout's start or from the last node joining, whichever is
 // later: an agent cannot report before its RoutingNode exists, and at
-// 5,000 nodes the operator creates them over a minute or more.
+// 5,000 nodes the operator creates them over a minute or more. A node
+// still without its facts by then is NodeMissingFacts, any other silence
+// AgentTimeout.
 func waitForAgents(d Decision, in Input) Decision {
 	d.Phase, d.Waiting = v1alpha1.PhasePreflight, d.Preflight.Message
 	timeout := healthCheckTimeout(in.Spec)
@@ -209,8 +211,12 @@ func waitForAgents(d Decision, in Input) Decision {
 		}
 	}
 	if !in.Started.IsZero() && in.Now.Sub(since) > timeout {
-		d.Phase, d.Stall = v1alpha1.PhaseStalled, &Stall{Reason: ReasonAgentTimeout,
+		stall := &Stall{Reason: ReasonAgentTimeout,
 			Message: fmt.Sprintf("%s for more than %s: check that the routemode-agent DaemonSet runs on every node", d.Preflight.Message, timeout)}
+		if d.Preflight.Reason == ReasonNodeJoining {
+			stall = &Stall{Reason: ReasonNodeMissingFacts, Message: fmt.Sprintf("%s; still missing after %s", d.Preflight.Message, timeout)}
+		}
+		d.Phase, d.Stall = v1alpha1.PhaseStalled, stall
 		return d
 	}
 	d.RequeueAfter = timeout - in.Now.Sub(since)

@@ -473,6 +473,67 @@ func TestAgentTimeoutCountsFromTheLastJoin(t *testing.T) {
 	}
 }
 
+// TestNodeJoiningWaits: a node without its podCIDR or InternalIP whose
+// agent has not reported is joining, as a kubelet's node is until
+// kube-controller-manager allocates its podCIDR: the rollout waits for it
+// (Preflight, not Stalled) for the agent timeout, counted as for any agent,
+// and only then stalls with NodeMissingFacts. A node whose agent did report
+// stalls the rollout at once.
+func TestNodeJoiningWaits(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	reported := v1alpha1.RoutingNodeStatus{Capabilities: allCaps, PeerSummary: &v1alpha1.PeerSummary{Total: 1}}
+	steady := new(Steady(tunnelSpec))
+	tests := map[string]struct {
+		n1      Node
+		after   time.Duration
+		stall   string // "" for a wait
+		msg     string
+		requeue time.Duration
+	}{
+		"no podCIDR yet, within the timeout": {
+			n1:    Node{Name: "n1", InternalIP: "192.168.0.2", HasRoutingNode: true, Created: start.Add(90 * time.Second)},
+			after: 3 * time.Minute, msg: `waiting for n1 to join (no agent report yet): node n1 has no valid podCIDR ("")`, requeue: 30 * time.Second,
+		},
+		"no InternalIP yet, within the timeout": {
+			n1:    Node{Name: "n1", PodCIDR: "10.0.1.0/24", HasRoutingNode: true, Created: start},
+			after: time.Minute, msg: "node n1 has no InternalIP address", requeue: time.Minute,
+		},
+		"no RoutingNode yet": {
+			n1:    Node{Name: "n1"},
+			after: time.Hour, msg: "waiting for n1 to join", requeue: 2 * time.Minute,
+		},
+		"no podCIDR past the timeout": {
+			n1:    Node{Name: "n1", InternalIP: "192.168.0.2", HasRoutingNode: true, Created: start.Add(90 * time.Second)},
+			after: 4 * time.Minute, stall: ReasonNodeMissingFacts, msg: "node n1 has no valid podCIDR",
+		},
+		"no podCIDR, agent reported": {
+			n1:    Node{Name: "n1", InternalIP: "192.168.0.2", HasRoutingNode: true, Created: start, Status: reported},
+			after: time.Second, stall: ReasonNodeMissingFacts, msg: "node n1 has no valid podCIDR",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			nodes := []Node{{Name: "n0", PodCIDR: "10.0.0.0/24", InternalIP: "192.168.0.1", HasRoutingNode: true, Created: start.Add(-time.Hour),
+				Datapath: steady, Status: reported}, tc.n1}
+			d := Plan(Input{Spec: tunnelSpec, Nodes: nodes, Now: start.Add(tc.after), Started: start, Generation: 1})
+			if len(d.Updates) != 0 {
+				t.Errorf("updates %v; want none before every node has its facts", names(d.Updates))
+			}
+			if tc.stall == "" {
+				if d.Stall != nil || d.Phase != v1alpha1.PhasePreflight || !d.Preflight.Waiting || d.Preflight.Reason != ReasonNodeJoining ||
+					!strings.Contains(d.Waiting, tc.msg) || d.RequeueAfter != tc.requeue {
+					t.Errorf("got %s, stall %+v, preflight %+v, waiting %q, requeue %s; want a wait (%s) saying %q, requeue %s",
+						d.Phase, d.Stall, d.Preflight, d.Waiting, d.RequeueAfter, ReasonNodeJoining, tc.msg, tc.requeue)
+				}
+				return
+			}
+			if d.Phase != v1alpha1.PhaseStalled || d.Stall == nil || d.Stall.Reason != tc.stall || !strings.Contains(d.Stall.Message, tc.msg) {
+				t.Errorf("got %s, stall %+v; want Stalled %s saying %q", d.Phase, d.Stall, tc.stall, tc.msg)
+			}
+		})
+	}
+}
+
 func TestPreflight(t *testing.T) {
 	ok := func() []Node {
 		var ns []Node
@@ -490,12 +551,16 @@ func TestPreflight(t *testing.T) {
 		failed bool
 		msg    string
 	}{
-		"passes":              {spec: nativeSpec, reason: ReasonPreflightPassed},
-		"pod CIDR outside":    {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.1.0.0/24" }, reason: ReasonPodCIDROutside, failed: true, msg: "node n1's podCIDR 10.1.0.0/24 is outside nativeRoutingCIDR 10.0.0.0/16"},
-		"pod CIDR wider":      {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.0.0.0/8" }, reason: ReasonPodCIDROutside, failed: true},
-		"no pod CIDR":         {spec: tunnelSpec, mutate: func(n []Node) { n[0].PodCIDR = "" }, reason: ReasonNodeMissingFacts, failed: true, msg: "node n0 has no valid podCIDR"},
-		"no internal IP":      {spec: tunnelSpec, mutate: func(n []Node) { n[0].InternalIP = "" }, reason: ReasonNodeMissingFacts, failed: true},
-		"agent not reported":  {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.Capabilities = nil }, reason: ReasonWaitingForAgents, msg: "agent on n1"},
+		"passes":             {spec: nativeSpec, reason: ReasonPreflightPassed},
+		"pod CIDR outside":   {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.1.0.0/24" }, reason: ReasonPodCIDROutside, failed: true, msg: "node n1's podCIDR 10.1.0.0/24 is outside nativeRoutingCIDR 10.0.0.0/16"},
+		"pod CIDR wider":     {spec: nativeSpec, mutate: func(n []Node) { n[1].PodCIDR = "10.0.0.0/8" }, reason: ReasonPodCIDROutside, failed: true},
+		"no pod CIDR":        {spec: tunnelSpec, mutate: func(n []Node) { n[0].PodCIDR = "" }, reason: ReasonNodeMissingFacts, failed: true, msg: "node n0 has no valid podCIDR"},
+		"no internal IP":     {spec: tunnelSpec, mutate: func(n []Node) { n[0].InternalIP = "" }, reason: ReasonNodeMissingFacts, failed: true},
+		"agent not reported": {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.Capabilities = nil }, reason: ReasonWaitingForAgents, msg: "agent on n1"},
+		"joining": {spec: tunnelSpec, mutate: func(n []Node) { n[1].PodCIDR, n[1].Status.Capabilities = "", nil },
+			reason: ReasonNodeJoining, msg: `waiting for n1 to join (no agent report yet): node n1 has no valid podCIDR ("")`},
+		"one joining, one missing facts": {spec: tunnelSpec, mutate: func(n []Node) { n[0].PodCIDR, n[0].Status.Capabilities, n[1].InternalIP = "", nil, "" },
+			reason: ReasonNodeMissingFacts, failed: true, msg: "node n1 has no InternalIP"},
 		"geneve unsupported":  {spec: v1alpha1.RoutingModeSpec{Tunnel: v1alpha1.TunnelGeneve, TunnelPort: 6081, HostRouting: "legacy"}, mutate: func(n []Node) { n[0].Datapath = nil; n[1].Datapath = nil }, reason: ReasonTunnelUnsupported, failed: true, msg: "cannot create geneve devices"},
 		"no bpf host routing": {spec: nativeSpec, mutate: func(n []Node) { n[1].Status.Capabilities = &v1alpha1.NodeCapabilities{VXLAN: true} }, reason: ReasonHostRoutingUnsup, failed: true},
 		"no bpf host routing, the agent says why": {spec: nativeSpec, mutate: func(n []Node) {
@@ -516,8 +581,9 @@ func TestPreflight(t *testing.T) {
 				tc.mutate(nodes)
 			}
 			r := Preflight(Steady(tc.spec), nodes)
-			if r.Reason != tc.reason || r.Failed != tc.failed || !strings.Contains(r.Message, tc.msg) {
-				t.Errorf("Preflight = %+v, want reason %s failed %v message containing %q", r, tc.reason, tc.failed, tc.msg)
+			waiting := tc.reason == ReasonWaitingForAgents || tc.reason == ReasonNodeJoining
+			if r.Reason != tc.reason || r.Failed != tc.failed || r.Waiting != waiting || !strings.Contains(r.Message, tc.msg) {
+				t.Errorf("Preflight = %+v, want reason %s failed %v waiting %v message containing %q", r, tc.reason, tc.failed, waiting, tc.msg)
 			}
 		})
 	}

@@ -10,18 +10,23 @@ import (
 
 // PreflightResult is the outcome of the cluster checks. Failed stops the
 // rollout before it touches a node; Waiting means a check lacks a report
-// from an agent.
+// from an agent, which holds the rollout for at most the agent timeout.
 type PreflightResult struct {
 	Failed  bool
+	Waiting bool
 	Reason  string
 	Message string
 }
 
 // Preflight reasons.
 const (
-	ReasonPreflightPassed     = "PreflightPassed"
-	ReasonWaitingForAgents    = "WaitingForAgents"
-	ReasonNodeMissingFacts    = "NodeMissingFacts"
+	ReasonPreflightPassed  = "PreflightPassed"
+	ReasonWaitingForAgents = "WaitingForAgents"
+	ReasonNodeMissingFacts = "NodeMissingFacts"
+	// ReasonNodeJoining is NodeMissingFacts of nodes whose agents have not
+	// reported yet: a node registering, whose podCIDR or address is still
+	// to come. It waits, for the agent timeout, then is NodeMissingFacts.
+	ReasonNodeJoining         = "NodeJoining"
 	ReasonPodCIDROutside      = "PodCIDROutsideNativeRoutingCIDR"
 	ReasonTunnelUnsupported   = "TunnelUnsupported"
 	ReasonHostRoutingUnsup    = "BPFHostRoutingUnsupported"
@@ -57,14 +62,38 @@ func fail(reason, format string, args ...any) PreflightResult {
 	return PreflightResult{Failed: true, Reason: reason, Message: fmt.Sprintf(format, args...)}
 }
 
+// checkNodeFacts fails on a node without a podCIDR or InternalIP, unless
+// its agent has not reported either: then the node is still joining (a
+// kubelet registers before kube-controller-manager allocates its podCIDR)
+// and the rollout waits for it.
 func checkNodeFacts(_ v1alpha1.NodeDatapath, nodes []Node) PreflightResult {
+	var joining []string
+	var first PreflightResult
 	for _, n := range nodes {
-		if _, err := netip.ParsePrefix(n.PodCIDR); err != nil {
-			return fail(ReasonNodeMissingFacts, "node %s has no valid podCIDR (%q): routemode routes each node's podCIDR; allocate one (kube-controller-manager --allocate-node-cidrs, or set spec.podCIDR) and the rollout resumes", n.Name, n.PodCIDR)
+		r := nodeFacts(n)
+		switch {
+		case r.Reason == "":
+			continue
+		case n.Status.Capabilities != nil:
+			return r
+		case len(joining) == 0:
+			first = r
 		}
-		if _, err := netip.ParseAddr(n.InternalIP); err != nil {
-			return fail(ReasonNodeMissingFacts, "node %s has no InternalIP address: routemode sends to peers at their InternalIP; the kubelet must report one", n.Name)
-		}
+		joining = append(joining, n.Name)
+	}
+	if len(joining) > 0 {
+		return PreflightResult{Waiting: true, Reason: ReasonNodeJoining,
+			Message: fmt.Sprintf("waiting for %s to join (no agent report yet): %s", bounded.Names(joining, bounded.DefaultNames), first.Message)}
+	}
+	return PreflightResult{}
+}
+
+func nodeFacts(n Node) PreflightResult {
+	if _, err := netip.ParsePrefix(n.PodCIDR); err != nil {
+		return fail(ReasonNodeMissingFacts, "node %s has no valid podCIDR (%q): routemode routes each node's podCIDR; allocate one (kube-controller-manager --allocate-node-cidrs, or set spec.podCIDR) and the rollout resumes", n.Name, n.PodCIDR)
+	}
+	if _, err := netip.ParseAddr(n.InternalIP); err != nil {
+		return fail(ReasonNodeMissingFacts, "node %s has no InternalIP address: routemode sends to peers at their InternalIP; the kubelet must report one", n.Name)
 	}
 	return PreflightResult{}
 }
@@ -113,7 +142,7 @@ func checkAgentsReported(_ v1alpha1.NodeDatapath, nodes []Node) PreflightResult 
 		}
 	}
 	if len(missing) > 0 {
-		return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the routemode agent on %s to report its kernel's capabilities", bounded.Names(missing, bounded.DefaultNames))}
+		return PreflightResult{Waiting: true, Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the routemode agent on %s to report its kernel's capabilities", bounded.Names(missing, bounded.DefaultNames))}
 	}
 	return PreflightResult{}
 }
@@ -185,7 +214,7 @@ func checkDirectPeers(target v1alpha1.NodeDatapath, nodes []Node) PreflightResul
 		return fail(ReasonPeerNotDirect, "node %s reaches %s only through a gateway%s: autoDirectNodeRoutes needs every node on one L2 network; keep the tunnel, or route pod CIDRs in the underlay and set autoDirectNodeRoutes: false", first.Name, bounded.Counted(peers, int(s.NotDirect), bounded.DefaultNames), also)
 	}
 	if len(waiting) > 0 {
-		return PreflightResult{Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the agent on %s to report whether it reaches all %d peers directly", bounded.Names(waiting, bounded.DefaultNames), len(nodes)-1)}
+		return PreflightResult{Waiting: true, Reason: ReasonWaitingForAgents, Message: fmt.Sprintf("waiting for the agent on %s to report whether it reaches all %d peers directly", bounded.Names(waiting, bounded.DefaultNames), len(nodes)-1)}
 	}
 	return PreflightResult{}
 }

@@ -96,7 +96,7 @@ func preflightCondition(rm *v1alpha1.RoutingMode, d rollout.Decision) metav1.Con
 			return *old
 		}
 		return cond(v1alpha1.ConditionPreflightSucceeded, true, rollout.ReasonPreflightPassed, "every node runs the requested mode")
-	case p.Reason == rollout.ReasonWaitingForAgents:
+	case p.Waiting:
 		c := cond(v1alpha1.ConditionPreflightSucceeded, false, p.Reason, p.Message)
 		c.Status = metav1.ConditionUnknown
 		return c

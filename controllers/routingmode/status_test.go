@@ -22,7 +22,7 @@ func TestComputeStatus(t *testing.T) {
 		want want
 	}{
 		"preflight waiting": {
-			d:    rollout.Decision{Phase: v1alpha1.PhasePreflight, Preflight: rollout.PreflightResult{Reason: rollout.ReasonWaitingForAgents}},
+			d:    rollout.Decision{Phase: v1alpha1.PhasePreflight, Preflight: rollout.PreflightResult{Waiting: true, Reason: rollout.ReasonWaitingForAgents}},
 			want: want{metav1.ConditionFalse, metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionFalse, "Preflight"},
 		},
 		"preparing": {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"regexp"
@@ -402,9 +403,11 @@ func (h *harness) allSendVia(tunnel bool) {
 // again, its agent started). The traffic runs between the other nodes'
 // pods, which must lose nothing. Removed: its RoutingNode is deleted, the
 // rollout completes on the others and their kernels drop its routes.
-// Added: its first datapath receives both ways (the tunnel device, loose
-// rp_filter) before it takes part, the rollout completes with it, and
-// afterwards every pair, its pod's included, answers.
+// Added: the rollout is held mid-way until the node was given its first
+// datapath, so that a peer still sends natively when it joins; that
+// datapath receives both ways (the tunnel device, loose rp_filter), the
+// rollout completes with it, and afterwards every pair, its pod's
+// included, answers.
 func TestChaosNodeRemovedAndAdded(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
@@ -446,9 +449,11 @@ func TestChaosNodeRemovedAndAdded(t *testing.T) {
 
 	fault = "node added: kernel wiped, Node registered, agent started (native+bpf→tunnel)"
 	var w *pointWatch
+	var joined firstDatapath
 	h.chaosSwitch(chaosCase{fault: fault, spec: tunnelSpec, at: firstSwitching, use: elsewhere,
 		watch: func(pw *pointWatch) { w = pw },
-		inject: func(string) (time.Duration, string) {
+		inject: func(first string) (time.Duration, string) {
+			held := h.holdNotSwitched(others, first)
 			if err := h.wipeKernel(gone); err != nil {
 				t.Fatal(err)
 			}
@@ -456,16 +461,52 @@ func TestChaosNodeRemovedAndAdded(t *testing.T) {
 				t.Fatal(err)
 			}
 			removed = false
-			return 0, ""
+			var err error
+			if joined, err = w.joined(gone.Name, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			for _, resume := range held {
+				resume()
+			}
+			return 0, fmt.Sprintf("%s joined while %s sent natively (agents of %s held until it had its first datapath)",
+				gone.Name, strings.Join(joined.nativePeers, ", "), strings.Join(slices.Sorted(maps.Keys(held)), ", "))
 		}})
-	w.mu.Lock()
-	first := w.first[gone.Name]
-	w.mu.Unlock()
-	if first == nil || first.Tunnel != v1alpha1.TunnelVXLAN || !first.LooseRPFilter {
-		t.Errorf("%s: %s's first datapath %+v; want it to receive both ways (VXLAN and loose rp_filter)", fault, gone.Name, first)
+	// Only a peer still sending natively makes the case: without one the
+	// operator rightly gives the new node the target alone.
+	if len(joined.nativePeers) == 0 {
+		t.Errorf("%s: no peer sent natively when %s was given its first datapath %+v: the rollout was not mid-way", fault, gone.Name, joined.datapath)
+	} else if dp := joined.datapath; dp.Tunnel != v1alpha1.TunnelVXLAN || !dp.LooseRPFilter {
+		t.Errorf("%s: %s's first datapath %+v while %v sent natively; want it to receive both ways (VXLAN and loose rp_filter)",
+			fault, gone.Name, dp, joined.nativePeers)
 	}
 	if err := h.kernelInvariant(); err != nil {
 		t.Errorf("%s: after the rollout: %v", fault, err)
 	}
 	h.everyPairAnswers(fault)
+}
+
+// holdNotSwitched holds a rollout whose first batch, first, was just told
+// to switch: the agents of the other nodes among nodes are suspended, so
+// none of them can apply a Switch or answer the switching node's health
+// probes, and the operator cannot move past the first batch. It fails
+// unless each held node's kernel still routes first's pods natively, i.e.
+// the hold came before the rollout reached it. The agents continue when the
+// returned functions are called, or when the test ends.
+func (h *harness) holdNotSwitched(nodes []Node, first string) map[string]func() {
+	h.t.Helper()
+	held := map[string]func(){}
+	for _, n := range nodes {
+		if n.NS == first {
+			continue
+		}
+		held[n.NS] = h.suspend("agent-" + n.NS)
+		v, err := h.readKernel(n)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if v.viaTunnel[first] {
+			h.t.Fatalf("%s already routes %s into the tunnel: the rollout was past it before it could be held", n.NS, first)
+		}
+	}
+	return held
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -114,10 +115,25 @@ type pointWatch struct {
 	seen     map[string][]v1alpha1.RolloutStep
 	latest   map[string]*v1alpha1.RoutingNode
 	switched []string
-	// first is the first datapath each node was given in the watch.
-	first   map[string]*v1alpha1.NodeDatapath
+	// first is the first datapath each node was given in the watch, and
+	// which peers sent natively at that moment.
+	first   map[string]firstDatapath
 	changed chan struct{}
 	stop    func()
+}
+
+// firstDatapath is the first datapath a node was given, with the peers
+// that sent natively then: asked to (spec) or, as their agents last
+// reported, still doing so (status), e.g. told to switch but not yet done.
+type firstDatapath struct {
+	datapath    *v1alpha1.NodeDatapath
+	nativePeers []string
+}
+
+// sendsNatively says whether rn's node sends natively or is asked to.
+func sendsNatively(rn *v1alpha1.RoutingNode) bool {
+	return rn.Spec.Datapath != nil && rn.Spec.Datapath.SendMode == v1alpha1.SendNative ||
+		rn.Status.Datapath.SendMode == v1alpha1.SendNative
 }
 
 // watchPoints starts following the RoutingNodes; started before the spec
@@ -127,7 +143,7 @@ func (h *harness) watchPoints(ctx context.Context) *pointWatch {
 	h.t.Helper()
 	watcher := h.watch(ctx, &v1alpha1.RoutingNodeList{})
 	w := &pointWatch{seen: map[string][]v1alpha1.RolloutStep{}, latest: map[string]*v1alpha1.RoutingNode{},
-		first: map[string]*v1alpha1.NodeDatapath{}, changed: make(chan struct{}, 1)}
+		first: map[string]firstDatapath{}, changed: make(chan struct{}, 1)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -145,7 +161,13 @@ func (h *harness) watchPoints(ctx context.Context) *pointWatch {
 			}
 			w.latest[rn.Name] = rn
 			if _, ok := w.first[rn.Name]; !ok && rn.Spec.Datapath != nil {
-				w.first[rn.Name] = rn.Spec.Datapath
+				f := firstDatapath{datapath: rn.Spec.Datapath}
+				for name, peer := range w.latest {
+					if name != rn.Name && sendsNatively(peer) {
+						f.nativePeers = append(f.nativePeers, name)
+					}
+				}
+				w.first[rn.Name] = f
 			}
 			w.mu.Unlock()
 			select {
@@ -204,20 +226,39 @@ func (w *pointWatch) target(p rolloutPoint, nodes int) string {
 }
 
 // waitFor returns the node p hits once the rollout reached p.
-func (w *pointWatch) waitFor(p rolloutPoint, nodes int, limit time.Duration) (string, error) {
+func (w *pointWatch) waitFor(p rolloutPoint, nodes int, limit time.Duration) (node string, err error) {
+	err = w.until(fmt.Sprintf("the rollout to reach %q", p), limit, func() bool {
+		node = w.target(p, nodes)
+		return node != ""
+	})
+	return node, err
+}
+
+// until waits until ok, which takes w.mu itself, holds after an event.
+func (w *pointWatch) until(what string, limit time.Duration, ok func() bool) error {
 	timeout := time.After(limit)
-	for {
-		if node := w.target(p, nodes); node != "" {
-			return node, nil
-		}
+	for !ok() {
 		select {
 		case <-w.changed:
 		case <-timeout:
 			w.mu.Lock()
 			defer w.mu.Unlock()
-			return "", fmt.Errorf("the rollout did not reach %q within %s (steps seen: %v)", p, limit, w.seen)
+			return fmt.Errorf("waited %s for %s (steps seen: %v)", limit, what, w.seen)
 		}
 	}
+	return nil
+}
+
+// joined waits until node is given its first datapath and returns it.
+func (w *pointWatch) joined(node string, limit time.Duration) (firstDatapath, error) {
+	var f firstDatapath
+	err := w.until(node+" to be given its first datapath", limit, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		f = w.first[node]
+		return f.datapath != nil
+	})
+	return f, err
 }
 
 // steps stops the watch and returns the steps each node was given.
@@ -585,6 +626,19 @@ func chaosFreeze(t *testing.T) time.Duration {
 // fails meanwhile.
 func (h *harness) freeze(name string, d time.Duration) time.Duration {
 	h.t.Helper()
+	resume := h.suspend(name)
+	// The fault's own length, not a wait for something to happen.
+	time.Sleep(d)
+	resume()
+	return d
+}
+
+// suspend stops the supervised process name with SIGSTOP and returns once
+// every thread of it is stopped, so nothing it does can land afterwards but
+// what it had already sent. The returned resume continues it; the test's
+// cleanup does too, should the test fail first.
+func (h *harness) suspend(name string) (resume func()) {
+	h.t.Helper()
 	pid, err := h.l.supervisedPID(name)
 	if err != nil {
 		h.t.Fatal(err)
@@ -592,12 +646,24 @@ func (h *harness) freeze(name string, d time.Duration) time.Duration {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		h.t.Fatalf("stopping %s (pid %d): %v", name, pid, err)
 	}
-	resume := func() { _ = syscall.Kill(pid, syscall.SIGCONT) }
+	resume = func() { _ = syscall.Kill(pid, syscall.SIGCONT) }
 	h.t.Cleanup(resume)
-	// The fault's own length, not a wait for something to happen.
-	time.Sleep(d)
-	resume()
-	return d
+	// Signals reach threads one by one: wait until none runs.
+	if err := wait(context.Background(), 10*time.Second, name+"'s threads to stop", func() (bool, error) {
+		stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(stats) == 0 {
+			return false, fmt.Errorf("%s (pid %d) has no threads to read: %v", name, pid, err)
+		}
+		for _, f := range stats {
+			if state, _, err := procStat(f); err == nil && !strings.Contains("TtZX", state) {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		h.t.Fatal(err)
+	}
+	return resume
 }
 
 // TestChaosControlPlaneFrozenDuringSwitch freezes kube-apiserver, and

@@ -103,17 +103,11 @@ func (l *Lab) stopSupervised(name string) error {
 	if err != nil {
 		return err
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	_, ppid, err := procStat("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return fmt.Errorf("reading %s's parent: %w", name, err)
 	}
-	// The fields after the command name, which is in parentheses and may
-	// hold spaces: state, then the parent's pid.
-	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(fields) < 2 {
-		return fmt.Errorf("/proc/%d/stat: %q", pid, b)
-	}
-	supervisor, err := strconv.Atoi(fields[1])
+	supervisor, err := strconv.Atoi(ppid)
 	if err != nil {
 		return fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
@@ -172,4 +166,20 @@ func (l *Lab) LogsAround(times []time.Time, d time.Duration, limit int) string {
 		out = append(out, ln.text)
 	}
 	return strings.Join(out, "\n")
+}
+
+// procStat reads a process's or thread's state letter and parent pid from
+// its stat file (/proc/<pid>/stat or /proc/<pid>/task/<tid>/stat).
+func procStat(path string) (state, ppid string, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", err
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: state, then the parent's pid.
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(fields) < 2 {
+		return "", "", fmt.Errorf("%s: %q", path, b)
+	}
+	return fields[0], fields[1], nil
 }

@@ -50,11 +50,8 @@ func (n *Node) ApplyDatapathWith(ctx context.Context, d v1alpha1.NodeDatapath, p
 		in.Peers = append(in.Peers, datapath.Peer{Node: p, VTEPMAC: datapath.VTEPMAC(p.IP), Direct: true, DirectDev: n.Underlay})
 	}
 	eps := n.Endpoints()
-	byKey := map[string]endpoint.Endpoint{}
-	for _, ep := range eps {
-		byKey[kernel.EndpointKey(ep)] = ep
-	}
-	in.Endpoints = slices.Sorted(maps.Keys(byKey))
+	var byKey map[string]endpoint.Endpoint
+	byKey, in.Endpoints = kernel.LocalEndpoints(eps)
 	rendered, err := datapath.Render(in)
 	if err != nil {
 		return nil, err

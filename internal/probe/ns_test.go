@@ -1,8 +1,6 @@
 package probe
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"testing"
 
 	"github.com/routemode/routemode/agent/nsutil"
@@ -11,10 +9,7 @@ import (
 // newNS creates a named namespace removed at cleanup.
 func newNS(t *testing.T) string {
 	t.Helper()
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	name := "rmprobe" + hex.EncodeToString(b)
-	n, err := nsutil.Create(name)
+	name, n, err := nsutil.CreateTemp("rmprobe")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,8 +104,12 @@ type writtenAt struct {
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
+// staleRetry is how soon a reconcile that found the cache behind the
+// operator's own writes runs again.
+const staleRetry = 50 * time.Millisecond
+
 // Reconcile runs one step of the rollout.
-func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl.Result, reterr error) {
+func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (res ctrl.Result, reterr error) {
 	rm := &v1alpha1.RoutingMode{}
 	if err := r.Get(ctx, client.ObjectKey{Name: v1alpha1.RoutingModeName}, rm); err != nil {
 		if !apierrors.IsNotFound(err) {
@@ -133,7 +137,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 
 	if stale := r.staleNodes(nodes); stale != "" {
 		log.FromContext(ctx).V(1).Info("Waited for the cache to see the operator's writes", "routingNode", stale)
-		return ctrl.Result{RequeueAfter: 50 * time.Millisecond}, nil
+		return ctrl.Result{RequeueAfter: staleRetry}, nil
 	}
 	in := rollout.Input{Spec: rm.Spec, Nodes: nodes, Now: now, Stalled: recordedStall(rm), Generation: rm.Generation}
 	if rm.Status.RolloutStartTime != nil && rm.Status.ObservedGeneration == rm.Generation {
@@ -159,7 +163,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 	original := rm.DeepCopy()
 	defer func() {
 		computeStatus(rm, d, nodes, now)
-		reterr = kerrors.NewAggregate([]error{reterr, r.patchStatus(ctx, original, rm)})
+		err := r.patchStatus(ctx, original, rm)
+		if apierrors.IsConflict(err) {
+			// The cache had not yet seen this operator's own last status
+			// write; the watch event that brings it also brings a
+			// reconcile, and the requeue is the backstop.
+			log.FromContext(ctx).V(1).Info("Status written from a stale read; writing it again from a fresh one")
+			if res.RequeueAfter == 0 || res.RequeueAfter > staleRetry {
+				res.RequeueAfter = staleRetry
+			}
+			err = nil
+		}
+		reterr = kerrors.NewAggregate([]error{reterr, err})
 		observeMetrics(rm, original, now)
 	}()
 	if err := r.writeUpdates(ctx, rm, d.Updates, now); err != nil {
@@ -169,8 +184,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, _ reconcile.Request) (_ ctrl
 		r.Recorder.Eventf(rm, nil, corev1.EventTypeWarning, d.Stall.Reason, "Halt", "%s", bounded.Message(d.Stall.Message))
 	}
 	if d.Phase == v1alpha1.PhaseComplete {
-		if err := r.recordCompletedSpec(ctx, rm); err != nil {
+		rv, err := r.recordCompletedSpec(ctx, rm)
+		if err != nil {
 			return ctrl.Result{}, err
+		}
+		if rv != "" {
+			// The status patch's lock is against the object as this
+			// reconcile left it, its own annotation included.
+			original.ResourceVersion = rv
 		}
 	}
 	return ctrl.Result{RequeueAfter: d.RequeueAfter}, nil
@@ -447,14 +468,16 @@ func (r *Reconciler) writeUpdate(ctx context.Context, rm *v1alpha1.RoutingMode, 
 	return rn, nil
 }
 
-// recordCompletedSpec remembers the spec that finished, for rollout undo.
-func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.RoutingMode) error {
+// recordCompletedSpec remembers the spec that finished, for rollout undo,
+// and returns the resourceVersion its write made ("" when it wrote
+// nothing).
+func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.RoutingMode) (string, error) {
 	raw, err := json.Marshal(rm.Spec)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if rm.Annotations[v1alpha1.AnnotationLastAppliedSpec] == string(raw) {
-		return nil
+		return "", nil
 	}
 	// A copy: the patch's answer is the object as it is now, and a spec
 	// edited meanwhile would give rm a newer generation, for which the
@@ -466,9 +489,9 @@ func (r *Reconciler) recordCompletedSpec(ctx context.Context, rm *v1alpha1.Routi
 	}
 	patched.Annotations[v1alpha1.AnnotationLastAppliedSpec] = string(raw)
 	if err := r.Patch(ctx, patched, client.MergeFrom(base)); err != nil {
-		return fmt.Errorf("recording the completed spec: %w", err)
+		return "", fmt.Errorf("recording the completed spec: %w", err)
 	}
-	return nil
+	return patched.ResourceVersion, nil
 }
 
 // patchStatus writes status only when it changed. A status the API server
@@ -479,7 +502,12 @@ func (r *Reconciler) patchStatus(ctx context.Context, original, rm *v1alpha1.Rou
 	if apiequality.Semantic.DeepEqual(original.Status, rm.Status) {
 		return nil
 	}
-	err := r.Status().Patch(ctx, rm, client.MergeFrom(original))
+	// Locked: a merge patch from a cache that lacks the operator's own
+	// last status write would leave that write's fields standing where
+	// they equal the cache's, a status mixed from two reconciles. A
+	// conflict requeues the reconcile on a fresh read.
+	locked := client.MergeFromWithOptions(original, client.MergeFromWithOptimisticLock{})
+	err := r.Status().Patch(ctx, rm, locked)
 	if err == nil {
 		return nil
 	}
@@ -495,7 +523,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, original, rm *v1alpha1.Rou
 		ObservedGeneration: rm.Generation,
 		Message:            bounded.Message("the API server refused the operator's status: " + err.Error()),
 	})
-	if ferr := r.Status().Patch(ctx, refused, client.MergeFrom(original)); ferr != nil {
+	if ferr := r.Status().Patch(ctx, refused, locked); ferr != nil {
 		return fmt.Errorf("writing routingmode status: %w; writing that it was refused: %w", err, ferr)
 	}
 	return fmt.Errorf("writing routingmode status: %w", err)

@@ -74,6 +74,7 @@ enum rm_reason {
 	/* Seen by an observe-only program: legacy host routing, the stack routes. */
 	RM_PASS_LEGACY = 17,
 	RM_PASS_SOURCE_OUTSIDE_CIDR = 18,
+	RM_PASS_DISARMED = 19,
 };
 
 /*
@@ -213,6 +214,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rm_monitor SEC(".maps");
 
+/*
+ * Slot 0 non-zero once the programs sit at every hook of the node. Until
+ * then (and from the moment the agent starts detaching them) they leave
+ * every packet to the stack: a flow must take the same path through the
+ * node both ways. Its first packet delivered around the stack by a program
+ * attached already, while its answer leaves through a device that has no
+ * program yet, reaches conntrack as a SYN-ACK for a SYN it never saw,
+ * which it calls invalid and kube-proxy drops. The agent attaches to a
+ * node's devices one by one, so without the flag that window lasts as
+ * long as attaching to all of them.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rm_armed SEC(".maps");
+
 /* Events that found the ring buffer full, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -348,6 +368,14 @@ static __always_inline int pass(struct __sk_buff *skb, __u32 prog, __u32 reason)
 	count(skb, prog, reason, 0);
 	record(0, reason, 0, 0);
 	return TC_ACT_UNSPEC;
+}
+
+static __always_inline int armed(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&rm_armed, &zero);
+
+	return on && *on;
 }
 
 /*
@@ -492,6 +520,8 @@ static __always_inline int from_network(struct __sk_buff *skb, __u32 prog)
 	struct iphdr *ip;
 	int reason;
 
+	if (!armed())
+		return pass(skb, prog, RM_PASS_DISARMED);
 	reason = parse(skb, &eth, &ip);
 	if (reason >= 0)
 		return pass(skb, prog, reason);
@@ -567,6 +597,8 @@ int rm_from_lxc(struct __sk_buff *skb)
 	__u32 len;
 	int reason, rc;
 
+	if (!armed())
+		return pass(skb, RM_PROG_LXC, RM_PASS_DISARMED);
 	/* Broadcasts and frames not for the gateway MAC belong to the stack. */
 	if (skb->pkt_type != PACKET_HOST)
 		return pass(skb, RM_PROG_LXC, RM_PASS_NOT_FOR_HOST);

@@ -74,6 +74,7 @@ type hostroutingRmEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	hostroutingMapRmArmed                   = "rm_armed"
 	hostroutingMapRmCounters                = "rm_counters"
 	hostroutingMapRmDirectRoutes            = "rm_direct_routes"
 	hostroutingMapRmEndpoints               = "rm_endpoints"
@@ -149,6 +150,7 @@ type hostroutingProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type hostroutingMapSpecs struct {
+	RmArmed        *ebpf.MapSpec `ebpf:"rm_armed"`
 	RmCounters     *ebpf.MapSpec `ebpf:"rm_counters"`
 	RmDirectRoutes *ebpf.MapSpec `ebpf:"rm_direct_routes"`
 	RmEndpoints    *ebpf.MapSpec `ebpf:"rm_endpoints"`
@@ -190,6 +192,7 @@ func (o *hostroutingObjects) Close() error {
 //
 // It can be passed to loadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type hostroutingMaps struct {
+	RmArmed        *ebpf.Map `ebpf:"rm_armed"`
 	RmCounters     *ebpf.Map `ebpf:"rm_counters"`
 	RmDirectRoutes *ebpf.Map `ebpf:"rm_direct_routes"`
 	RmEndpoints    *ebpf.Map `ebpf:"rm_endpoints"`
@@ -200,6 +203,7 @@ type hostroutingMaps struct {
 
 func (m *hostroutingMaps) Close() error {
 	return _HostroutingClose(
+		m.RmArmed,
 		m.RmCounters,
 		m.RmDirectRoutes,
 		m.RmEndpoints,

@@ -34,10 +34,15 @@ const (
 	MapEvents      = "rm_events"
 	MapMonitor     = "rm_monitor"
 	MapMonitorLost = "rm_monitor_lost"
+
+	// MapArmed is the flag that lets the forwarding programs forward:
+	// the agent sets it once they sit at every hook of the node, and
+	// clears it before it detaches them.
+	MapArmed = "rm_armed"
 )
 
 // PinnedMaps are the maps pinned in a node's pin directory.
-var PinnedMaps = []string{MapEndpoints, MapCounters, MapDirectRoutes, MapEvents, MapMonitor, MapMonitorLost}
+var PinnedMaps = []string{MapEndpoints, MapCounters, MapDirectRoutes, MapEvents, MapMonitor, MapMonitorLost, MapArmed}
 
 // Program identifies one of the host-routing programs in the counter map.
 // The values are the C enum rm_prog.
@@ -103,6 +108,10 @@ const (
 	// another node's IP, a client outside the cluster): the pod's answer
 	// leaves through the stack, so the packet comes in that way too.
 	ReasonSourceOutsideCIDR Reason = 18
+	// ReasonDisarmed: the agent is attaching the programs to the node's
+	// devices, or detaching them: until every device has its program, the
+	// stack routes every packet, so that each flow takes one path both ways.
+	ReasonDisarmed Reason = 19
 )
 
 // Slot counts of the counter map, fixed in the C source so that the pinned
@@ -118,7 +127,7 @@ var Reasons = []Reason{
 	ReasonNotIPv4, ReasonMalformed, ReasonNotForHost, ReasonNoEndpoint,
 	ReasonOutsideCIDR, ReasonTTL, ReasonFIB, ReasonTunnel, ReasonNAT,
 	ReasonRedirectDirectRoute, ReasonNotTCPUDP, ReasonFragment, ReasonIPOptions, ReasonMTU, ReasonLegacy,
-	ReasonSourceOutsideCIDR,
+	ReasonSourceOutsideCIDR, ReasonDisarmed,
 }
 
 var reasonNames = map[Reason]string{
@@ -142,6 +151,7 @@ var reasonNames = map[Reason]string{
 	ReasonMTU:                 "mtu",
 	ReasonLegacy:              "legacy",
 	ReasonSourceOutsideCIDR:   "source_outside_cidr",
+	ReasonDisarmed:            "disarmed",
 }
 
 // reasonWords say why, for people: `routemodectl monitor` prints them.
@@ -165,6 +175,7 @@ var reasonWords = map[Reason]string{
 	ReasonMTU:                 "over the direct route's MTU, or a GSO packet the program cannot size",
 	ReasonLegacy:              "legacy host routing: the stack routes every packet",
 	ReasonSourceOutsideCIDR:   "source outside the native routing CIDR, whose answers the stack sees and may masquerade",
+	ReasonDisarmed:            "not every device of the node has its program yet (or any longer): the stack routes",
 }
 
 // Words says why a packet got its verdict, in a sentence fragment.

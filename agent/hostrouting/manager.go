@@ -284,12 +284,24 @@ func (m *Manager) applyBPF(ctx context.Context, j *journal, cfg Config, eps []En
 		return err
 	}
 
+	// Programs that forward already (an agent restarted or upgraded,
+	// devices added) go on forwarding while their links are updated; new
+	// ones leave every packet to the stack until all are attached.
+	armedMap := coll.Maps[bpf.MapArmed]
+	if InForce(cfg.PinDir) == v1alpha1.HostRoutingBPF {
+		if err := setArmed(j, armedMap, true); err != nil {
+			return err
+		}
+	}
 	// TCX resolves the ifindex in the calling thread's namespace.
 	var podErrs []error
 	if err := nsutil.RunIn(m.opts.NetNS, func() (err error) {
 		podErrs, err = m.attachAll(ctx, j, h, cfg.PinDir, coll, plan(underlay, tunnel, lxcs), useTCX)
 		return err
 	}); err != nil {
+		return err
+	}
+	if err := setArmed(j, armedMap, true); err != nil {
 		return err
 	}
 	// A pod whose device refused its program keeps the stack's path,
@@ -483,10 +495,15 @@ func (j *journal) detached(errs *[]error, err error, tcx bool, pin string) {
 	j.add("%s ingress %s: detached", flavour(tcx), pinDevice(pin))
 }
 
-// detach removes every attachment recorded under pinDir, pods' devices
-// first so that pods' traffic returns to the stack before its replies do.
+// detach removes every attachment recorded under pinDir. The programs are
+// disarmed first, so that every flow returns to the stack both ways at
+// once; pods' devices are detached first for programs of a build without
+// the flag.
 func (m *Manager) detach(ctx context.Context, j *journal, pinDir string, purge bool) error {
 	m.dropCollection()
+	if err := disarm(j, pinDir); err != nil {
+		return err
+	}
 	lks, err := pinned(linksDir(pinDir))
 	if err != nil {
 		return err
@@ -546,4 +563,42 @@ func boolRank(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// setArmed sets the flag that lets the forwarding programs forward
+// (rm_armed in bpf/hostrouting.c); a change is journalled.
+func setArmed(j *journal, flag *ebpf.Map, on bool) error {
+	var cur, want uint32
+	if err := flag.Lookup(uint32(0), &cur); err != nil {
+		return fmt.Errorf("read %s: %w", bpf.MapArmed, err)
+	}
+	if on {
+		want = 1
+	}
+	if cur == want {
+		return nil
+	}
+	if err := flag.Put(uint32(0), want); err != nil {
+		return fmt.Errorf("write %s: %w", bpf.MapArmed, err)
+	}
+	if on {
+		j.add("programs armed: every device has its program")
+	} else {
+		j.add("programs disarmed: the stack routes every packet")
+	}
+	return nil
+}
+
+// disarm clears the pinned flag under pinDir; without one (no programs, or
+// a build without the flag) there is nothing to clear.
+func disarm(j *journal, pinDir string) error {
+	flag, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, bpf.MapArmed), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s in %s: %w", bpf.MapArmed, pinDir, err)
+	}
+	defer flag.Close()
+	return setArmed(j, flag, false)
 }

@@ -177,10 +177,10 @@ func serviceMatch(ip [4]byte, proto byte, port uint16) []expr.Any {
 	}
 }
 
-// ServiceDNAT makes vip a UDP Service for backend the way kube-proxy does,
-// with a DNAT at prerouting (`ip daddr <vip> udp dport <port> dnat to
-// <backend>`, in a table of its own): conntrack then translates the
-// backend's replies back, on this node, to come from vip.
+// ServiceDNAT makes vip a UDP and TCP Service for backend the way
+// kube-proxy does, with a DNAT at prerouting (`ip daddr <vip> udp|tcp dport
+// <port> dnat to <backend>`, in a table of its own): conntrack then
+// translates the backend's replies back, on this node, to come from vip.
 func (n *Node) ServiceDNAT(vip, backend netip.AddrPort) error {
 	err := n.withNFT(func(c *nftables.Conn) error {
 		t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: serviceTable})
@@ -188,11 +188,13 @@ func (n *Node) ServiceDNAT(vip, backend netip.AddrPort) error {
 		ch := c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept})
 		ip := backend.Addr().As4()
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(serviceMatch(vip.Addr().As4(), unix.IPPROTO_UDP, vip.Port()),
-			&expr.Immediate{Register: 1, Data: ip[:]},
-			&expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, backend.Port())},
-			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2},
-		)})
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(serviceMatch(vip.Addr().As4(), proto, vip.Port()),
+				&expr.Immediate{Register: 1, Data: ip[:]},
+				&expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, backend.Port())},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2},
+			)})
+		}
 		return c.Flush()
 	})
 	if err != nil {

@@ -250,6 +250,10 @@ func newObjects(t testing.TB, spec *ebpf.CollectionSpec) *objects {
 			t.Fatal(err)
 		}
 	}
+	// Armed, as the agent arms them once they sit at every hook.
+	if err := coll.Maps[MapArmed].Put(uint32(0), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
 	return &objects{coll: coll}
 }
 
@@ -691,6 +695,32 @@ func TestFromLXC(t *testing.T) {
 			ret, out := objs.run(t, tn, ProgFromLXC, tn.lxc, tc.frame, tc.gso)
 			checkVerdict(t, objs, ProgramLXC, tc.frame, ret, out, tc.want)
 		})
+	}
+}
+
+// Until the agent arms them (once every device has its program) and from
+// the moment it disarms them (before it detaches any), the programs leave
+// every packet to the stack, even one they would deliver to a local pod or
+// send along a direct route: a flow must take one path through the node
+// both ways.
+func TestDisarmedProgramsPassEverything(t *testing.T) {
+	tn := newTestNet(t)
+	objs := loadObjects(t, Config{NativeRoutingCIDR: cidr})
+	if err := objs.coll.Maps[MapArmed].Put(uint32(0), uint32(0)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		prog    string
+		id      Program
+		ifindex int
+		frame   []byte
+	}{
+		{ProgFromNetdev, ProgramNetdev, tn.ul, udpFrame(tn.ulMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64})},
+		{ProgFromOverlay, ProgramOverlay, tn.ul, udpFrame(tn.ulMAC, gwMAC, ipv4{src: remotePod, dst: localPod, ttl: 64})},
+		{ProgFromLXC, ProgramLXC, tn.lxc, udpFrame(tn.lxcMAC, podMAC, ipv4{src: localPod, dst: remotePod, ttl: 64})},
+	} {
+		ret, out := objs.run(t, tn, tc.prog, tc.ifindex, tc.frame, 0)
+		checkVerdict(t, objs, tc.id, tc.frame, ret, out, want{ret: TCActUnspec, reason: ReasonDisarmed})
 	}
 }
 

@@ -116,6 +116,7 @@ Licensed under the Apache License, Version 2.0.
 //	<pin dir>/rm_endpoints      endpoint map (pod IP -> ifindex, MACs, id)
 //	<pin dir>/rm_direct_routes  direct-route map (peer pod CIDR -> underlay ifindex, gateway, MTU)
 //	<pin dir>/rm_counters       per-CPU counters per (program, reason)
+//	<pin dir>/rm_armed          set once every device has its program, cleared before any is detached
 //	<pin dir>/links/<dev>_ingress  pinned TCX link per device
 //	<pin dir>/tc/<dev>_ingress     empty dir: the classic tc filter on <dev> is ours (kernels < 6.6)
 //	<pin dir>/rm_events, rm_monitor, rm_monitor_lost  monitor ring buffer, its on flag, lost events

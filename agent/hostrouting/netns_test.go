@@ -772,8 +772,9 @@ func TestApplyReconciles(t *testing.T) {
 		t.Errorf("endpoint map created for a failed apply: %v", err)
 	}
 
-	// The changes are reported as made, maps before programs, and a
-	// second apply has none to report.
+	// The changes are reported as made, maps before programs, the
+	// programs armed once all are attached, and a second apply has none to
+	// report.
 	p1, p2 := n1.Pods[0], n1.Pods[1]
 	e.cfgs[0].DirectRoutes = direct[0]
 	want := []string{
@@ -783,6 +784,7 @@ func TestApplyReconciles(t *testing.T) {
 		"tcx ingress " + netlab.UnderlayDev + ": attached " + bpf.ProgFromNetdev,
 		"tcx ingress " + p1.Endpoint.LXCName + ": attached " + bpf.ProgFromLXC,
 		"tcx ingress " + p2.Endpoint.LXCName + ": attached " + bpf.ProgFromLXC,
+		"programs armed: every device has its program",
 	}
 	if got := e.apply(t, 0, bpfMode); !slices.Equal(got, want) {
 		t.Errorf("first bpf apply's changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -828,8 +830,10 @@ func TestApplyReconciles(t *testing.T) {
 	}
 	burst(t, n1.Pods[0], e.lab.Nodes[1].Pods[0], 100*time.Millisecond)
 
-	// Legacy detaches pods' devices first and empties the direct routes.
+	// Legacy disarms the programs, detaches pods' devices first and
+	// empties the direct routes.
 	want = []string{
+		"programs disarmed: the stack routes every packet",
 		"tcx ingress " + p1.Endpoint.LXCName + ": detached",
 		"tcx ingress " + netlab.UnderlayDev + ": detached",
 		fmt.Sprintf("direct route map: delete %s", e.cfgs[0].DirectRoutes[0].Dst),

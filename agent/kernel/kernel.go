@@ -244,7 +244,10 @@ func (k *Kernel) readPodRoutes(st *datapath.State, eps []endpoint.Endpoint, byNa
 		}
 	}
 	for _, ep := range eps {
-		if l, ok := byName[ep.LXCName]; !ok || l.Attrs().Index != ep.LXCIndex {
+		// A device that is down is being deleted (the kernel flushes its
+		// routes at down, before the device leaves the link list) or not
+		// yet wired: the pod's CNI DEL or ADD owns its route then.
+		if l, ok := byName[ep.LXCName]; !ok || l.Attrs().Index != ep.LXCIndex || l.Attrs().Flags&net.FlagUp == 0 {
 			continue
 		}
 		key := EndpointKey(ep)
@@ -465,8 +468,13 @@ func (k *Kernel) apply(op datapath.Op, env ApplyEnv, links *linkCache) error {
 		if !ok {
 			return fmt.Errorf("unknown endpoint %s", op.PodRoute.Key)
 		}
-		// The device gone meanwhile is the pod gone: nothing to route.
-		return ignoreGone(k.H.RouteReplace(podnet.HostRoute(op.PodRoute.IP, ep.LXCIndex)))
+		// The device gone, or going (down), meanwhile is the pod gone:
+		// nothing to route.
+		err := k.H.RouteReplace(podnet.HostRoute(op.PodRoute.IP, ep.LXCIndex))
+		if errors.Is(err, unix.ENETDOWN) {
+			return nil
+		}
+		return ignoreGone(err)
 	case datapath.OpPodMTU:
 		ep, ok := env.Endpoints[op.Pod.Key]
 		if !ok {

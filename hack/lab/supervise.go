@@ -85,12 +85,29 @@ func Supervise(ctx context.Context, pidFile string, argv []string) error {
 }
 
 // supervisedPID is the pid of the process the supervisor of name runs now.
+// The pid file outlives the child it names (until the supervisor starts
+// the next), and a pid is soon reused on a busy machine: the pid counts
+// only while its parent is the supervisor of this very pid file. Killing
+// a reused pid, and "its supervisor" with it, once killed another test
+// binary (the real-node test's, parent of a kubectl that got the pid).
 func (l *Lab) supervisedPID(name string) (int, error) {
 	b, err := os.ReadFile(l.pidFile(name))
 	if err != nil {
 		return 0, fmt.Errorf("no supervised process %s: %w", name, err)
 	}
-	return strconv.Atoi(string(b))
+	pid, err := strconv.Atoi(string(b))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", l.pidFile(name), err)
+	}
+	_, ppid, err := procStat("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("%s is not running (pid %d): %w", name, pid, err)
+	}
+	cmdline, err := os.ReadFile("/proc/" + ppid + "/cmdline")
+	if err != nil || !bytes.Contains(cmdline, []byte("\x00--pid-file\x00"+l.pidFile(name)+"\x00")) {
+		return 0, fmt.Errorf("%s is not running: pid %d is another process now", name, pid)
+	}
+	return pid, nil
 }
 
 func (l *Lab) pidFile(name string) string { return l.path("logs", name+".pid") }
@@ -103,6 +120,7 @@ func (l *Lab) stopSupervised(name string) error {
 	if err != nil {
 		return err
 	}
+	// supervisedPID checked the parent is name's supervisor.
 	_, ppid, err := procStat("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return fmt.Errorf("reading %s's parent: %w", name, err)

@@ -138,10 +138,11 @@ func (l *Lab) stopSupervised(name string) error {
 	return nil
 }
 
-// LogsAround returns the lines of the supervised processes' logs stamped
-// within d of any of times, oldest first, at most limit of them, each
-// prefixed with its process: what the lab's components did when probes
-// were lost.
+// LogsAround returns the lines of the lab's logs stamped within d of any
+// of times, oldest first, at most limit of them, each prefixed with where
+// it was logged: what the lab's components did when probes were lost or
+// requests failed. The logs are the supervised processes' and, on real
+// nodes, every container's (the agents, the operator, the workloads).
 func (l *Lab) LogsAround(times []time.Time, d time.Duration, limit int) string {
 	if len(times) == 0 {
 		return ""
@@ -151,27 +152,31 @@ func (l *Lab) LogsAround(times []time.Time, d time.Duration, limit int) string {
 		text string
 	}
 	var lines []line
-	files, _ := filepath.Glob(l.path("logs", "*.log"))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
+	near := func(at time.Time) bool {
+		return slices.ContainsFunc(times, func(t time.Time) bool { return at.Sub(t).Abs() <= d })
+	}
+	eachLine := func(file string, stamp func(string) (time.Time, string, bool), name string) {
+		b, err := os.ReadFile(file)
 		if err != nil {
-			continue
+			return
 		}
-		name := strings.TrimSuffix(filepath.Base(f), ".log")
 		for _, text := range strings.Split(string(b), "\n") {
-			var entry struct {
-				TS string `json:"ts"`
-			}
-			if json.Unmarshal([]byte(text), &entry) != nil {
-				continue
-			}
-			at, err := time.Parse(time.RFC3339Nano, entry.TS)
-			if err != nil {
-				continue
-			}
-			if slices.ContainsFunc(times, func(t time.Time) bool { return at.Sub(t).Abs() <= d }) {
+			if at, text, ok := stamp(text); ok && near(at) {
 				lines = append(lines, line{at, name + ": " + text})
 			}
+		}
+	}
+	files, _ := filepath.Glob(l.path("logs", "*.log"))
+	for _, f := range files {
+		eachLine(f, jsonStamp, strings.TrimSuffix(filepath.Base(f), ".log"))
+	}
+	for i := range l.state.NodePIDs {
+		// The kubelet's layout: <namespace>_<pod>_<uid>/<container>/<restart>.log.
+		files, _ := filepath.Glob(filepath.Join(l.NodeRoot(i), "var", "log", "pods", "*", "*", "*.log"))
+		for _, f := range files {
+			pod, container := filepath.Base(filepath.Dir(filepath.Dir(f))), filepath.Base(filepath.Dir(f))
+			_, pod, _ = strings.Cut(pod[:max(strings.LastIndexByte(pod, '_'), 0)], "_")
+			eachLine(f, criStamp, fmt.Sprintf("%s %s/%s", l.Nodes[i].Name, pod, container))
 		}
 	}
 	slices.SortStableFunc(lines, func(a, b line) int { return a.at.Compare(b.at) })
@@ -184,6 +189,30 @@ func (l *Lab) LogsAround(times []time.Time, d time.Duration, limit int) string {
 		out = append(out, ln.text)
 	}
 	return strings.Join(out, "\n")
+}
+
+// jsonStamp is the time of a structured log line from the lab's own
+// processes.
+func jsonStamp(text string) (time.Time, string, bool) {
+	var entry struct {
+		TS string `json:"ts"`
+	}
+	if json.Unmarshal([]byte(text), &entry) != nil {
+		return time.Time{}, "", false
+	}
+	at, err := time.Parse(time.RFC3339Nano, entry.TS)
+	return at, text, err == nil
+}
+
+// criStamp is the time the container runtime put before a container's
+// log line ("<time> <stream> <tag> <line>"), and the line.
+func criStamp(text string) (time.Time, string, bool) {
+	f := strings.SplitN(text, " ", 4)
+	if len(f) < 4 {
+		return time.Time{}, "", false
+	}
+	at, err := time.Parse(time.RFC3339Nano, f[0])
+	return at, f[3], err == nil
 }
 
 // procStat reads a process's or thread's state letter and parent pid from

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/signal"
 	"strings"
@@ -99,12 +100,17 @@ type counter struct {
 	lastOK time.Time
 }
 
-func (c *counter) result(backend string, err error) {
+func (c *counter) result(backend string, failure echostats.Failure, err error) {
+	if err != nil {
+		failure.Error = err.Error()
+		// The pod's log keeps every failure, with its time, past the
+		// window's first MaxFailures.
+		fmt.Fprintf(os.Stderr, "%s failed: %s\n", time.Now().UTC().Format(time.RFC3339Nano), failure)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
-		c.w.Failed++
-		c.w.LastError = err.Error()
+		c.w.Add(failure)
 		return
 	}
 	c.w.OK++
@@ -162,8 +168,21 @@ func client(ctx context.Context, target string, rate int, timeout time.Duration,
 	}
 }
 
-func get(hc *http.Client, url string) (string, error) {
-	resp, err := hc.Get(url)
+// get requests url and returns the answering backend's name, or the
+// error with what the failure's report needs.
+func get(hc *http.Client, url string) (string, echostats.Failure, error) {
+	f := echostats.Failure{Started: time.Now()}
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { f.Local = i.Conn.LocalAddr().String() }}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, url, nil)
+	if err != nil {
+		return "", f, err
+	}
+	backend, err := do(hc, req)
+	return backend, f, err
+}
+
+func do(hc *http.Client, req *http.Request) (string, error) {
+	resp, err := hc.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -173,7 +192,7 @@ func get(hc *http.Client, url string) (string, error) {
 		return "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s: %s", url, resp.Status)
+		return "", fmt.Errorf("%s: %s", req.URL, resp.Status)
 	}
 	return strings.TrimSpace(string(body)), nil
 }

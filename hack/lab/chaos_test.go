@@ -4,13 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -80,202 +78,15 @@ func (h *harness) record(r chaosRow) {
 	}
 }
 
-// rolloutPoint is where in a rollout a fault is injected, recognised from
-// the RoutingNodes a watch delivers, never from elapsed time.
-type rolloutPoint int
-
-const (
-	// fromStart: the fault is on before the new spec is applied.
-	fromStart rolloutPoint = iota
-	// afterPrepare: every node applied Prepare; the fault hits the last
-	// node (by name) not yet told to Switch.
-	afterPrepare
-	// firstSwitching: the first node is told to Switch; the fault hits it.
-	firstSwitching
-	// lastSwitching: the last node is told to Switch; the fault hits it.
-	lastSwitching
-	// finalizing: a node that switched applied Finalize; the fault hits it.
-	finalizing
-)
-
-func (p rolloutPoint) String() string {
-	return [...]string{"whole rollout", "after Prepare of all nodes", "first batch switching", "last batch switching", "during Finalize"}[p]
-}
-
-// appliedStep says whether rn's agent reports its current generation
-// applied.
-func appliedStep(rn *v1alpha1.RoutingNode) bool {
-	return rn.Status.ObservedGeneration == rn.Generation && meta.IsStatusConditionTrue(rn.Status.Conditions, v1alpha1.ConditionDatapathApplied)
-}
-
-// pointWatch follows the RoutingNodes through one rollout: the steps each
-// node was given, in order, and the order nodes were told to Switch.
-type pointWatch struct {
-	mu       sync.Mutex
-	seen     map[string][]v1alpha1.RolloutStep
-	latest   map[string]*v1alpha1.RoutingNode
-	switched []string
-	// first is the first datapath each node was given in the watch, and
-	// which peers sent natively at that moment.
-	first   map[string]firstDatapath
-	changed chan struct{}
-	stop    func()
-}
-
-// firstDatapath is the first datapath a node was given, with the peers
-// that sent natively then: asked to (spec) or, as their agents last
-// reported, still doing so (status), e.g. told to switch but not yet done.
-type firstDatapath struct {
-	datapath    *v1alpha1.NodeDatapath
-	nativePeers []string
-}
-
-// sendsNatively says whether rn's node sends natively or is asked to.
-func sendsNatively(rn *v1alpha1.RoutingNode) bool {
-	return rn.Spec.Datapath != nil && rn.Spec.Datapath.SendMode == v1alpha1.SendNative ||
-		rn.Status.Datapath.SendMode == v1alpha1.SendNative
-}
-
-// watchPoints starts following the RoutingNodes; started before the spec
-// is applied, the first events are the nodes as the previous rollout left
-// them.
-func (h *harness) watchPoints(ctx context.Context) *pointWatch {
+// watchPoints follows the RoutingNodes until the test ends.
+func (h *harness) watchPoints(ctx context.Context) *PointWatch {
 	h.t.Helper()
-	watcher := h.watch(ctx, &v1alpha1.RoutingNodeList{})
-	w := &pointWatch{seen: map[string][]v1alpha1.RolloutStep{}, latest: map[string]*v1alpha1.RoutingNode{},
-		first: map[string]firstDatapath{}, changed: make(chan struct{}, 1)}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ev := range watcher.ResultChan() {
-			rn, ok := ev.Object.(*v1alpha1.RoutingNode)
-			if !ok {
-				continue
-			}
-			w.mu.Lock()
-			if s := w.seen[rn.Name]; len(s) == 0 || s[len(s)-1] != rn.Spec.Step {
-				w.seen[rn.Name] = append(s, rn.Spec.Step)
-				if rn.Spec.Step == v1alpha1.StepSwitch && !slices.Contains(w.switched, rn.Name) {
-					w.switched = append(w.switched, rn.Name)
-				}
-			}
-			w.latest[rn.Name] = rn
-			if _, ok := w.first[rn.Name]; !ok && rn.Spec.Datapath != nil {
-				f := firstDatapath{datapath: rn.Spec.Datapath}
-				for name, peer := range w.latest {
-					if name != rn.Name && sendsNatively(peer) {
-						f.nativePeers = append(f.nativePeers, name)
-					}
-				}
-				w.first[rn.Name] = f
-			}
-			w.mu.Unlock()
-			select {
-			case w.changed <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	w.stop = sync.OnceFunc(func() {
-		watcher.Stop()
-		<-done
-	})
-	h.t.Cleanup(w.stop)
+	w, err := h.l.WatchPoints(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(w.Stop)
 	return w
-}
-
-// target is the node p hits once the rollout reached p, "" before.
-func (w *pointWatch) target(p rolloutPoint, nodes int) string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	switch p {
-	case afterPrepare:
-		if len(w.latest) < nodes {
-			return ""
-		}
-		last := ""
-		for _, name := range slices.Sorted(maps.Keys(w.latest)) {
-			rn := w.latest[name]
-			if !slices.Contains(w.seen[name], v1alpha1.StepPrepare) {
-				return ""
-			}
-			if rn.Spec.Step == v1alpha1.StepPrepare {
-				if !appliedStep(rn) {
-					return ""
-				}
-				last = name
-			}
-		}
-		return last
-	case firstSwitching:
-		if len(w.switched) > 0 {
-			return w.switched[0]
-		}
-	case lastSwitching:
-		if len(w.switched) == nodes {
-			return w.switched[nodes-1]
-		}
-	case finalizing:
-		for _, name := range w.switched {
-			if rn := w.latest[name]; rn.Spec.Step == v1alpha1.StepFinalize && appliedStep(rn) {
-				return name
-			}
-		}
-	}
-	return ""
-}
-
-// waitFor returns the node p hits once the rollout reached p.
-func (w *pointWatch) waitFor(p rolloutPoint, nodes int, limit time.Duration) (node string, err error) {
-	err = w.until(fmt.Sprintf("the rollout to reach %q", p), limit, func() bool {
-		node = w.target(p, nodes)
-		return node != ""
-	})
-	return node, err
-}
-
-// until waits until ok, which takes w.mu itself, holds after an event.
-func (w *pointWatch) until(what string, limit time.Duration, ok func() bool) error {
-	timeout := time.After(limit)
-	for !ok() {
-		select {
-		case <-w.changed:
-		case <-timeout:
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			return fmt.Errorf("waited %s for %s (steps seen: %v)", limit, what, w.seen)
-		}
-	}
-	return nil
-}
-
-// joined waits until node is given its first datapath and returns it.
-func (w *pointWatch) joined(node string, limit time.Duration) (firstDatapath, error) {
-	var f firstDatapath
-	err := w.until(node+" to be given its first datapath", limit, func() bool {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		f = w.first[node]
-		return f.datapath != nil
-	})
-	return f, err
-}
-
-// steps stops the watch and returns the steps each node was given.
-func (w *pointWatch) steps() map[string][]v1alpha1.RolloutStep {
-	w.stop()
-	return w.snapshot()
-}
-
-// snapshot is the steps each node was given so far.
-func (w *pointWatch) snapshot() map[string][]v1alpha1.RolloutStep {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := map[string][]v1alpha1.RolloutStep{}
-	for k, v := range w.seen {
-		out[k] = slices.Clone(v)
-	}
-	return out
 }
 
 // killAndWaitRestart SIGKILLs the supervised process name and waits until
@@ -315,7 +126,7 @@ type chaosOutcome struct {
 type chaosCase struct {
 	fault string
 	spec  string
-	at    rolloutPoint
+	at    RolloutPoint
 	// hitsNode: the fault is the chosen node's, whose paths are then left
 	// out of "lost outside".
 	hitsNode bool
@@ -327,10 +138,10 @@ type chaosCase struct {
 	use func(PodState) bool
 	// watch, when set, is given the case's RoutingNode watch before the
 	// spec is applied.
-	watch func(*pointWatch)
+	watch func(*PointWatch)
 	// settle, when set, replaces waiting for the rollout: for faults after
 	// which no rollout completes by itself. The traffic still runs.
-	settle func(w *pointWatch, tr *Traffic) error
+	settle func(w *PointWatch, tr *Traffic) error
 	// after, when set, runs once the traffic stopped; what it returns is
 	// added to the row's outcome.
 	after func() string
@@ -359,15 +170,15 @@ func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 	var o chaosOutcome
 	var back time.Duration
 	injected := time.Now()
-	if c.at == fromStart {
+	if c.at == FromStart {
 		back, o.note = c.inject("")
 	}
 	if out, err := h.apply(c.spec); err != nil {
 		tr.Stop()
 		h.t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	if c.at != fromStart {
-		if o.node, err = w.waitFor(c.at, len(h.l.Nodes), 2*time.Minute); err != nil {
+	if c.at != FromStart {
+		if o.node, err = w.WaitFor(c.at, len(h.l.Nodes), 2*time.Minute); err != nil {
 			tr.Stop()
 			h.t.Fatal(err)
 		}
@@ -382,7 +193,7 @@ func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 	}
 	recovered := time.Since(injected)
 	o.report = tr.Stop()
-	o.steps = w.steps()
+	o.steps = w.Steps()
 	outcome := "completed"
 	if o.err != nil {
 		outcome = o.err.Error()
@@ -456,7 +267,7 @@ func TestChaosAgentStoppedForGood(t *testing.T) {
 		}
 	})
 	o := h.chaosRun(chaosCase{fault: "agent SIGKILL, never restarted (tunnel→native+bpf, healthCheckTimeout 10s)",
-		spec: nativeSpec + "  rollout:\n    healthCheckTimeout: 10s\n", at: firstSwitching, hitsNode: true,
+		spec: nativeSpec + "  rollout:\n    healthCheckTimeout: 10s\n", at: FirstSwitching, hitsNode: true,
 		inject: func(node string) (time.Duration, string) {
 			if err := h.l.stopSupervised("agent-" + node); err != nil {
 				t.Fatal(err)
@@ -496,7 +307,7 @@ func TestChaosAgentStoppedForGood(t *testing.T) {
 // routing on, where adopting the running programs matters.
 func TestChaosAgentKilledDuringSwitch(t *testing.T) {
 	h := newHarness(t)
-	for i, at := range []rolloutPoint{firstSwitching, afterPrepare, finalizing, lastSwitching} {
+	for i, at := range []RolloutPoint{FirstSwitching, AfterPrepare, Finalizing, LastSwitching} {
 		ways := switches
 		if !chaosFull() {
 			ways = switches[i%2 : i%2+1]
@@ -518,14 +329,6 @@ var switches = []struct{ name, spec string }{
 // chaosFull says whether to run the whole matrix (make chaos sets
 // CHAOS_FULL=1) rather than the short form make test runs.
 func chaosFull() bool { return os.Getenv("CHAOS_FULL") != "" }
-
-// adoption is the agent's log line for its first reconcile since it
-// started.
-type adoption struct {
-	Generation int64    `json:"generation"`
-	Step       string   `json:"step"`
-	Changes    []string `json:"changes"`
-}
 
 // killAgent SIGKILLs node's agent, waits until its supervisor started it
 // again and until the new agent's first reconcile logged what it changed.
@@ -549,34 +352,24 @@ func (h *harness) killAgent(node string) (time.Duration, string) {
 		had = rn.Status.ObservedGeneration
 	}
 	back := h.killAndWaitRestart("agent-" + node)
-	var a adoption
+	var a Adoption
 	if err := wait(context.Background(), time.Minute, "the restarted agent's first reconcile", func() (bool, error) {
 		b, err := os.ReadFile(log)
 		if err != nil || int64(len(b)) < fi.Size() {
 			return false, err
 		}
-		for _, line := range strings.Split(string(b[fi.Size():]), "\n") {
-			if strings.Contains(line, `"msg":"Adopted the node's kernel state"`) {
-				return true, json.Unmarshal([]byte(line), &a)
-			}
-		}
-		return false, nil
+		var found bool
+		a, found, err = FindAdoption(string(b[fi.Size():]))
+		return found, err
 	}); err != nil {
 		h.t.Fatal(err)
 	}
-	h.t.Logf("%s's restarted agent: generation %d (step %s), %d changes %q; the killed one had reported generation %d applied",
-		node, a.Generation, a.Step, len(a.Changes), a.Changes, had)
-	if a.Generation == had {
-		if len(a.Changes) != 0 {
-			h.t.Errorf("%s's restarted agent changed the kernel at generation %d, which the killed one had applied: %q", node, had, a.Changes)
-		}
-		changed := "no change"
-		if len(a.Changes) > 0 {
-			changed = fmt.Sprintf("%d changes", len(a.Changes))
-		}
-		return back, fmt.Sprintf("restarted agent: %s (generation %d already applied)", changed, had)
+	h.t.Logf("%s's restarted agent: %s", node, a.Describe(had))
+	note, err := a.Versus(had)
+	if err != nil {
+		h.t.Errorf("%s: %v", node, err)
 	}
-	return back, fmt.Sprintf("restarted agent: %d changes applying %s (generation %d; the killed one had applied %d)", len(a.Changes), a.Step, a.Generation, had)
+	return back, note
 }
 
 // TestChaosOperatorKilledDuringSwitch SIGKILLs the operator while the
@@ -587,20 +380,15 @@ func TestChaosOperatorKilledDuringSwitch(t *testing.T) {
 	kill := func(string) (time.Duration, string) { return h.killAndWaitRestart("operator"), "" }
 	for _, way := range switches {
 		name := "operator SIGKILL, restarted (" + way.name + ")"
-		h.onceEach(name, h.chaosSwitch(chaosCase{fault: name, spec: way.spec, at: firstSwitching, inject: kill}).steps)
+		h.onceEach(name, h.chaosSwitch(chaosCase{fault: name, spec: way.spec, at: FirstSwitching, inject: kill}).steps)
 	}
 }
 
 // onceEach fails unless every node was told to Switch exactly once.
 func (h *harness) onceEach(what string, steps map[string][]v1alpha1.RolloutStep) {
 	h.t.Helper()
-	for node, s := range steps {
-		if n := count(s, v1alpha1.StepSwitch); n != 1 {
-			h.t.Errorf("%s: %s was told to Switch %d times (steps %v); want once", what, node, n, s)
-		}
-	}
-	if len(steps) != len(h.l.Nodes) {
-		h.t.Errorf("%s: steps seen for %d nodes (%v); want all %d", what, len(steps), steps, len(h.l.Nodes))
+	if err := SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
+		h.t.Errorf("%s: %v", what, err)
 	}
 }
 
@@ -677,7 +465,7 @@ func TestChaosControlPlaneFrozenDuringSwitch(t *testing.T) {
 	for _, component := range []string{"kube-apiserver", "etcd"} {
 		freeze := func(string) (time.Duration, string) { return h.freeze(component, d), "" }
 		for _, way := range switches {
-			h.chaosSwitch(chaosCase{fault: fmt.Sprintf("%s frozen %s (%s)", component, d, way.name), spec: way.spec, at: firstSwitching, inject: freeze})
+			h.chaosSwitch(chaosCase{fault: fmt.Sprintf("%s frozen %s (%s)", component, d, way.name), spec: way.spec, at: FirstSwitching, inject: freeze})
 		}
 	}
 }
@@ -706,7 +494,7 @@ func TestChaosOperatorFailover(t *testing.T) {
 		}
 	})
 	fault := "operator leader SIGKILL, standby replica takes over (tunnel→native+bpf)"
-	h.onceEach(fault, h.chaosSwitch(chaosCase{fault: fault, spec: nativeSpec, at: firstSwitching, inject: func(string) (time.Duration, string) {
+	h.onceEach(fault, h.chaosSwitch(chaosCase{fault: fault, spec: nativeSpec, at: FirstSwitching, inject: func(string) (time.Duration, string) {
 		if err := h.l.stopSupervised("operator"); err != nil {
 			t.Fatal(err)
 		}
@@ -722,16 +510,6 @@ func TestChaosOperatorFailover(t *testing.T) {
 	}
 	killed = false
 	h.rollout("back to the tunnel after the failover", tunnelSpec, encapsulated)
-}
-
-func count[T comparable](s []T, v T) int {
-	n := 0
-	for _, x := range s {
-		if x == v {
-			n++
-		}
-	}
-	return n
 }
 
 // kernelView is what one node's kernel says about how it sends and

@@ -37,7 +37,6 @@ import (
 	"github.com/routemode/routemode/bpf"
 	"github.com/routemode/routemode/internal/fwdcount"
 	"github.com/routemode/routemode/internal/netlab"
-	"github.com/routemode/routemode/internal/scheme"
 	"github.com/routemode/routemode/internal/testenv"
 )
 
@@ -174,11 +173,7 @@ type kstatusWatch struct {
 // watch starts a watch of list's kind on the lab's API server.
 func (h *harness) watch(ctx context.Context, list client.ObjectList) watch.Interface {
 	h.t.Helper()
-	s, err := scheme.New()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	wc, err := client.NewWithWatch(h.l.cp.restConfig(), client.Options{Scheme: s})
+	wc, err := h.l.watchClient()
 	if err != nil {
 		h.t.Fatal(err)
 	}

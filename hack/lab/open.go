@@ -44,12 +44,15 @@ func Open(cfg Config) (*Lab, error) {
 }
 
 // Client is an admin client of the lab's API server.
-func (l *Lab) Client() (client.Client, error) {
+func (l *Lab) Client() (client.Client, error) { return l.watchClient() }
+
+// watchClient is Client that also watches.
+func (l *Lab) watchClient() (client.WithWatch, error) {
 	s, err := scheme.New()
 	if err != nil {
 		return nil, err
 	}
-	return client.New(l.cp.restConfig(), client.Options{Scheme: s})
+	return client.NewWithWatch(l.cp.restConfig(), client.Options{Scheme: s})
 }
 
 // Pods lists the lab's pods.

@@ -249,22 +249,29 @@ func killSandbox(t *testing.T, pod lab.PodState) {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("net:[%d]", st.Ino)
+	killProcess(t, "the pause process in pod "+pod.Name+"'s network namespace "+pod.NSPath, func(pid int) bool {
+		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		return ns == want && strings.TrimSpace(string(comm)) == "pause"
+	})
+}
+
+// killProcess SIGKILLs the first process that match accepts, the way a
+// crash ends it, and fails the test when there is none.
+func killProcess(t *testing.T, what string, match func(pid int) bool) {
+	t.Helper()
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || !match(pid) {
 			continue
 		}
-		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		if ns == want && strings.TrimSpace(string(comm)) == "pause" {
-			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			return
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
 		}
+		return
 	}
-	t.Fatalf("no pause process in pod %s's network namespace %s", pod.Name, pod.NSPath)
+	t.Fatalf("no process found: %s", what)
 }
 
 // waitFor polls ok every 200 ms until it holds, failing after limit.

@@ -34,7 +34,8 @@ const rate = 400
 
 // TestRealNodes installs routemode the way the README tells users, on real
 // nodes, and then, on that one lab, in order: the live switch both ways
-// under traffic (switch), pod churn during a switch (churn), the agent
+// under traffic (switch), the agent and the operator SIGKILLed during a
+// switch (faults), pod churn during a switch (churn), the agent
 // DaemonSet rolled to a new image (agentRoll), and the uninstall
 // (uninstall). The lab is removed at the end, leaving nothing on the host.
 func TestRealNodes(t *testing.T) {
@@ -97,6 +98,7 @@ func TestRealNodes(t *testing.T) {
 		run  func(*testing.T, *harness)
 	}{
 		{"switch", testSwitch},
+		{"faults", testFaults},
 		{"churn", testChurn},
 		{"agentRoll", testAgentRoll},
 		{"uninstall", testUninstall},

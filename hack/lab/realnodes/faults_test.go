@@ -1,0 +1,245 @@
+package realnodes
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/routemode/routemode/agent/datapath"
+	"github.com/routemode/routemode/agent/health"
+	"github.com/routemode/routemode/api/v1alpha1"
+	"github.com/routemode/routemode/hack/lab"
+)
+
+// testFaults runs the chaos rows that real nodes answer with their own
+// supervision (hack/lab runs them with the lab's supervisor standing in
+// for the kubelet): a component's container SIGKILLed while the first
+// node switches, and restarted by its kubelet. The datapath keeps
+// forwarding, no node is skipped or told to Switch twice, the rollout
+// completes, and nothing is lost, reset or failed.
+func testFaults(t *testing.T, h *harness) {
+	for _, row := range []struct {
+		fault, sample string
+		routing       v1alpha1.ActualRouting
+		host          string
+		kill          func(t *testing.T, h *harness, node string) string
+	}{
+		{"the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
+			v1alpha1.ActualRoutingNative, "bpf", killAgent},
+		{"the leading operator SIGKILLed (native + eBPF host routing → VXLAN)", "tunnel.yaml",
+			v1alpha1.ActualRoutingTunnel, "legacy", killOperator},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		c, err := h.l.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := h.l.WatchPoints(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var node, note string
+		r, took := h.underTraffic(t, func() error {
+			if _, err := h.l.Apply(h.sample(row.sample)); err != nil {
+				return err
+			}
+			if node, err = w.WaitFor(lab.FirstSwitching, len(h.l.Nodes), 2*time.Minute); err != nil {
+				return err
+			}
+			note = row.kill(t, h, node)
+			_, err := h.l.WaitRollout(ctx, c, 5*time.Minute, nil)
+			return err
+		})
+		steps := w.Steps()
+		cancel()
+		t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, lab.FirstSwitching, node, took.Round(100*time.Millisecond), note)
+		waitComplete(context.Background(), t, h.l, c, row.routing, row.host)
+		if err := lab.SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
+			t.Errorf("%s: %v", row.fault, err)
+		}
+		h.checkTraffic(t, row.fault, r, "")
+		h.checkWired(t, row.host == "bpf", time.Minute)
+	}
+}
+
+// component is one container of a routemode pod, as the API server
+// reports it.
+type component struct {
+	pod, uid, node, containerID string
+	restarts                    int
+	ready                       bool
+}
+
+// components lists the first container of the routemode pods selector
+// picks (the agent's or the operator's own: the init container is not
+// in containerStatuses).
+func components(t *testing.T, h *harness, selector string) []component {
+	t.Helper()
+	out := h.kubectl(t, "-n", lab.Namespace, "get", "pods", "-l", selector, "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} {.spec.nodeName} {.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}{"\n"}{end}`)
+	var cs []component
+	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 6 {
+			continue // a pod without a container status yet
+		}
+		n, _ := strconv.Atoi(f[4])
+		_, id, _ := strings.Cut(f[3], "://")
+		cs = append(cs, component{pod: f[0], uid: f[1], node: f[2], containerID: id, restarts: n, ready: f[5] == "true"})
+	}
+	return cs
+}
+
+// killContainer SIGKILLs the main process of c's container, found by the
+// container's cgroup (the kubelet's cgroupfs driver names it after the
+// container's ID), and waits until its kubelet restarted it and it is
+// ready again; it returns the restarted component and how long that took.
+func killContainer(t *testing.T, h *harness, selector string, c component) (component, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	killProcess(t, "the container "+c.containerID+" of pod "+c.pod, func(pid int) bool {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		// The container's first process is the one whose parent, the
+		// runc shim, is outside the container's cgroup.
+		return inContainer(pid, c.containerID) && !inContainer(parentOf(stat), c.containerID)
+	})
+	var now component
+	waitFor(t, 3*time.Minute, "pod "+c.pod+"'s container restarted by its kubelet and ready", func() bool {
+		for _, x := range components(t, h, selector) {
+			if x.pod == c.pod && x.restarts > c.restarts && x.ready {
+				now = x
+				return true
+			}
+		}
+		return false
+	})
+	return now, time.Since(start)
+}
+
+// parentOf reads the parent pid from a /proc/<pid>/stat's contents.
+func parentOf(stat []byte) int {
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(f[1])
+	return pid
+}
+
+func inContainer(pid int, id string) bool {
+	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	return strings.Contains(string(cg), id)
+}
+
+const (
+	agentSelector    = "app.kubernetes.io/component=agent"
+	operatorSelector = "app.kubernetes.io/component=operator"
+	// operatorLease is the operator's LeaderElectionID
+	// (cmd/routemode-operator).
+	operatorLease = "routemode-operator.routemode.io"
+)
+
+// killAgent SIGKILLs node's agent; once the kubelet restarted it, the new
+// agent's log must say it adopted the kernel state, changing nothing when
+// the killed agent had already applied the generation it found.
+func killAgent(t *testing.T, h *harness, node string) string {
+	t.Helper()
+	var rn v1alpha1.RoutingNode
+	c, err := h.l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(context.Background(), client.ObjectKey{Name: node}, &rn); err != nil {
+		t.Fatal(err)
+	}
+	var had int64
+	if meta.IsStatusConditionTrue(rn.Status.Conditions, v1alpha1.ConditionDatapathApplied) {
+		had = rn.Status.ObservedGeneration
+	}
+	var agent component
+	for _, x := range components(t, h, agentSelector) {
+		if x.node == node {
+			agent = x
+		}
+	}
+	if agent.containerID == "" {
+		t.Fatalf("no running agent on %s", node)
+	}
+	restarted, back := killContainer(t, h, agentSelector, agent)
+	// The kubelet keeps each run of a container in <restart count>.log.
+	i := h.nodeIndex(t, node)
+	log := filepath.Join(h.l.NodeRoot(i), "var", "log", "pods", lab.Namespace+"_"+agent.pod+"_"+agent.uid, "agent", strconv.Itoa(restarted.restarts)+".log")
+	var a lab.Adoption
+	waitFor(t, time.Minute, "the restarted agent's adoption in "+log, func() bool {
+		b, _ := os.ReadFile(log)
+		var found bool
+		a, found, err = lab.FindAdoption(string(b))
+		return found || err != nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s's restarted agent: %s", node, a.Describe(had))
+	// The health endpoint's namespace is bind-mounted in the agent's own
+	// container (its /var/run/netns is HostToContainer; Bidirectional
+	// would need a privileged container), so it dies with the container
+	// and the restarted agent wires a new one, as Cilium's agent recreates
+	// cilium-health's endpoint at every start. Any other change at a
+	// generation already applied is one the kernel did not need.
+	healthIP := datapath.RouterIP(h.l.Nodes[i].PodCIDR).Next()
+	a.Changes = slices.DeleteFunc(a.Changes, func(c string) bool {
+		return strings.Contains(c, health.DefaultNSName(node)) || strings.Contains(c, health.LXCName) || c == "endpoint map: write "+healthIP.String()
+	})
+	note, err := a.Versus(had)
+	if err != nil {
+		t.Errorf("%s: %v", node, err)
+	}
+	return fmt.Sprintf("agent restarted by the kubelet in %s; %s", back.Round(100*time.Millisecond), note)
+}
+
+// killOperator SIGKILLs the operator replica holding the leader lease;
+// the other replica takes the lease over once it expires, and the kubelet
+// restarts the killed one.
+func killOperator(t *testing.T, h *harness, _ string) string {
+	t.Helper()
+	lease := func() string {
+		return strings.TrimSpace(h.kubectl(t, "-n", lab.Namespace, "get", "lease", operatorLease, "-o", "jsonpath={.spec.holderIdentity}"))
+	}
+	// The identity is controller-runtime's: the hostname, which for the
+	// host-network operator is its node's, then "_" and a UUID.
+	holder := lease()
+	node := holder[:max(strings.LastIndexByte(holder, '_'), 0)]
+	var leaders []component
+	for _, x := range components(t, h, operatorSelector) {
+		if x.node == node {
+			leaders = append(leaders, x)
+		}
+	}
+	if len(leaders) != 1 {
+		t.Fatalf("the lease is held by %q: want one operator replica on node %q, found %v", holder, node, leaders)
+	}
+	_, back := killContainer(t, h, operatorSelector, leaders[0])
+	return fmt.Sprintf("operator %s restarted by the kubelet in %s; the lease, held by %s before, is held by %s", leaders[0].pod, back.Round(100*time.Millisecond), holder, lease())
+}
+
+// nodeIndex is the lab's index of the node named name.
+func (h *harness) nodeIndex(t *testing.T, name string) int {
+	t.Helper()
+	for i, n := range h.l.Nodes {
+		if n.Name == name {
+			return i
+		}
+	}
+	t.Fatalf("no node %s in the lab", name)
+	return -1
+}

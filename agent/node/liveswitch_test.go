@@ -77,7 +77,7 @@ func TestLiveSwitchZeroLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	discards := netlab.UnresolvedDiscards()
+	discards, backlog := netlab.UnresolvedDiscards(), netlab.BacklogDrops()
 	streams := netlab.MustStreams(t, pods, 1000)
 	t.Logf("%s: streams started", time.Now().Format("15:04:05.000"))
 
@@ -127,7 +127,7 @@ func TestLiveSwitchZeroLoss(t *testing.T) {
 	t.Logf("probe streams during tunnel→native→tunnel (%d streams at 1000/s):\n%s", len(stats), netlab.Report(stats))
 	t.Logf("total: %s; echo responder socket drops: %v", total, streams.EchoDrops())
 	t.Logf("tcp connection pod1→pod2: %s", tcpStats)
-	t.Logf("machine-wide packets discarded awaiting neighbour resolution meanwhile: %d", netlab.UnresolvedDiscards()-discards)
+	t.Logf("machine-wide packets discarded awaiting neighbour resolution meanwhile: %d; dropped for a full CPU backlog: %d", netlab.UnresolvedDiscards()-discards, netlab.BacklogDrops()-backlog)
 	for name, s := range stats {
 		if s.Lost != 0 || s.Sent == 0 {
 			t.Errorf("stream %s: sent %d, lost %d; want 0 lost", name, s.Sent, s.Lost)

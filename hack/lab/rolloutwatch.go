@@ -217,10 +217,6 @@ func (w *PointWatch) Steps() map[string][]v1alpha1.RolloutStep {
 func (w *PointWatch) snapshot() map[string][]v1alpha1.RolloutStep {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.snapshotLocked()
-}
-
-func (w *PointWatch) snapshotLocked() map[string][]v1alpha1.RolloutStep {
 	out := map[string][]v1alpha1.RolloutStep{}
 	for k, v := range w.seen {
 		out[k] = slices.Clone(v)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/routemode/routemode/hack/lab/echostats"
+	"github.com/routemode/routemode/internal/netlab"
 	"github.com/routemode/routemode/internal/probe"
 )
 
@@ -36,6 +37,8 @@ type Traffic struct {
 	// service reads the Service client's counts, on real nodes.
 	service func() (echostats.Window, error)
 	cancel  context.CancelFunc
+	// backlog is the machine's backlog drops when the traffic started.
+	backlog uint64
 }
 
 // TrafficReport is what the traffic saw.
@@ -56,6 +59,11 @@ type TrafficReport struct {
 	// Service is what the Service workload's client counted, on real
 	// nodes; nil otherwise.
 	Service *ServiceReport
+	// BacklogDrops counts the packets the kernel dropped, on any device of
+	// the machine, because a CPU's input backlog was full
+	// (netdev_max_backlog): a machine too busy to run its softirqs loses
+	// packets there, whatever the datapath.
+	BacklogDrops uint64
 }
 
 // ServiceReport is the requests to the ClusterIP Service over the
@@ -75,7 +83,8 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 	ctx, cancel := context.WithCancel(ctx)
 	// Not the named result, which an error return sets to nil: this is
 	// what the deferred Stop must stop.
-	t := &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel}
+	t := &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel,
+		backlog: netlab.BacklogDrops()}
 	defer func() {
 		if err != nil {
 			t.Stop()
@@ -140,7 +149,8 @@ func (r TrafficReport) Troubled() string {
 			lines = append(lines, fmt.Sprintf("  %s: %s", key, st))
 		}
 	}
-	lines = append(lines, fmt.Sprintf("  responders' socket drops: %d", r.EchoDrops))
+	lines = append(lines, fmt.Sprintf("  responders' socket drops: %d", r.EchoDrops),
+		fmt.Sprintf("  the machine's backlog drops meanwhile (any device, any lab): %d", r.BacklogDrops))
 	return strings.Join(lines, "\n")
 }
 
@@ -185,7 +195,7 @@ func (t *Traffic) captured() probe.CaptureStats {
 // Stop ends the traffic and reports it; loss is counted once the last
 // answers had time to arrive.
 func (t *Traffic) Stop() TrafficReport {
-	r := TrafficReport{Pairs: len(t.streams), ByPair: map[string]probe.Stats{}}
+	r := TrafficReport{Pairs: len(t.streams), ByPair: map[string]probe.Stats{}, BacklogDrops: netlab.BacklogDrops() - t.backlog}
 	for key, s := range t.streams {
 		st := s.Stop()
 		r.ByPair[key] = st

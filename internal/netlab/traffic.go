@@ -133,6 +133,26 @@ func UnresolvedDiscards() uint64 {
 	return total
 }
 
+// BacklogDrops is the kernel's count of packets dropped because a CPU's
+// input backlog was full (netdev_max_backlog; the dropped column of
+// /proc/net/softnet_stat, summed over CPUs): a machine too busy to run its
+// softirqs loses packets there, on any device, whatever the datapath. One
+// counter for the whole machine: log its change around a test.
+func BacklogDrops() uint64 {
+	b, err := os.ReadFile("/proc/net/softnet_stat")
+	if err != nil {
+		return 0
+	}
+	var total uint64
+	for l := range strings.SplitSeq(strings.TrimSpace(string(b)), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			v, _ := strconv.ParseUint(f[1], 16, 64)
+			total += v
+		}
+	}
+	return total
+}
+
 // SNMP reads one counter of /proc/net/snmp (proto "Ip:", "Udp:", ...) in
 // the namespace at nsPath.
 func SNMP(nsPath, proto, field string) (uint64, error) {

@@ -174,7 +174,7 @@ var pristine = map[string]*cluster{}
 // no CRDs), as a new cluster is, with a client and a kubeconfig.
 func startPristine(name string) (*cluster, error) {
 	env := &envtest.Environment{BinaryAssetsDirectory: assetsDir(), Scheme: scheme()}
-	cfg, err := env.Start()
+	cfg, err := testenv.StartEnvironment(env)
 	if err != nil {
 		return nil, fmt.Errorf("starting a pristine API server: %w", err)
 	}

@@ -74,11 +74,26 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
-		// envtest's 20 s is an idle machine's figure: under a load
-		// average of 40 on 2 cores kube-apiserver took longer, and every
-		// test of the package failed without having run.
-		ControlPlaneStartTimeout: 2 * time.Minute,
 	}
+	cfg, err := StartEnvironment(env)
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	return &Env{Environment: env, Config: cfg, Client: c, Scheme: scheme, Root: root}, nil
+}
+
+// StartEnvironment starts env's kube-apiserver and etcd with a start
+// timeout a loaded machine meets, and says why a start failed.
+func StartEnvironment(env *envtest.Environment) (*rest.Config, error) {
+	// envtest's 20 s is an idle machine's figure: under a load average of
+	// 40 on 2 cores kube-apiserver took longer, and every test of the
+	// package failed without having run.
+	env.ControlPlaneStartTimeout = 2 * time.Minute
 	// Their output, otherwise discarded, says why a start failed (envtest
 	// only says the process exited); only its end is kept.
 	apiOut, etcdOut := &tail{max: 4096}, &tail{max: 2048}
@@ -87,14 +102,9 @@ func Start() (*Env, error) {
 	env.ControlPlane.Etcd = &envtest.Etcd{Out: etcdOut, Err: etcdOut}
 	cfg, err := env.Start()
 	if err != nil {
-		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w\nkube-apiserver's last output:\n%s\netcd's last output:\n%s", assets, err, apiOut, etcdOut)
+		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w\nkube-apiserver's last output:\n%s\netcd's last output:\n%s", env.BinaryAssetsDirectory, err, apiOut, etcdOut)
 	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		_ = env.Stop()
-		return nil, err
-	}
-	return &Env{Environment: env, Config: cfg, Client: c, Scheme: scheme, Root: root}, nil
+	return cfg, nil
 }
 
 // tail keeps the last max bytes written to it.

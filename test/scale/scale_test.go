@@ -225,7 +225,7 @@ func run(b *testing.B, root string, d design, n int) (f figures) {
 		b.Fatal(err)
 	}
 	env := &envtest.Environment{BinaryAssetsDirectory: assets(root), CRDDirectoryPaths: []string{d.crdDir}, ErrorIfCRDPathMissing: true, Scheme: scheme}
-	cfg, err := env.Start()
+	cfg, err := testenv.StartEnvironment(env)
 	if err != nil {
 		b.Fatal(err)
 	}

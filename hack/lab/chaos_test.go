@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -407,11 +406,8 @@ func chaosFreeze(t *testing.T) time.Duration {
 	return d
 }
 
-// freeze stops the supervised process name with SIGSTOP for d, then lets
-// it continue: a hung process, whose clients see connections that neither
-// answer nor close. Its supervisor does not notice, as a kubelet without
-// a liveness probe would not. The process is continued even when the test
-// fails meanwhile.
+// freeze suspends the supervised process name for d, then lets it
+// continue (see Lab.Suspend), even when the test fails meanwhile.
 func (h *harness) freeze(name string, d time.Duration) time.Duration {
 	h.t.Helper()
 	resume := h.suspend(name)
@@ -421,34 +417,15 @@ func (h *harness) freeze(name string, d time.Duration) time.Duration {
 	return d
 }
 
-// suspend stops the supervised process name with SIGSTOP and returns once
-// every thread of it is stopped, so nothing it does can land afterwards but
-// what it had already sent. The returned resume continues it; the test's
-// cleanup does too, should the test fail first.
+// suspend is Lab.Suspend, resumed by the test's cleanup too should the
+// test fail first.
 func (h *harness) suspend(name string) (resume func()) {
 	h.t.Helper()
-	pid, err := h.l.supervisedPID(name)
+	resume, err := h.l.Suspend(name)
+	if resume != nil {
+		h.t.Cleanup(resume)
+	}
 	if err != nil {
-		h.t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		h.t.Fatalf("stopping %s (pid %d): %v", name, pid, err)
-	}
-	resume = func() { _ = syscall.Kill(pid, syscall.SIGCONT) }
-	h.t.Cleanup(resume)
-	// Signals reach threads one by one: wait until none runs.
-	if err := wait(context.Background(), 10*time.Second, name+"'s threads to stop", func() (bool, error) {
-		stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-		if err != nil || len(stats) == 0 {
-			return false, fmt.Errorf("%s (pid %d) has no threads to read: %v", name, pid, err)
-		}
-		for _, f := range stats {
-			if state, _, err := procStat(f); err == nil && !strings.Contains("TtZX", state) {
-				return false, nil
-			}
-		}
-		return true, nil
-	}); err != nil {
 		h.t.Fatal(err)
 	}
 	return resume

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,15 @@ import (
 // that requests the ClusterIP without pause, so the lab's traffic also
 // crosses kube-proxy's rules (DNAT to a backend, masquerade) on the way to
 // a pod on another node.
+//
+// Each pod requests CPU, as a production workload does: without requests
+// a pod is BestEffort, whose cgroup the kubelet gives 2 CPU shares against
+// the agent's 51, so on a busy machine the backends may wait seconds for a
+// CPU while the agent works. Loaded runs of the real-node test saw
+// requests time out awaiting headers (the kernel had accepted the
+// connection) 0.4 s after the backends' agent attached its programs, with
+// no kernel change on any node around them: a starved backend is the
+// likely reading, which ServiceReport.CPUWait now measures.
 
 // EchoImage is the workload's image as `make images` tags it (the
 // Makefile's default IMAGE_REGISTRY and IMAGE_TAG); EchoArchive is its
@@ -86,6 +96,8 @@ spec:
         readinessProbe:
           httpGet: {path: /, port: {{PORT}}}
           periodSeconds: 1
+        resources:
+          requests: {cpu: 100m, memory: 32Mi}
 ---
 apiVersion: v1
 kind: Service
@@ -112,6 +124,8 @@ spec:
   - name: client
     image: {{IMAGE}}
     args: [client, -target, "http://{{SERVICE_IP}}/", -rate, "{{RATE}}", -stats, ":{{STATS_PORT}}"]
+    resources:
+      requests: {cpu: 100m, memory: 32Mi}
 `
 
 // addEcho starts the workload and records the client's pod.
@@ -239,4 +253,32 @@ func HTTPGetIn(ctx context.Context, nsPath string, addr netip.AddrPort, path str
 		err = fmt.Errorf("GET http://%s%s: %s", addr, path, resp.Status)
 	}
 	return body, err
+}
+
+// echoCPUWait sums the run-queue wait (schedstat) of every thread of the
+// lab's routemode-echo processes, found by their nodes' cgroups.
+func (l *Lab) echoCPUWait() time.Duration {
+	cgroup := nodeCgroupPrefix + l.cfg.Prefix + "node-"
+	var sum time.Duration
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		dir := filepath.Join("/proc", p.Name())
+		comm, err := os.ReadFile(filepath.Join(dir, "comm"))
+		if err != nil || strings.TrimSpace(string(comm)) != "routemode-echo" {
+			continue
+		}
+		if cg, _ := os.ReadFile(filepath.Join(dir, "cgroup")); !strings.Contains(string(cg), "/"+cgroup) {
+			continue
+		}
+		threads, _ := filepath.Glob(filepath.Join(dir, "task", "*", "schedstat"))
+		for _, t := range threads {
+			b, _ := os.ReadFile(t)
+			// "<ns on a CPU> <ns waiting for one> <timeslices>"
+			if f := strings.Fields(string(b)); len(f) == 3 {
+				ns, _ := strconv.ParseInt(f[1], 10, 64)
+				sum += time.Duration(ns)
+			}
+		}
+	}
+	return sum
 }

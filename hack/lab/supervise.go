@@ -138,6 +138,37 @@ func (l *Lab) stopSupervised(name string) error {
 	return nil
 }
 
+// Suspend stops the supervised process name with SIGSTOP and returns once
+// every thread of it is stopped, so nothing it does can land afterwards but
+// what it had already sent: a hung process, whose clients see connections
+// that neither answer nor close, and which its supervisor does not notice
+// (as a kubelet without a liveness probe would not). The returned resume
+// continues it, and is set whenever the process was signalled, also with
+// an error.
+func (l *Lab) Suspend(name string) (resume func(), err error) {
+	pid, err := l.supervisedPID(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return nil, fmt.Errorf("stopping %s (pid %d): %w", name, pid, err)
+	}
+	resume = func() { _ = syscall.Kill(pid, syscall.SIGCONT) }
+	// Signals reach threads one by one: wait until none runs.
+	return resume, wait(context.Background(), 10*time.Second, name+"'s threads to stop", func() (bool, error) {
+		stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(stats) == 0 {
+			return false, fmt.Errorf("%s (pid %d) has no threads to read: %v", name, pid, err)
+		}
+		for _, f := range stats {
+			if state, _, err := procStat(f); err == nil && !strings.Contains("TtZX", state) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
 // LogsAround returns the lines of the lab's logs stamped within d of any
 // of times, oldest first, at most limit of them, each prefixed with where
 // it was logged: what the lab's components did when probes were lost or

@@ -39,6 +39,9 @@ type Traffic struct {
 	cancel  context.CancelFunc
 	// backlog is the machine's backlog drops when the traffic started.
 	backlog uint64
+	// echoWait is the Service workload's CPU wait then (see CPUWait).
+	echoWait  func() time.Duration
+	echoWait0 time.Duration
 }
 
 // TrafficReport is what the traffic saw.
@@ -71,6 +74,12 @@ type TrafficReport struct {
 type ServiceReport struct {
 	echostats.Window
 	Err error
+	// CPUWait is how long the threads of the workload's processes (the
+	// client and the backends) waited, runnable, for a CPU meanwhile,
+	// summed: a request the datapath carried but a starved backend did
+	// not answer in time shows here. Processes that started or ended in
+	// between count only in part.
+	CPUWait time.Duration
 }
 
 // StartTraffic starts the traffic at rate probes per second in all.
@@ -132,6 +141,8 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 	if l.state.Echo != nil {
 		// The client runs all the time: its counts start now.
 		t.service = func() (echostats.Window, error) { return l.ServiceWindow(ctx) }
+		t.echoWait = l.echoCPUWait
+		t.echoWait0 = t.echoWait()
 		if _, err := t.service(); err != nil {
 			return nil, err
 		}
@@ -217,7 +228,7 @@ func (t *Traffic) Stop() TrafficReport {
 	}
 	if t.service != nil {
 		w, err := t.service()
-		r.Service = &ServiceReport{Window: w, Err: err}
+		r.Service = &ServiceReport{Window: w, Err: err, CPUWait: max(t.echoWait()-t.echoWait0, 0)}
 	}
 	r.Capture = t.Capture()
 	for _, c := range t.captures {

@@ -22,10 +22,12 @@ import (
 
 // testFaults runs the chaos rows that real nodes answer with their own
 // supervision (hack/lab runs them with the lab's supervisor standing in
-// for the kubelet): a component's container SIGKILLed while the first
-// node switches, and restarted by its kubelet. The datapath keeps
-// forwarding, no node is skipped or told to Switch twice, the rollout
-// completes, and nothing is lost, reset or failed.
+// for the kubelet): the agent's or the leading operator's container
+// SIGKILLed while the first node switches, and restarted by its kubelet,
+// and the API server frozen then, with every kubelet, agent and operator
+// cut off from it. The datapath keeps forwarding, no node is skipped or
+// told to Switch twice, the rollout completes, and nothing is lost, reset
+// or failed.
 func testFaults(t *testing.T, h *harness) {
 	for _, row := range []struct {
 		fault, sample string
@@ -35,8 +37,13 @@ func testFaults(t *testing.T, h *harness) {
 	}{
 		{"the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
 			v1alpha1.ActualRoutingNative, "bpf", killAgent},
-		{"the leading operator SIGKILLed (native + eBPF host routing → VXLAN)", "tunnel.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", killOperator},
+		{fmt.Sprintf("kube-apiserver frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
+			v1alpha1.ActualRoutingTunnel, "legacy", freezeAPIServer},
+		{"the leading operator SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
+			v1alpha1.ActualRoutingNative, "bpf", killOperator},
+		// Back to where the next phase starts, with the same checks.
+		{"no fault (native + eBPF host routing → VXLAN)", "tunnel.yaml",
+			v1alpha1.ActualRoutingTunnel, "legacy", nil},
 	} {
 		ctx, cancel := context.WithCancel(context.Background())
 		c, err := h.l.Client()
@@ -55,7 +62,9 @@ func testFaults(t *testing.T, h *harness) {
 			if node, err = w.WaitFor(lab.FirstSwitching, len(h.l.Nodes), 2*time.Minute); err != nil {
 				return err
 			}
-			note = row.kill(t, h, node)
+			if row.kill != nil {
+				note = row.kill(t, h, node)
+			}
 			_, err := h.l.WaitRollout(ctx, c, 5*time.Minute, nil)
 			return err
 		})
@@ -230,6 +239,29 @@ func killOperator(t *testing.T, h *harness, _ string) string {
 	}
 	_, back := killContainer(t, h, operatorSelector, leaders[0])
 	return fmt.Sprintf("operator %s restarted by the kubelet in %s; the lease, held by %s before, is held by %s", leaders[0].pod, back.Round(100*time.Millisecond), holder, lease())
+}
+
+// freeze is how long the API server stays frozen: 15 s, as in make test's
+// short form of the netns lab's chaos suite; long enough for the
+// operator to lose its leader lease (renewed every 2 s, given up after
+// 10 s) and exit.
+const freeze = 15 * time.Second
+
+// freezeAPIServer stops the lab's kube-apiserver with SIGSTOP for freeze:
+// the kubelets, kube-proxies, agents and operators all hold connections
+// that neither answer nor close.
+func freezeAPIServer(t *testing.T, h *harness, _ string) string {
+	t.Helper()
+	resume, err := h.l.Suspend("kube-apiserver")
+	if resume != nil {
+		defer resume()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fault's own length, not a wait for something to happen.
+	time.Sleep(freeze)
+	return fmt.Sprintf("kube-apiserver frozen %s", freeze)
 }
 
 // nodeIndex is the lab's index of the node named name.

@@ -167,7 +167,7 @@ func (h *harness) checkTraffic(t *testing.T, name string, r lab.TrafficReport, s
 	if s == nil {
 		t.Fatalf("%s: no Service traffic ran", name)
 	}
-	t.Logf("%s: UDP %s; TCP %s; Service %s", name, r.UDP, r.TCP, s.Window)
+	t.Logf("%s: UDP %s; TCP %s; Service %s; the Service workload's threads waited %s for a CPU", name, r.UDP, r.TCP, s.Window, s.CPUWait.Round(time.Millisecond))
 	if s.Err != nil {
 		t.Error(s.Err)
 	}

@@ -139,7 +139,8 @@ func demo(ctx context.Context, cfg lab.Config, keep bool, rate int) error {
 				err = fmt.Errorf("%s lost %d probes and reset %d TCP connections", r.Name, r.Traffic.UDP.Lost, r.Traffic.TCP.Resets)
 			}
 			if s := r.Traffic.Service; s != nil && s.Failed != 0 {
-				err = errors.Join(err, fmt.Errorf("%s: %d of %d requests to the Service failed: %s", r.Name, s.Failed, s.Sent, s.Window))
+				err = errors.Join(err, fmt.Errorf("%s: %d of %d requests to the Service failed (the workload's threads waited %s for a CPU meanwhile): %s",
+					r.Name, s.Failed, s.Sent, s.CPUWait.Round(time.Millisecond), s.Window))
 			}
 		}
 	}

@@ -144,6 +144,9 @@ type chaosCase struct {
 	// after, when set, runs once the traffic stopped; what it returns is
 	// added to the row's outcome.
 	after func() string
+	// tcpTimeout, when set, is how long a TCP message may take to be
+	// echoed before its connection counts as broken (2 s otherwise).
+	tcpTimeout time.Duration
 }
 
 // chaosRun switches the lab to c.spec under traffic, runs c.inject at
@@ -156,7 +159,7 @@ func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 	if use == nil {
 		use = func(PodState) bool { return true }
 	}
-	tr, err := h.l.startTrafficBetween(ctx, 600, 8472, use)
+	tr, err := h.l.startTrafficBetween(ctx, 600, 8472, use, c.tcpTimeout)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -84,11 +84,13 @@ type ServiceReport struct {
 
 // StartTraffic starts the traffic at rate probes per second in all.
 func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (*Traffic, error) {
-	return l.startTrafficBetween(ctx, rate, tunnelPort, func(PodState) bool { return true })
+	return l.startTrafficBetween(ctx, rate, tunnelPort, func(PodState) bool { return true }, 0)
 }
 
-// startTrafficBetween runs the traffic between the pods that use selects.
-func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int, use func(PodState) bool) (_ *Traffic, err error) {
+// startTrafficBetween runs the traffic between the pods that use selects;
+// a TCP message not echoed within tcpTimeout (0: the probe's 2 s) breaks
+// its connection.
+func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int, use func(PodState) bool, tcpTimeout time.Duration) (_ *Traffic, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	// Not the named result, which an error return sets to nil: this is
 	// what the deferred Stop must stop.
@@ -132,7 +134,7 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 			return nil, fmt.Errorf("starting the probe stream %s: %w", key, err)
 		}
 		t.streams[key] = s
-		c, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: pr[0].netns(), Target: netip.AddrPortFrom(pr[1].IP, tcpEchoPort)})
+		c, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: pr[0].netns(), Target: netip.AddrPortFrom(pr[1].IP, tcpEchoPort), Timeout: tcpTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("connecting %s over TCP: %w", key, err)
 		}

@@ -37,8 +37,9 @@ type Traffic struct {
 	// service reads the Service client's counts, on real nodes.
 	service func() (echostats.Window, error)
 	cancel  context.CancelFunc
-	// backlog is the machine's backlog drops when the traffic started.
-	backlog uint64
+	// backlog, unresolved and neighFailed are the machine's counters when
+	// the traffic started (see TrafficReport).
+	backlog, unresolved, neighFailed uint64
 	// echoWait is the Service workload's CPU wait then (see CPUWait).
 	echoWait  func() time.Duration
 	echoWait0 time.Duration
@@ -67,6 +68,10 @@ type TrafficReport struct {
 	// (netdev_max_backlog): a machine too busy to run its softirqs loses
 	// packets there, whatever the datapath.
 	BacklogDrops uint64
+	// UnresolvedDiscards and NeighbourFailures count, machine-wide, the
+	// packets dropped waiting for a neighbour (ARP) and the resolutions
+	// that failed: a next hop that did not answer in time.
+	UnresolvedDiscards, NeighbourFailures uint64
 }
 
 // ServiceReport is the requests to the ClusterIP Service over the
@@ -95,7 +100,7 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 	// Not the named result, which an error return sets to nil: this is
 	// what the deferred Stop must stop.
 	t := &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel,
-		backlog: netlab.BacklogDrops()}
+		backlog: netlab.BacklogDrops(), unresolved: netlab.UnresolvedDiscards(), neighFailed: netlab.NeighbourFailures()}
 	defer func() {
 		if err != nil {
 			t.Stop()
@@ -163,7 +168,8 @@ func (r TrafficReport) Troubled() string {
 		}
 	}
 	lines = append(lines, fmt.Sprintf("  responders' socket drops: %d", r.EchoDrops),
-		fmt.Sprintf("  the machine's backlog drops meanwhile (any device, any lab): %d", r.BacklogDrops))
+		fmt.Sprintf("  the machine's drops meanwhile (any device, any lab): %d for a full CPU backlog, %d awaiting a neighbour, %d failed neighbour resolutions",
+			r.BacklogDrops, r.UnresolvedDiscards, r.NeighbourFailures))
 	return strings.Join(lines, "\n")
 }
 
@@ -208,7 +214,8 @@ func (t *Traffic) captured() probe.CaptureStats {
 // Stop ends the traffic and reports it; loss is counted once the last
 // answers had time to arrive.
 func (t *Traffic) Stop() TrafficReport {
-	r := TrafficReport{Pairs: len(t.streams), ByPair: map[string]probe.Stats{}, BacklogDrops: netlab.BacklogDrops() - t.backlog}
+	r := TrafficReport{Pairs: len(t.streams), ByPair: map[string]probe.Stats{}, BacklogDrops: netlab.BacklogDrops() - t.backlog,
+		UnresolvedDiscards: netlab.UnresolvedDiscards() - t.unresolved, NeighbourFailures: netlab.NeighbourFailures() - t.neighFailed}
 	for key, s := range t.streams {
 		st := s.Stop()
 		r.ByPair[key] = st

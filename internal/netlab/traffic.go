@@ -109,7 +109,16 @@ func (l *Lab) Capture() (*probe.Capture, error) {
 // /proc/net/stat/arp_cache, summed over CPUs). It is one counter for the
 // whole machine, every namespace included: log its change around a test to
 // tell neighbour-resolution losses from others.
-func UnresolvedDiscards() uint64 {
+func UnresolvedDiscards() uint64 { return arpCacheStat("unresolved_discards") }
+
+// NeighbourFailures is the kernel's count of neighbour resolutions that
+// failed (res_failed in /proc/net/stat/arp_cache), whose queued packets
+// were dropped: machine-wide, like UnresolvedDiscards.
+func NeighbourFailures() uint64 { return arpCacheStat("res_failed") }
+
+// arpCacheStat sums one column of /proc/net/stat/arp_cache over the CPUs,
+// 0 when it cannot be read.
+func arpCacheStat(column string) uint64 {
 	b, err := os.ReadFile("/proc/net/stat/arp_cache")
 	if err != nil {
 		return 0
@@ -118,7 +127,7 @@ func UnresolvedDiscards() uint64 {
 	if len(lines) < 2 {
 		return 0
 	}
-	col := slices.Index(strings.Fields(lines[0]), "unresolved_discards")
+	col := slices.Index(strings.Fields(lines[0]), column)
 	if col < 0 {
 		return 0
 	}

@@ -47,6 +47,13 @@ const (
 	echoStatsPort  = 8081
 	// echoRate is the client's requests per second.
 	echoRate = 50
+	// echoTimeout is how long a request may take before it fails. Not the
+	// client's 2 s: under two make tests side by side the workload's
+	// threads waited minutes in all for a CPU (cpu.shares cannot give a
+	// simulated node CPUs of its own) and answers came late, not never.
+	// A reset, a refusal or a black hole of the Service path still fails
+	// it, and the probe streams count every packet the datapath loses.
+	echoTimeout = 10 * time.Second
 )
 
 // EchoState is the workload as the lab recorded it.
@@ -123,7 +130,7 @@ spec:
   containers:
   - name: client
     image: {{IMAGE}}
-    args: [client, -target, "http://{{SERVICE_IP}}/", -rate, "{{RATE}}", -stats, ":{{STATS_PORT}}"]
+    args: [client, -target, "http://{{SERVICE_IP}}/", -rate, "{{RATE}}", -timeout, "{{TIMEOUT}}", -stats, ":{{STATS_PORT}}"]
     resources:
       requests: {cpu: 100m, memory: 32Mi}
 `
@@ -132,7 +139,7 @@ spec:
 func (l *Lab) addEcho(ctx context.Context) error {
 	kv := []string{"{{NAME}}", EchoDeployment, "{{IMAGE}}", EchoImage, "{{CLIENT_NODE}}", l.Nodes[0].Name,
 		"{{REPLICAS}}", strconv.Itoa(max(2, len(l.Nodes)-1)), "{{PORT}}", strconv.Itoa(echoPort),
-		"{{RATE}}", strconv.Itoa(echoRate), "{{STATS_PORT}}", strconv.Itoa(echoStatsPort)}
+		"{{RATE}}", strconv.Itoa(echoRate), "{{TIMEOUT}}", echoTimeout.String(), "{{STATS_PORT}}", strconv.Itoa(echoStatsPort)}
 	if err := l.applyRendered("echo.yaml", echoBackends, kv...); err != nil {
 		return err
 	}

@@ -175,7 +175,8 @@ func (h *harness) checkTraffic(t *testing.T, name string, r lab.TrafficReport, s
 		t.Errorf("%s: no traffic ran (%d probes, %d TCP messages, %d Service answers)", name, r.UDP.Sent, r.TCP.Messages, s.OK)
 	}
 	if r.UDP.Lost != 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 {
-		t.Errorf("%s: lost %d of %d probes, %d TCP resets, %d TCP errors; by pair:\n%s", name, r.UDP.Lost, r.UDP.Sent, r.TCP.Resets, r.TCP.Errors, r.Troubled())
+		t.Errorf("%s: lost %d of %d probes, %d TCP resets, %d TCP errors; by pair:\n%s\nthe lab's logs within 1s of the lost probes:\n%s",
+			name, r.UDP.Lost, r.UDP.Sent, r.TCP.Resets, r.TCP.Errors, r.Troubled(), h.l.LogsAround(r.UDP.LostSent, time.Second, 80))
 	}
 	if s.Failed == 0 {
 		return

@@ -164,14 +164,24 @@ func TestChaosUnderlayCut(t *testing.T) {
 			watch: func(pw *PointWatch) { w = pw },
 			inject: func(node string) (time.Duration, string) {
 				port := netlab.BridgePort(h.nodeIndex(node))
+				ctx := context.Background()
+				healthy := func(want func(n int32) bool) func() (bool, error) {
+					return func() (bool, error) {
+						var rm v1alpha1.RoutingMode
+						err := h.c.Get(ctx, client.ObjectKey{Name: "default"}, &rm)
+						return err == nil && want(rm.Status.Nodes.Healthy), err
+					}
+				}
+				// Every node healthy first, as the operator counts it: a
+				// node whose Prepare probes are not in yet counts as not
+				// healthy too, and would pass for the cut seen.
+				all := int32(len(h.l.Nodes))
+				if err := wait(ctx, time.Minute, "the operator to count every node healthy", healthy(func(n int32) bool { return n == all })); err != nil {
+					h.t.Fatal(err)
+				}
 				h.linkState(port, "down")
 				start := time.Now()
-				ctx := context.Background()
-				if err := wait(ctx, time.Minute, "the operator to count a node unhealthy", func() (bool, error) {
-					var rm v1alpha1.RoutingMode
-					err := h.c.Get(ctx, client.ObjectKey{Name: "default"}, &rm)
-					return err == nil && rm.Status.Nodes.Healthy < int32(len(h.l.Nodes)), err
-				}); err != nil {
+				if err := wait(ctx, time.Minute, "the operator to count a node unhealthy", healthy(func(n int32) bool { return n < all })); err != nil {
 					h.linkState(port, "up")
 					h.t.Fatal(err)
 				}

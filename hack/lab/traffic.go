@@ -40,6 +40,10 @@ type Traffic struct {
 	// backlog, unresolved and neighFailed are the machine's counters when
 	// the traffic started (see TrafficReport).
 	backlog, unresolved, neighFailed uint64
+	// drops traces the machine's dropped packets; nil, with dropsErr,
+	// when it could not start.
+	drops    *netlab.DropTrace
+	dropsErr error
 	// echoWait is the Service workload's CPU wait then (see CPUWait).
 	echoWait  func() time.Duration
 	echoWait0 time.Duration
@@ -72,6 +76,12 @@ type TrafficReport struct {
 	// packets dropped waiting for a neighbour (ARP) and the resolutions
 	// that failed: a next hop that did not answer in time.
 	UnresolvedDiscards, NeighbourFailures uint64
+	// Drops is every packet the kernel dropped meanwhile, machine-wide,
+	// with its reason and where (netlab.DropTrace): the counters above
+	// say how many, this says which drop came when a probe was lost.
+	// DropsErr says why it is missing or incomplete.
+	Drops    []netlab.Drop
+	DropsErr error
 }
 
 // ServiceReport is the requests to the ClusterIP Service over the
@@ -101,6 +111,7 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 	// what the deferred Stop must stop.
 	t := &Traffic{streams: map[string]*probe.Stream{}, tcp: map[string]*probe.TCPCheck{}, captures: map[string]*probe.Capture{}, cancel: cancel,
 		backlog: netlab.BacklogDrops(), unresolved: netlab.UnresolvedDiscards(), neighFailed: netlab.NeighbourFailures()}
+	t.drops, t.dropsErr = netlab.StartDropTrace()
 	defer func() {
 		if err != nil {
 			t.Stop()
@@ -170,6 +181,33 @@ func (r TrafficReport) Troubled() string {
 	lines = append(lines, fmt.Sprintf("  responders' socket drops: %d", r.EchoDrops),
 		fmt.Sprintf("  the machine's drops meanwhile (any device, any lab): %d for a full CPU backlog, %d awaiting a neighbour, %d failed neighbour resolutions",
 			r.BacklogDrops, r.UnresolvedDiscards, r.NeighbourFailures))
+	if r.DropsErr != nil {
+		lines = append(lines, fmt.Sprintf("  the kernel's drop trace: %v", r.DropsErr))
+	}
+	var lost []time.Time
+	for _, st := range r.ByPair {
+		lost = append(lost, st.LostSent...)
+	}
+	sum := netlab.SummarizeDrops(r.Drops)
+	lines = append(lines, fmt.Sprintf("  packets the kernel dropped meanwhile (any device, any lab), by reason and place: %d", len(r.Drops)))
+	for i, s := range sum {
+		if i == 10 {
+			lines = append(lines, fmt.Sprintf("    … and %d more reasons and places", len(sum)-i))
+			break
+		}
+		lines = append(lines, "    "+s)
+	}
+	if len(lost) > 0 {
+		near := netlab.DropsAround(r.Drops, lost, time.Second)
+		lines = append(lines, fmt.Sprintf("  of them within 1 s of a lost probe's send: %d", len(near)))
+		for i, d := range near {
+			if i == 20 {
+				lines = append(lines, fmt.Sprintf("    … and %d more", len(near)-i))
+				break
+			}
+			lines = append(lines, "    "+d.String())
+		}
+	}
 	return strings.Join(lines, "\n")
 }
 
@@ -238,6 +276,11 @@ func (t *Traffic) Stop() TrafficReport {
 	if t.service != nil {
 		w, err := t.service()
 		r.Service = &ServiceReport{Window: w, Err: err, CPUWait: max(t.echoWait()-t.echoWait0, 0)}
+	}
+	r.DropsErr = t.dropsErr
+	if t.drops != nil {
+		r.Drops, r.DropsErr = t.drops.Stop()
+		t.drops = nil
 	}
 	r.Capture = t.Capture()
 	for _, c := range t.captures {

@@ -125,7 +125,7 @@ func TestLiveSwitchZeroLoss(t *testing.T) {
 	tcpStats := tcp.Stop()
 	total := netlab.Total(stats)
 	t.Logf("probe streams during tunnel→native→tunnel (%d streams at 1000/s):\n%s", len(stats), netlab.Report(stats))
-	t.Logf("total: %s; echo responder socket drops: %v", total, streams.EchoDrops())
+	t.Logf("total: %s; echo responders' own loss: %v", total, streams.EchoLoss())
 	t.Logf("tcp connection pod1→pod2: %s", tcpStats)
 	t.Logf("machine-wide packets discarded awaiting neighbour resolution meanwhile: %d; dropped for a full CPU backlog: %d", netlab.UnresolvedDiscards()-discards, netlab.BacklogDrops()-backlog)
 	for name, s := range stats {

@@ -85,7 +85,7 @@ func TestRestartChangesNothing(t *testing.T) {
 	}
 	stats := streams.Stop()
 	total := netlab.Total(stats)
-	t.Logf("probes across the restarts: %s; echo responder socket drops: %v", total, streams.EchoDrops())
+	t.Logf("probes across the restarts: %s; echo responders' own loss: %v", total, streams.EchoLoss())
 	if total.Lost != 0 || total.Sent == 0 {
 		t.Errorf("lost %d of %d probes across agent restarts:\n%s", total.Lost, total.Sent, netlab.Report(stats))
 	}

@@ -64,6 +64,11 @@ type TrafficReport struct {
 	// want of buffer (also in UDP.Lost): the tool's loss, not the
 	// network's.
 	EchoDrops int64
+	// EchoSendErrors counts the responders' answers whose send failed
+	// (also in UDP.Lost), EchoSendError says why the last one did: the
+	// tool's loss too.
+	EchoSendErrors int64
+	EchoSendError  string
 	// Service is what the Service workload's client counted, on real
 	// nodes; nil otherwise.
 	Service *ServiceReport
@@ -178,7 +183,7 @@ func (r TrafficReport) Troubled() string {
 			lines = append(lines, fmt.Sprintf("  %s: %s", key, st))
 		}
 	}
-	lines = append(lines, fmt.Sprintf("  responders' socket drops: %d", r.EchoDrops),
+	lines = append(lines, fmt.Sprintf("  responders' socket drops: %d; answers they failed to send: %d %s", r.EchoDrops, r.EchoSendErrors, r.EchoSendError),
 		fmt.Sprintf("  the machine's drops meanwhile (any device, any lab): %d for a full CPU backlog, %d awaiting a neighbour, %d failed neighbour resolutions",
 			r.BacklogDrops, r.UnresolvedDiscards, r.NeighbourFailures))
 	if r.DropsErr != nil {
@@ -261,6 +266,10 @@ func (t *Traffic) Stop() TrafficReport {
 	}
 	for _, e := range t.echoes {
 		r.EchoDrops += int64(e.Drops())
+		if n, last := e.SendErrors(); n > 0 {
+			r.EchoSendErrors += n
+			r.EchoSendError = "(last: " + last + ")"
+		}
 	}
 	for _, c := range t.tcp {
 		st := c.Stop()

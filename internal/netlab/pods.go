@@ -40,9 +40,16 @@ func (p *Pod) Path() string { return nsutil.NamedPath(p.NSName) }
 // EchoAddr is the pod's echo responder.
 func (p *Pod) EchoAddr() netip.AddrPort { return netip.AddrPortFrom(p.IP, EchoPort) }
 
-// EchoDrops counts probes the pod's echo responder's socket dropped for
-// want of buffer: the tool's loss, not the network's.
-func (p *Pod) EchoDrops() uint32 { return p.echo.Drops() }
+// EchoLoss says what the pod's echo responder lost itself: probes its
+// socket dropped for want of buffer, and answers whose send failed (with
+// the last error). The tool's loss, not the network's.
+func (p *Pod) EchoLoss() string {
+	n, last := p.echo.SendErrors()
+	if n == 0 {
+		return fmt.Sprintf("%d socket drops, no failed answer", p.echo.Drops())
+	}
+	return fmt.Sprintf("%d socket drops, %d failed answers (last: %s)", p.echo.Drops(), n, last)
+}
 
 // Ping sends one probe from p to target and waits for the answer.
 func (p *Pod) Ping(ctx context.Context, target netip.AddrPort, size int, dontFragment bool) (time.Duration, error) {

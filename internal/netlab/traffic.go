@@ -68,12 +68,12 @@ func (s *Streams) Stop() map[string]probe.Stats {
 	return out
 }
 
-// EchoDrops counts, per pod, probes its echo responder's socket dropped
-// for want of buffer: the tool's loss, not the network's.
-func (s *Streams) EchoDrops() map[string]uint32 {
-	out := map[string]uint32{}
+// EchoLoss says, per pod, what its echo responder lost itself (see
+// Pod.EchoLoss): the tool's loss, not the network's.
+func (s *Streams) EchoLoss() map[string]string {
+	out := map[string]string{}
 	for _, p := range s.pods {
-		out[p.Name] = p.EchoDrops()
+		out[p.Name] = p.EchoLoss()
 	}
 	return out
 }

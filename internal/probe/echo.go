@@ -6,7 +6,8 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Echo answers probe datagrams on one UDP socket by sending them back.
@@ -15,6 +16,8 @@ type Echo struct {
 	conn     *net.UDPConn
 	answered atomic.Int64
 	drops    atomic.Uint32
+	sendErrs atomic.Int64
+	lastErr  atomic.Pointer[string]
 	wg       sync.WaitGroup
 }
 
@@ -46,6 +49,15 @@ func (e *Echo) Answered() int64 { return e.answered.Load() }
 // buffer was full (the tool's own loss, not the network's).
 func (e *Echo) Drops() uint32 { return e.drops.Load() }
 
+// SendErrors counts the answers whose send failed, and says why the last
+// one did: the tool's own loss, like Drops.
+func (e *Echo) SendErrors() (n int64, last string) {
+	if p := e.lastErr.Load(); p != nil {
+		last = *p
+	}
+	return e.sendErrs.Load(), last
+}
+
 // Close stops the responder and closes its socket.
 func (e *Echo) Close() error {
 	err := e.conn.Close()
@@ -57,6 +69,11 @@ func (e *Echo) loop() {
 	defer e.wg.Done()
 	buf := make([]byte, 65536)
 	oob := make([]byte, oobSize)
+	rc, err := e.conn.SyscallConn()
+	if err != nil {
+		e.fail(err)
+		return
+	}
 	for {
 		n, oobn, _, from, err := e.conn.ReadMsgUDPAddrPort(buf, oob)
 		if d, ok := overflow(oob[:oobn]); ok {
@@ -71,9 +88,28 @@ func (e *Echo) loop() {
 		if _, ok := parseHeader(buf[:n]); !ok {
 			continue
 		}
-		_ = e.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		if _, err := e.conn.WriteToUDPAddrPort(buf[:n], from); err == nil {
-			e.answered.Add(1)
+		// One non-blocking attempt, as the stream sends, and no write
+		// deadline: a deadline's timer runs while the goroutine waits for
+		// a CPU, so on a loaded machine it could expire before the write
+		// began, and the write then fails without being tried.
+		to := &unix.SockaddrInet4{Port: int(from.Port()), Addr: from.Addr().Unmap().As4()}
+		var serr error
+		if err := rc.Write(func(fd uintptr) bool {
+			serr = unix.Sendto(int(fd), buf[:n], unix.MSG_DONTWAIT, to)
+			return true
+		}); err != nil {
+			serr = err
 		}
+		if serr != nil {
+			e.fail(serr)
+			continue
+		}
+		e.answered.Add(1)
 	}
+}
+
+func (e *Echo) fail(err error) {
+	msg := err.Error()
+	e.lastErr.Store(&msg)
+	e.sendErrs.Add(1)
 }

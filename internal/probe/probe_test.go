@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -248,6 +249,35 @@ func TestSocketDropsAreCounted(t *testing.T) {
 		t.Errorf("no socket drop counted with a tiny receive buffer under a flood")
 	}
 	t.Logf("responder counted %d socket drops", e.Drops())
+}
+
+// An answer the responder cannot send is counted, with its error, not
+// dropped unseen: shut down for writing, its socket still receives
+// probes but every send fails with EPIPE.
+func TestEchoCountsFailedAnswers(t *testing.T) {
+	e, err := StartEcho("", loopback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	rc, _ := e.conn.SyscallConn()
+	// An unconnected socket answers ENOTCONN, and is shut down all the
+	// same.
+	_ = rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_WR) })
+	s, err := StartStream(StreamConfig{Target: e.Addr(), Rate: 1000, Drain: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "failed answers", func() bool { n, _ := e.SendErrors(); return n >= 20 })
+	st := s.Stop()
+	n, last := e.SendErrors()
+	t.Logf("stream %s; responder: %d failed answers, last %q", st, n, last)
+	if st.Received != 0 || e.Answered() != 0 {
+		t.Errorf("answers went out from a socket shut down for writing: stream %s, responder answered %d", st, e.Answered())
+	}
+	if !strings.Contains(last, "broken pipe") {
+		t.Errorf("last failed answer: %q; want EPIPE's broken pipe", last)
+	}
 }
 
 // A connected stream counts only answers from its target: an echo on the

@@ -24,26 +24,35 @@ import (
 // supervision (hack/lab runs them with the lab's supervisor standing in
 // for the kubelet): the agent's or the leading operator's container
 // SIGKILLed while the first node switches, and restarted by its kubelet,
-// and the API server frozen then, with every kubelet, agent and operator
-// cut off from it. The datapath keeps forwarding, no node is skipped or
-// told to Switch twice, the rollout completes, and nothing is lost, reset
-// or failed.
+// and the API server or etcd frozen then, with every kubelet, agent and
+// operator cut off from the cluster's state. The datapath keeps
+// forwarding, no node is skipped or told to Switch twice, the rollout
+// completes, and nothing is lost, reset or failed. Then the RoutingMode
+// is edited back while the last node switches: the rollout turns round
+// and completes in the edited mode, losing nothing.
 func testFaults(t *testing.T, h *harness) {
 	for _, row := range []struct {
 		fault, sample string
 		routing       v1alpha1.ActualRouting
 		host          string
-		kill          func(t *testing.T, h *harness, node string) string
+		at            lab.RolloutPoint
+		// inject is the fault, given the node at the point; it returns
+		// what to report.
+		inject func(t *testing.T, h *harness, node string) string
+		// edited: inject edits the RoutingMode, so nodes switch twice.
+		edited bool
 	}{
 		{"the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
-			v1alpha1.ActualRoutingNative, "bpf", killAgent},
+			v1alpha1.ActualRoutingNative, "bpf", lab.FirstSwitching, killAgent, false},
 		{fmt.Sprintf("kube-apiserver frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", freezeAPIServer},
+			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, freezing("kube-apiserver"), false},
 		{"the leading operator SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
-			v1alpha1.ActualRoutingNative, "bpf", killOperator},
-		// Back to where the next phase starts, with the same checks.
-		{"no fault (native + eBPF host routing → VXLAN)", "tunnel.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", nil},
+			v1alpha1.ActualRoutingNative, "bpf", lab.FirstSwitching, killOperator, false},
+		// Back to where the next phase starts.
+		{fmt.Sprintf("etcd frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
+			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, freezing("etcd"), false},
+		{"the RoutingMode edited back to VXLAN (VXLAN → native + eBPF host routing → VXLAN)", "native-routing.yaml",
+			v1alpha1.ActualRoutingTunnel, "legacy", lab.LastSwitching, editTo("tunnel.yaml"), true},
 	} {
 		ctx, cancel := context.WithCancel(context.Background())
 		c, err := h.l.Client()
@@ -59,20 +68,21 @@ func testFaults(t *testing.T, h *harness) {
 			if _, err := h.l.Apply(h.sample(row.sample)); err != nil {
 				return err
 			}
-			if node, err = w.WaitFor(lab.FirstSwitching, len(h.l.Nodes), 2*time.Minute); err != nil {
+			if node, err = w.WaitFor(row.at, len(h.l.Nodes), 2*time.Minute); err != nil {
 				return err
 			}
-			if row.kill != nil {
-				note = row.kill(t, h, node)
-			}
+			note = row.inject(t, h, node)
 			_, err := h.l.WaitRollout(ctx, c, 5*time.Minute, nil)
 			return err
 		})
 		steps := w.Steps()
 		cancel()
-		t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, lab.FirstSwitching, node, took.Round(100*time.Millisecond), note)
+		t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, row.at, node, took.Round(100*time.Millisecond), note)
 		waitComplete(context.Background(), t, h.l, c, row.routing, row.host)
-		if err := lab.SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
+		if row.edited {
+			// Logged: the nodes told to Switch before the edit, and back.
+			t.Logf("%s: steps given %v", row.fault, steps)
+		} else if err := lab.SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
 			t.Errorf("%s: %v", row.fault, err)
 		}
 		h.checkTraffic(t, row.fault, r, "")
@@ -247,21 +257,37 @@ func killOperator(t *testing.T, h *harness, _ string) string {
 // 10 s) and exit.
 const freeze = 15 * time.Second
 
-// freezeAPIServer stops the lab's kube-apiserver with SIGSTOP for freeze:
-// the kubelets, kube-proxies, agents and operators all hold connections
-// that neither answer nor close.
-func freezeAPIServer(t *testing.T, h *harness, _ string) string {
-	t.Helper()
-	resume, err := h.l.Suspend("kube-apiserver")
-	if resume != nil {
-		defer resume()
+// freezing is a fault that stops the lab's process name (kube-apiserver
+// or etcd) with SIGSTOP for freeze: with kube-apiserver, the kubelets,
+// kube-proxies, agents and operators all hold connections that neither
+// answer nor close; with etcd, the API server does, and answers them with
+// errors and timeouts.
+func freezing(name string) func(t *testing.T, h *harness, _ string) string {
+	return func(t *testing.T, h *harness, _ string) string {
+		t.Helper()
+		resume, err := h.l.Suspend(name)
+		if resume != nil {
+			defer resume()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The fault's own length, not a wait for something to happen.
+		time.Sleep(freeze)
+		return fmt.Sprintf("%s frozen %s", name, freeze)
 	}
-	if err != nil {
-		t.Fatal(err)
+}
+
+// editTo is a fault that applies sample over the RoutingMode being rolled
+// out, as a user changing their mind mid-rollout would.
+func editTo(sample string) func(t *testing.T, h *harness, _ string) string {
+	return func(t *testing.T, h *harness, _ string) string {
+		t.Helper()
+		if out, err := h.l.Apply(h.sample(sample)); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return "applied " + sample
 	}
-	// The fault's own length, not a wait for something to happen.
-	time.Sleep(freeze)
-	return fmt.Sprintf("kube-apiserver frozen %s", freeze)
 }
 
 // nodeIndex is the lab's index of the node named name.

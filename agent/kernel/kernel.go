@@ -212,7 +212,7 @@ func (k *Kernel) Read(req ReadRequest) (datapath.State, error) {
 			st.PodMTU[EndpointKey(ep)] = mtu
 		}
 	}
-	if err := k.readPodRoutes(&st, req.Endpoints, byName, names); err != nil {
+	if err := k.readPodRoutes(&st, req.Endpoints); err != nil {
 		return st, err
 	}
 	return st, nil
@@ -221,15 +221,33 @@ func (k *Kernel) Read(req ReadRequest) (datapath.State, error) {
 // readPodRoutes records the node's route to every endpoint whose device
 // is still the one its record names (another device of that name is a
 // pod being wired anew, whose CNI ADD routes it).
-func (k *Kernel) readPodRoutes(st *datapath.State, eps []endpoint.Endpoint, byName map[string]netlink.Link, names map[int]string) error {
+func (k *Kernel) readPodRoutes(st *datapath.State, eps []endpoint.Endpoint) error {
 	if len(eps) == 0 {
 		return nil
+	}
+	if beforePodRoutes != nil {
+		beforePodRoutes()
 	}
 	routes, err := k.H.RouteListFiltered(unix.AF_INET,
 		&netlink.Route{Protocol: podnet.RouteProtocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("listing pod routes: %w", err)
+	}
+	// The devices are read after the routes, not with the rest of the
+	// state: the kernel deletes a device by taking it down, which flushes
+	// its routes, before it leaves the link list, so a device read up
+	// after its route was found missing was up then too. Read before, a
+	// pod deleted in between would pass for a route the kernel lost.
+	links, err := k.H.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	names := map[int]string{}
+	byName := map[string]netlink.Link{}
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+		byName[l.Attrs().Name] = l
 	}
 	byIP := map[netip.Addr]netlink.Route{}
 	for _, r := range routes {
@@ -244,9 +262,8 @@ func (k *Kernel) readPodRoutes(st *datapath.State, eps []endpoint.Endpoint, byNa
 		}
 	}
 	for _, ep := range eps {
-		// A device that is down is being deleted (the kernel flushes its
-		// routes at down, before the device leaves the link list) or not
-		// yet wired: the pod's CNI DEL or ADD owns its route then.
+		// A device that is down is being deleted or not yet wired: the
+		// pod's CNI DEL or ADD owns its route then.
 		if l, ok := byName[ep.LXCName]; !ok || l.Attrs().Index != ep.LXCIndex || l.Attrs().Flags&net.FlagUp == 0 {
 			continue
 		}
@@ -259,6 +276,10 @@ func (k *Kernel) readPodRoutes(st *datapath.State, eps []endpoint.Endpoint, byNa
 	}
 	return nil
 }
+
+// beforePodRoutes, when set by a test, runs once Read has read the rest of
+// the state: where a pod deleted meanwhile found the devices read before.
+var beforePodRoutes func()
 
 // LocalEndpoints indexes endpoint records by EndpointKey and describes them
 // for datapath.Render, sorted by key.

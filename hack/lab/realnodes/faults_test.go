@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,8 +30,10 @@ import (
 // operator cut off from the cluster's state. The datapath keeps
 // forwarding, no node is skipped or told to Switch twice, the rollout
 // completes, and nothing is lost, reset or failed. Then the RoutingMode
-// is edited back while the last node switches: the rollout turns round
-// and completes in the edited mode, losing nothing.
+// is edited back while the last node switches, or deleted while the first
+// does and applied again: the rollout turns round, or stops where it is
+// and starts again from there, and completes in the mode last applied,
+// losing nothing.
 func testFaults(t *testing.T, h *harness) {
 	for _, row := range []struct {
 		fault, sample string
@@ -39,7 +43,8 @@ func testFaults(t *testing.T, h *harness) {
 		// inject is the fault, given the node at the point; it returns
 		// what to report.
 		inject func(t *testing.T, h *harness, node string) string
-		// edited: inject edits the RoutingMode, so nodes switch twice.
+		// edited: inject edits or deletes the RoutingMode, so nodes switch
+		// twice.
 		edited bool
 	}{
 		{"the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
@@ -52,7 +57,9 @@ func testFaults(t *testing.T, h *harness) {
 		{fmt.Sprintf("etcd frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
 			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, freezing("etcd"), false},
 		{"the RoutingMode edited back to VXLAN (VXLAN → native + eBPF host routing → VXLAN)", "native-routing.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", lab.LastSwitching, editTo("tunnel.yaml"), true},
+			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, editTo("tunnel.yaml"), true},
+		{"the RoutingMode deleted, then VXLAN applied again (VXLAN → native + eBPF host routing → VXLAN)", "native-routing.yaml",
+			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, deleteThenApply("tunnel.yaml"), true},
 	} {
 		ctx, cancel := context.WithCancel(context.Background())
 		c, err := h.l.Client()
@@ -80,8 +87,15 @@ func testFaults(t *testing.T, h *harness) {
 		t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, row.at, node, took.Round(100*time.Millisecond), note)
 		waitComplete(context.Background(), t, h.l, c, row.routing, row.host)
 		if row.edited {
-			// Logged: the nodes told to Switch before the edit, and back.
+			// The edit or deletion came before the rollout finished: no
+			// node was finalized in between (the first step seen is the
+			// previous rollout's).
 			t.Logf("%s: steps given %v", row.fault, steps)
+			for name, s := range steps {
+				if n := slices.Index(s[1:], v1alpha1.StepFinalize); n >= 0 && n != len(s)-2 {
+					t.Errorf("%s: %s was finalized before the edit landed (steps %v): the rollout was not overtaken", row.fault, name, s)
+				}
+			}
 		} else if err := lab.SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
 			t.Errorf("%s: %v", row.fault, err)
 		}
@@ -125,12 +139,7 @@ func components(t *testing.T, h *harness, selector string) []component {
 func killContainer(t *testing.T, h *harness, selector string, c component) (component, time.Duration) {
 	t.Helper()
 	start := time.Now()
-	killProcess(t, "the container "+c.containerID+" of pod "+c.pod, func(pid int) bool {
-		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		// The container's first process is the one whose parent, the
-		// runc shim, is outside the container's cgroup.
-		return inContainer(pid, c.containerID) && !inContainer(parentOf(stat), c.containerID)
-	})
+	signalProcess(t, "the container "+c.containerID+" of pod "+c.pod, syscall.SIGKILL, containerMain(c.containerID))
 	var now component
 	waitFor(t, 3*time.Minute, "pod "+c.pod+"'s container restarted by its kubelet and ready", func() bool {
 		for _, x := range components(t, h, selector) {
@@ -142,6 +151,15 @@ func killContainer(t *testing.T, h *harness, selector string, c component) (comp
 		return false
 	})
 	return now, time.Since(start)
+}
+
+// containerMain matches the first process of the container id: the one
+// whose parent, the runc shim, is outside the container's cgroup.
+func containerMain(id string) func(pid int) bool {
+	return func(pid int) bool {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return inContainer(pid, id) && !inContainer(parentOf(stat), id)
+	}
 }
 
 // parentOf reads the parent pid from a /proc/<pid>/stat's contents.
@@ -279,14 +297,92 @@ func freezing(name string) func(t *testing.T, h *harness, _ string) string {
 }
 
 // editTo is a fault that applies sample over the RoutingMode being rolled
-// out, as a user changing their mind mid-rollout would.
-func editTo(sample string) func(t *testing.T, h *harness, _ string) string {
-	return func(t *testing.T, h *harness, _ string) string {
+// out, as a user changing their mind mid-rollout would. The other nodes'
+// agents are held until the operator has seen the edit, so it lands
+// before the rollout can finish, however fast the machine.
+func editTo(sample string) func(t *testing.T, h *harness, node string) string {
+	return func(t *testing.T, h *harness, node string) string {
 		t.Helper()
+		resume := holdAgentsBut(t, h, node)
+		defer resume()
 		if out, err := h.l.Apply(h.sample(sample)); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		return "applied " + sample
+		c, err := h.l.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, time.Minute, "the operator to see the edit", func() bool {
+			var rm v1alpha1.RoutingMode
+			err := c.Get(context.Background(), client.ObjectKey{Name: "default"}, &rm)
+			return err == nil && rm.Status.ObservedGeneration == rm.Generation
+		})
+		return "applied " + sample + " with the other nodes' agents held until the operator saw it"
+	}
+}
+
+// holdAgentsBut stops (SIGSTOP) the agents of every node but node, so
+// node's health probes of them go unanswered and its Switch cannot pass
+// the health gate; the returned resume lets them go on, and runs at the
+// test's end too if it was not called.
+func holdAgentsBut(t *testing.T, h *harness, node string) (resume func()) {
+	t.Helper()
+	var pids []int
+	for _, x := range components(t, h, agentSelector) {
+		if x.node == node {
+			continue
+		}
+		pids = append(pids, signalProcess(t, "the agent container "+x.containerID, syscall.SIGSTOP, containerMain(x.containerID)))
+	}
+	resume = sync.OnceFunc(func() {
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	})
+	t.Cleanup(resume)
+	return resume
+}
+
+// deleteThenApply is a fault that deletes the RoutingMode being rolled out,
+// with the other nodes' agents held until it is gone, as for an edit,
+// which stops the rollout where it is (docs/rollout.md); then it waits
+// until every node applied the step it was left with, and applies sample
+// again: the traffic, checked over the whole row, runs in that state
+// meanwhile.
+func deleteThenApply(sample string) func(t *testing.T, h *harness, node string) string {
+	return func(t *testing.T, h *harness, node string) string {
+		t.Helper()
+		// Held, as for an edit, until the deletion is done.
+		resume := holdAgentsBut(t, h, node)
+		out, err := h.l.Kubectl("delete", "routingmode", "default")
+		resume()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		c, err := h.l.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var steps []string
+		settled := waitFor(t, time.Minute, "every node to apply the step the deletion left it", func() bool {
+			var rns v1alpha1.RoutingNodeList
+			if err := c.List(context.Background(), &rns); err != nil || len(rns.Items) != len(h.l.Nodes) {
+				return false
+			}
+			steps = steps[:0]
+			for _, rn := range rns.Items {
+				if rn.Spec.Datapath == nil || rn.Status.ObservedGeneration != rn.Generation ||
+					!meta.IsStatusConditionTrue(rn.Status.Conditions, v1alpha1.ConditionDatapathApplied) {
+					return false
+				}
+				steps = append(steps, fmt.Sprintf("%s %s→%s", rn.Name, rn.Spec.Step, rn.Spec.Datapath.SendMode))
+			}
+			return true
+		})
+		if out, err := h.l.Apply(h.sample(sample)); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return fmt.Sprintf("stopped with %s, all applied %s after the deletion; %s applied again", strings.Join(steps, ", "), settled.Round(100*time.Millisecond), sample)
 	}
 }
 

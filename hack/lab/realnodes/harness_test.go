@@ -249,16 +249,17 @@ func killSandbox(t *testing.T, pod lab.PodState) {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("net:[%d]", st.Ino)
-	killProcess(t, "the pause process in pod "+pod.Name+"'s network namespace "+pod.NSPath, func(pid int) bool {
+	signalProcess(t, "the pause process in pod "+pod.Name+"'s network namespace "+pod.NSPath, syscall.SIGKILL, func(pid int) bool {
 		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		return ns == want && strings.TrimSpace(string(comm)) == "pause"
 	})
 }
 
-// killProcess SIGKILLs the first process that match accepts, the way a
-// crash ends it, and fails the test when there is none.
-func killProcess(t *testing.T, what string, match func(pid int) bool) {
+// signalProcess sends sig (SIGKILL: the way a crash ends it) to the first
+// process that match accepts and returns its pid; it fails the test when
+// there is none.
+func signalProcess(t *testing.T, what string, sig syscall.Signal, match func(pid int) bool) int {
 	t.Helper()
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -266,12 +267,13 @@ func killProcess(t *testing.T, what string, match func(pid int) bool) {
 		if err != nil || !match(pid) {
 			continue
 		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if err := syscall.Kill(pid, sig); err != nil {
 			t.Fatal(err)
 		}
-		return
+		return pid
 	}
 	t.Fatalf("no process found: %s", what)
+	return 0
 }
 
 // waitFor polls ok every 200 ms until it holds, failing after limit.

@@ -44,4 +44,11 @@ func TestCacheSynced(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("not ready 30s after the cache started: %v", check(probe))
 	}
+	// Once synced, every probe answers ready: a check that chose at random
+	// between "started" and its own deadline failed half of them.
+	for i := range 200 {
+		if err := check(probe); err != nil {
+			t.Fatalf("probe %d after the sync: %v", i, err)
+		}
+	}
 }

@@ -30,36 +30,41 @@ import (
 // operator cut off from the cluster's state. The datapath keeps
 // forwarding, no node is skipped or told to Switch twice, the rollout
 // completes, and nothing is lost, reset or failed. Then the RoutingMode
-// is edited back while the last node switches, or deleted while the first
-// does and applied again: the rollout turns round, or stops where it is
-// and starts again from there, and completes in the mode last applied,
-// losing nothing.
+// is edited back, or deleted and applied again, while the first node
+// switches: the rollout turns round, or stops where it is and starts again
+// from there, and completes in the mode last applied, losing nothing.
+//
+// Two fast nodes finish a rollout in a second or two, sooner than an edit
+// or a deletion can land once the first node is told to Switch: for those,
+// once every node has applied Prepare, every agent is held (SIGSTOP; the
+// datapath lives in the kernel and forwards on) until the edit or deletion
+// is in, so a node told to Switch cannot apply it before.
 func testFaults(t *testing.T, h *harness) {
 	for _, row := range []struct {
 		fault, sample string
 		routing       v1alpha1.ActualRouting
 		host          string
-		at            lab.RolloutPoint
-		// inject is the fault, given the node at the point; it returns
-		// what to report.
-		inject func(t *testing.T, h *harness, node string) string
+		// inject puts the fault in place once the first node (node) is
+		// told to Switch and returns what to report; an edit or deletion
+		// calls release once it is in.
+		inject func(t *testing.T, h *harness, node string, release func()) string
 		// edited: inject edits or deletes the RoutingMode, so nodes switch
 		// twice.
 		edited bool
 	}{
 		{"the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
-			v1alpha1.ActualRoutingNative, "bpf", lab.FirstSwitching, killAgent, false},
+			v1alpha1.ActualRoutingNative, "bpf", killAgent, false},
 		{fmt.Sprintf("kube-apiserver frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, freezing("kube-apiserver"), false},
+			v1alpha1.ActualRoutingTunnel, "legacy", freezing("kube-apiserver"), false},
 		{"the leading operator SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
-			v1alpha1.ActualRoutingNative, "bpf", lab.FirstSwitching, killOperator, false},
-		// Back to where the next phase starts.
+			v1alpha1.ActualRoutingNative, "bpf", killOperator, false},
 		{fmt.Sprintf("etcd frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, freezing("etcd"), false},
+			v1alpha1.ActualRoutingTunnel, "legacy", freezing("etcd"), false},
 		{"the RoutingMode edited back to VXLAN (VXLAN → native + eBPF host routing → VXLAN)", "native-routing.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, editTo("tunnel.yaml"), true},
+			v1alpha1.ActualRoutingTunnel, "legacy", editTo("tunnel.yaml"), true},
+		// Back to where the next phase starts.
 		{"the RoutingMode deleted, then VXLAN applied again (VXLAN → native + eBPF host routing → VXLAN)", "native-routing.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", lab.FirstSwitching, deleteThenApply("tunnel.yaml"), true},
+			v1alpha1.ActualRoutingTunnel, "legacy", deleteThenApply("tunnel.yaml"), true},
 	} {
 		ctx, cancel := context.WithCancel(context.Background())
 		c, err := h.l.Client()
@@ -72,24 +77,36 @@ func testFaults(t *testing.T, h *harness) {
 		}
 		var node, note string
 		r, took := h.underTraffic(t, func() error {
+			var hold func() func()
+			if row.edited {
+				hold = agentHold(t, h)
+			}
 			if _, err := h.l.Apply(h.sample(row.sample)); err != nil {
 				return err
 			}
-			if node, err = w.WaitFor(row.at, len(h.l.Nodes), 2*time.Minute); err != nil {
+			release := func() {}
+			if hold != nil {
+				if _, err := w.WaitFor(lab.AfterPrepare, len(h.l.Nodes), 2*time.Minute); err != nil {
+					return err
+				}
+				release = hold()
+				defer release()
+			}
+			if node, err = w.WaitFor(lab.FirstSwitching, len(h.l.Nodes), 2*time.Minute); err != nil {
 				return err
 			}
-			note = row.inject(t, h, node)
+			note = row.inject(t, h, node, release)
 			_, err := h.l.WaitRollout(ctx, c, 5*time.Minute, nil)
 			return err
 		})
 		steps := w.Steps()
 		cancel()
-		t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, row.at, node, took.Round(100*time.Millisecond), note)
+		t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, lab.FirstSwitching, node, took.Round(100*time.Millisecond), note)
 		waitComplete(context.Background(), t, h.l, c, row.routing, row.host)
 		if row.edited {
-			// The edit or deletion came before the rollout finished: no
-			// node was finalized in between (the first step seen is the
-			// previous rollout's).
+			// The edit or deletion came before the rollout finished, as the
+			// hold makes sure: no node was finalized in between (the first
+			// step seen is the previous rollout's).
 			t.Logf("%s: steps given %v", row.fault, steps)
 			for name, s := range steps {
 				if n := slices.Index(s[1:], v1alpha1.StepFinalize); n >= 0 && n != len(s)-2 {
@@ -189,7 +206,7 @@ const (
 // killAgent SIGKILLs node's agent; once the kubelet restarted it, the new
 // agent's log must say it adopted the kernel state, changing nothing when
 // the killed agent had already applied the generation it found.
-func killAgent(t *testing.T, h *harness, node string) string {
+func killAgent(t *testing.T, h *harness, node string, _ func()) string {
 	t.Helper()
 	var rn v1alpha1.RoutingNode
 	c, err := h.l.Client()
@@ -247,7 +264,7 @@ func killAgent(t *testing.T, h *harness, node string) string {
 // killOperator SIGKILLs the operator replica holding the leader lease;
 // the other replica takes the lease over once it expires, and the kubelet
 // restarts the killed one.
-func killOperator(t *testing.T, h *harness, _ string) string {
+func killOperator(t *testing.T, h *harness, _ string, _ func()) string {
 	t.Helper()
 	lease := func() string {
 		return strings.TrimSpace(h.kubectl(t, "-n", lab.Namespace, "get", "lease", operatorLease, "-o", "jsonpath={.spec.holderIdentity}"))
@@ -280,8 +297,8 @@ const freeze = 15 * time.Second
 // kube-proxies, agents and operators all hold connections that neither
 // answer nor close; with etcd, the API server does, and answers them with
 // errors and timeouts.
-func freezing(name string) func(t *testing.T, h *harness, _ string) string {
-	return func(t *testing.T, h *harness, _ string) string {
+func freezing(name string) func(t *testing.T, h *harness, _ string, _ func()) string {
+	return func(t *testing.T, h *harness, _ string, _ func()) string {
 		t.Helper()
 		resume, err := h.l.Suspend(name)
 		if resume != nil {
@@ -297,14 +314,11 @@ func freezing(name string) func(t *testing.T, h *harness, _ string) string {
 }
 
 // editTo is a fault that applies sample over the RoutingMode being rolled
-// out, as a user changing their mind mid-rollout would. The other nodes'
-// agents are held until the operator has seen the edit, so it lands
-// before the rollout can finish, however fast the machine.
-func editTo(sample string) func(t *testing.T, h *harness, node string) string {
-	return func(t *testing.T, h *harness, node string) string {
+// out, as a user changing their mind mid-rollout would, and releases the
+// agents once the operator has seen it.
+func editTo(sample string) func(t *testing.T, h *harness, _ string, release func()) string {
+	return func(t *testing.T, h *harness, _ string, release func()) string {
 		t.Helper()
-		resume := holdAgentsBut(t, h, node)
-		defer resume()
 		if out, err := h.l.Apply(h.sample(sample)); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
@@ -317,45 +331,48 @@ func editTo(sample string) func(t *testing.T, h *harness, node string) string {
 			err := c.Get(context.Background(), client.ObjectKey{Name: "default"}, &rm)
 			return err == nil && rm.Status.ObservedGeneration == rm.Generation
 		})
-		return "applied " + sample + " with the other nodes' agents held until the operator saw it"
+		release()
+		return "applied " + sample + "; the operator saw it before any agent applied the Switch"
 	}
 }
 
-// holdAgentsBut stops (SIGSTOP) the agents of every node but node, so
-// node's health probes of them go unanswered and its Switch cannot pass
-// the health gate; the returned resume lets them go on, and runs at the
-// test's end too if it was not called.
-func holdAgentsBut(t *testing.T, h *harness, node string) (resume func()) {
+// agentHold finds the main process of every node's agent container now,
+// so that hold, called when the moment comes, stops them all (SIGSTOP) in
+// as many signals; the release it returns lets them go on, and runs at
+// the test's end too if it was not called. A held agent applies nothing
+// and its node's health endpoint answers no probe.
+func agentHold(t *testing.T, h *harness) (hold func() (release func())) {
 	t.Helper()
 	var pids []int
 	for _, x := range components(t, h, agentSelector) {
-		if x.node == node {
-			continue
-		}
-		pids = append(pids, signalProcess(t, "the agent container "+x.containerID, syscall.SIGSTOP, containerMain(x.containerID)))
+		pids = append(pids, findProcess(t, "the agent container "+x.containerID, containerMain(x.containerID)))
 	}
-	resume = sync.OnceFunc(func() {
+	return func() func() {
 		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGCONT)
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
 		}
-	})
-	t.Cleanup(resume)
-	return resume
+		release := sync.OnceFunc(func() {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+			}
+		})
+		t.Cleanup(release)
+		return release
+	}
 }
 
 // deleteThenApply is a fault that deletes the RoutingMode being rolled out,
-// with the other nodes' agents held until it is gone, as for an edit,
-// which stops the rollout where it is (docs/rollout.md); then it waits
-// until every node applied the step it was left with, and applies sample
-// again: the traffic, checked over the whole row, runs in that state
-// meanwhile.
-func deleteThenApply(sample string) func(t *testing.T, h *harness, node string) string {
-	return func(t *testing.T, h *harness, node string) string {
+// which stops the rollout where it is (docs/rollout.md), and releases the
+// agents once it is gone; then it waits until every node applied the step
+// it was left with, and applies sample again: the traffic, checked over
+// the whole row, runs in that state meanwhile.
+func deleteThenApply(sample string) func(t *testing.T, h *harness, _ string, release func()) string {
+	return func(t *testing.T, h *harness, _ string, release func()) string {
 		t.Helper()
-		// Held, as for an edit, until the deletion is done.
-		resume := holdAgentsBut(t, h, node)
 		out, err := h.l.Kubectl("delete", "routingmode", "default")
-		resume()
+		release()
 		if err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}

@@ -257,20 +257,23 @@ func killSandbox(t *testing.T, pod lab.PodState) {
 }
 
 // signalProcess sends sig (SIGKILL: the way a crash ends it) to the first
-// process that match accepts and returns its pid; it fails the test when
-// there is none.
-func signalProcess(t *testing.T, what string, sig syscall.Signal, match func(pid int) bool) int {
+// process that match accepts; it fails the test when there is none.
+func signalProcess(t *testing.T, what string, sig syscall.Signal, match func(pid int) bool) {
+	t.Helper()
+	if err := syscall.Kill(findProcess(t, what, match), sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// findProcess returns the first process that match accepts; it fails the
+// test when there is none.
+func findProcess(t *testing.T, what string, match func(pid int) bool) int {
 	t.Helper()
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || !match(pid) {
-			continue
+		if pid, err := strconv.Atoi(e.Name()); err == nil && match(pid) {
+			return pid
 		}
-		if err := syscall.Kill(pid, sig); err != nil {
-			t.Fatal(err)
-		}
-		return pid
 	}
 	t.Fatalf("no process found: %s", what)
 	return 0

@@ -278,7 +278,8 @@ func (k *Kernel) readPodRoutes(st *datapath.State, eps []endpoint.Endpoint) erro
 }
 
 // beforePodRoutes, when set by a test, runs once Read has read the rest of
-// the state: where a pod deleted meanwhile found the devices read before.
+// the state, just before the pod routes: a pod deleted there was reported
+// missing when the devices were read with the rest.
 var beforePodRoutes func()
 
 // LocalEndpoints indexes endpoint records by EndpointKey and describes them

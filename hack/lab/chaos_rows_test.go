@@ -2,14 +2,10 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"math"
-	"os"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,13 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/routemode/routemode/agent/datapath"
-	"github.com/routemode/routemode/agent/health"
 	"github.com/routemode/routemode/agent/hostrouting"
-	"github.com/routemode/routemode/agent/masq"
-	"github.com/routemode/routemode/agent/podnet"
 	"github.com/routemode/routemode/api/v1alpha1"
-	"github.com/routemode/routemode/internal/netlab"
 )
 
 // The chaos rows that hit the nodes' kernels and underlay, and the
@@ -45,11 +36,6 @@ func (h *harness) chaosWays(row func(way struct{ name, spec string })) {
 	h.everyPairAnswers("back to the tunnel")
 }
 
-// nodeIndex is the 1-based index netlab gave the node in namespace ns.
-func (h *harness) nodeIndex(ns string) int {
-	return slices.IndexFunc(h.l.Nodes, func(n Node) bool { return n.NS == ns }) + 1
-}
-
 // TestChaosNodeRebooted "reboots" the first node told to Switch: its agent
 // is killed for good, everything the agent made in the node's kernel is
 // wiped (its peer routes, its health endpoint's route, the VXLAN device,
@@ -66,7 +52,7 @@ func TestChaosNodeRebooted(t *testing.T) {
 		if o.err != nil {
 			t.Fatalf("%s: %v", fault, o.err)
 		}
-		if lost := h.lostOutside(o.report, o.node); lost != 0 {
+		if lost := h.l.LostOutside(o.report, o.node); lost != 0 {
 			t.Errorf("%s: %d probes lost between the other nodes; want none", fault, lost)
 		}
 		if err := h.kernelInvariant(); err != nil {
@@ -107,37 +93,13 @@ func (h *harness) reboot(node string) (time.Duration, string) {
 	if err := h.l.stopSupervised("agent-" + node); err != nil {
 		h.t.Fatal(err)
 	}
-	if err := h.wipeKernel(*n); err != nil {
+	if err := h.l.WipeNodeKernel(node); err != nil {
 		h.t.Fatalf("wiping %s: %v", node, err)
 	}
 	if err := h.l.spawnAgent(*n); err != nil {
 		h.t.Fatal(err)
 	}
 	return time.Since(start), ""
-}
-
-// wipeKernel removes from n's namespace everything the agent made, as a
-// reboot would, and sets rp_filter back to strict.
-func (h *harness) wipeKernel(n Node) error {
-	var errs []error
-	try := func(out string, err error) {
-		if err != nil && !strings.Contains(out, "Cannot find device") && !strings.Contains(out, "No such file or directory") {
-			errs = append(errs, err)
-		}
-	}
-	// The pods' own routes stay: the CNI plugin made them with the pods,
-	// which a real reboot takes down and the kubelet wires afresh. The
-	// health endpoint's is the agent's.
-	try(run("ip", "-n", n.NS, "route", "flush", "proto", strconv.Itoa(datapath.RouteProtocol)))
-	try(run("ip", "-n", n.NS, "route", "flush", "dev", health.LXCName, "proto", strconv.Itoa(int(podnet.RouteProtocol))))
-	try(run("ip", "-n", n.NS, "link", "del", datapath.TunnelDevice))
-	try(run("ip", "netns", "exec", n.NS, "nft", "delete", "table", "ip", masq.Table))
-	// With no agent holding them, unpinned links detach their programs.
-	if err := os.RemoveAll(hostrouting.DefaultPinDir(n.NS)); err != nil {
-		errs = append(errs, err)
-	}
-	try(run("ip", "netns", "exec", n.NS, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.eth0.rp_filter=1"))
-	return errors.Join(errs...)
 }
 
 // TestChaosUnderlayCut cuts the underlay of the last node not yet told to
@@ -163,7 +125,6 @@ func TestChaosUnderlayCut(t *testing.T) {
 		o := h.chaosRun(chaosCase{fault: fault, spec: way.spec + "  rollout:\n    paused: true\n", at: AfterPrepare, hitsNode: true,
 			watch: func(pw *PointWatch) { w = pw },
 			inject: func(node string) (time.Duration, string) {
-				port := netlab.BridgePort(h.nodeIndex(node))
 				ctx := context.Background()
 				healthy := func(want func(n int32) bool) func() (bool, error) {
 					return func() (bool, error) {
@@ -179,21 +140,21 @@ func TestChaosUnderlayCut(t *testing.T) {
 				if err := wait(ctx, time.Minute, "the operator to count every node healthy", healthy(func(n int32) bool { return n == all })); err != nil {
 					h.t.Fatal(err)
 				}
-				h.linkState(port, "down")
+				h.setUnderlay(node, false)
 				start := time.Now()
 				if err := wait(ctx, time.Minute, "the operator to count a node unhealthy", healthy(func(n int32) bool { return n < all })); err != nil {
-					h.linkState(port, "up")
+					h.setUnderlay(node, true)
 					h.t.Fatal(err)
 				}
 				seen := time.Since(start)
 				if out, err := h.apply(way.spec); err != nil {
-					h.linkState(port, "up")
+					h.setUnderlay(node, true)
 					h.t.Fatalf("unpausing: %v\n%s", err, out)
 				}
 				// The fault's own length, not a wait for something to happen.
 				time.Sleep(cut)
-				during = w.snapshot()
-				h.linkState(port, "up")
+				during = w.Snapshot()
+				h.setUnderlay(node, true)
 				return time.Since(start), fmt.Sprintf("the operator counted a node unhealthy %s into the cut, then the rollout was unpaused for %s of it", seen.Round(100*time.Millisecond), cut)
 			}})
 		if o.err != nil {
@@ -205,7 +166,7 @@ func TestChaosUnderlayCut(t *testing.T) {
 			}
 		}
 		t.Logf("%s: %d probes lost on paths through %s", fault, o.report.UDP.Lost, o.node)
-		if lost := h.lostOutside(o.report, o.node); lost != 0 {
+		if lost := h.l.LostOutside(o.report, o.node); lost != 0 {
 			t.Errorf("%s: %d probes lost between the other nodes; want none", fault, lost)
 		}
 		if err := h.kernelInvariant(); err != nil {
@@ -215,15 +176,15 @@ func TestChaosUnderlayCut(t *testing.T) {
 	})
 }
 
-// linkState sets an underlay bridge port up or down; a port left down by
-// a failing test is set up again.
-func (h *harness) linkState(port, state string) {
+// setUnderlay sets node's underlay up or down; an underlay left down by a
+// failing test is set up again.
+func (h *harness) setUnderlay(node string, up bool) {
 	h.t.Helper()
-	if _, err := run("ip", "-n", h.l.state.Underlay, "link", "set", port, state); err != nil {
+	if err := h.l.SetUnderlay(node, up); err != nil {
 		h.t.Fatal(err)
 	}
-	if state == "down" {
-		h.t.Cleanup(func() { _, _ = run("ip", "-n", h.l.state.Underlay, "link", "set", port, "up") })
+	if !up {
+		h.t.Cleanup(func() { _ = h.l.SetUnderlay(node, true) })
 	}
 }
 
@@ -252,14 +213,22 @@ func TestChaosUnderlayLoss(t *testing.T) {
 			// still counts.
 			tcpTimeout: 30 * time.Second,
 			inject: func(string) (time.Duration, string) {
-				h.randomLoss()
+				if err := h.l.StartRandomLoss(lossPercent); err != nil {
+					h.t.Fatal(err)
+				}
+				h.t.Cleanup(func() { _ = h.l.StopRandomLoss() })
 				return 0, ""
 			},
 			after: func() string {
-				dropped = h.randomLossDropped()
+				var err error
+				if dropped, err = h.l.RandomLossDropped(); err != nil {
+					h.t.Error(err)
+				}
 				return fmt.Sprintf("%d frames dropped by the rule", dropped)
 			}})
-		h.noRandomLoss()
+		if err := h.l.StopRandomLoss(); err != nil {
+			t.Error(err)
+		}
 		if o.err != nil {
 			stalled := o.err.Error()
 			if !strings.Contains(stalled, "stalled:") {
@@ -284,50 +253,6 @@ func TestChaosUnderlayLoss(t *testing.T) {
 			t.Errorf("%s: after the rollout: %v", fault, err)
 		}
 	})
-}
-
-// lossTable is the nftables table of the injected loss, in the underlay's
-// namespace.
-const lossTable = "rmchaos"
-
-func (h *harness) randomLoss() {
-	h.t.Helper()
-	rules := fmt.Sprintf("table bridge %s {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  numgen random mod 100 < %d counter drop\n }\n}\n", lossTable, lossPercent)
-	f := h.t.TempDir() + "/loss.nft"
-	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
-		h.t.Fatal(err)
-	}
-	if _, err := run("ip", "netns", "exec", h.l.state.Underlay, "nft", "-f", f); err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(h.noRandomLoss)
-}
-
-// noRandomLoss removes the loss, if it is there.
-func (h *harness) noRandomLoss() {
-	if out, err := run("ip", "netns", "exec", h.l.state.Underlay, "nft", "delete", "table", "bridge", lossTable); err != nil && !strings.Contains(out, "No such file or directory") {
-		h.t.Error(err)
-	}
-}
-
-var counterPackets = regexp.MustCompile(`counter packets (\d+)`)
-
-// randomLossDropped is what the loss rule's counter dropped so far.
-func (h *harness) randomLossDropped() int64 {
-	h.t.Helper()
-	out, err := run("ip", "netns", "exec", h.l.state.Underlay, "nft", "list", "table", "bridge", lossTable)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	m := counterPackets.FindStringSubmatch(out)
-	if m == nil {
-		h.t.Fatalf("no counter in the loss table:\n%s", out)
-	}
-	n, err := strconv.ParseInt(m[1], 10, 64)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return n
 }
 
 // TestChaosSpecChangedMidRollout edits the RoutingMode back to the tunnel
@@ -483,7 +408,7 @@ func TestChaosNodeRemovedAndAdded(t *testing.T) {
 		watch: func(pw *PointWatch) { w = pw },
 		inject: func(first string) (time.Duration, string) {
 			held := h.holdNotSwitched(others, first)
-			if err := h.wipeKernel(gone); err != nil {
+			if err := h.l.WipeNodeKernel(gone.NS); err != nil {
 				t.Fatal(err)
 			}
 			if err := h.l.addNode(ctx, gone); err != nil {

@@ -43,22 +43,6 @@ func (r chaosRow) String() string {
 		r.lostOutside, r.report.TCP.Resets, r.rollout, r.recover.Round(100*time.Millisecond))
 }
 
-// lostOutside sums the loss of the pairs whose pods are both off node.
-func (h *harness) lostOutside(r TrafficReport, node string) int64 {
-	onNode := map[string]bool{}
-	for _, p := range h.l.Pods() {
-		onNode[p.Name] = p.Node == node
-	}
-	var n int64
-	for key, st := range r.ByPair {
-		src, dst, _ := strings.Cut(key, "->")
-		if !onNode[src] && !onNode[dst] {
-			n += st.Lost
-		}
-	}
-	return n
-}
-
 // record logs the row and appends it to $CHAOS_TABLE when set.
 func (h *harness) record(r chaosRow) {
 	h.t.Helper()
@@ -211,7 +195,7 @@ func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 		faulty = o.node
 	}
 	h.record(chaosRow{fault: c.fault, when: c.at.String(), rollout: outcome, report: o.report,
-		lostOutside: h.lostOutside(o.report, faulty), recover: recovered})
+		lostOutside: h.l.LostOutside(o.report, faulty), recover: recovered})
 	return o
 }
 
@@ -280,7 +264,7 @@ func TestChaosAgentStoppedForGood(t *testing.T) {
 	if o.err == nil || !strings.Contains(o.err.Error(), "stalled") || !strings.Contains(o.err.Error(), o.node) {
 		t.Errorf("rollout outcome %v; want Stalled with a message naming %s", o.err, o.node)
 	}
-	if lost := h.lostOutside(o.report, o.node); lost != 0 {
+	if lost := h.l.LostOutside(o.report, o.node); lost != 0 {
 		t.Errorf("%d probes lost between the nodes other than %s; want none", lost, o.node)
 	}
 	for n, s := range o.steps {

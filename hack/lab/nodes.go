@@ -120,3 +120,12 @@ func (l *Lab) node(ns string) *Node {
 	}
 	return &l.Nodes[i]
 }
+
+// nodeIndex is the index in l.Nodes of the node named name (its
+// namespace's name too).
+func (l *Lab) nodeIndex(name string) (int, error) {
+	if i := slices.IndexFunc(l.Nodes, func(n Node) bool { return n.NS == name }); i >= 0 {
+		return i, nil
+	}
+	return -1, fmt.Errorf("no node %s in the lab", name)
+}

@@ -210,11 +210,11 @@ func (w *PointWatch) joined(node string, limit time.Duration) (firstDatapath, er
 // Steps stops the watch and returns the steps each node was given.
 func (w *PointWatch) Steps() map[string][]v1alpha1.RolloutStep {
 	w.Stop()
-	return w.snapshot()
+	return w.Snapshot()
 }
 
-// snapshot is the steps each node was given so far.
-func (w *PointWatch) snapshot() map[string][]v1alpha1.RolloutStep {
+// Snapshot is the steps each node was given so far, the watch going on.
+func (w *PointWatch) Snapshot() map[string][]v1alpha1.RolloutStep {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	out := map[string][]v1alpha1.RolloutStep{}

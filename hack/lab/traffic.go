@@ -102,9 +102,18 @@ type ServiceReport struct {
 	CPUWait time.Duration
 }
 
-// StartTraffic starts the traffic at rate probes per second in all.
+// StartTraffic starts the traffic at rate probes per second in all; a
+// TCP message not echoed within 2 s breaks its connection.
 func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (*Traffic, error) {
-	return l.startTrafficBetween(ctx, rate, tunnelPort, func(PodState) bool { return true }, 0)
+	return l.StartTrafficTolerating(ctx, rate, tunnelPort, 0)
+}
+
+// StartTrafficTolerating is StartTraffic with tcpTimeout (0: 2 s) for the
+// TCP messages: under injected loss TCP retransmits what is dropped,
+// doubling its wait each time, and a few drops of one segment in a row
+// take an echo past 2 s with nothing broken.
+func (l *Lab) StartTrafficTolerating(ctx context.Context, rate int, tunnelPort int, tcpTimeout time.Duration) (*Traffic, error) {
+	return l.startTrafficBetween(ctx, rate, tunnelPort, func(PodState) bool { return true }, tcpTimeout)
 }
 
 // startTrafficBetween runs the traffic between the pods that use selects;

@@ -3,6 +3,7 @@ package realnodes
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,103 +23,191 @@ import (
 	"github.com/routemode/routemode/hack/lab"
 )
 
-// testFaults runs the chaos rows that real nodes answer with their own
-// supervision (hack/lab runs them with the lab's supervisor standing in
-// for the kubelet): the agent's or the leading operator's container
-// SIGKILLed while the first node switches, and restarted by its kubelet,
-// and the API server or etcd frozen then, with every kubelet, agent and
-// operator cut off from the cluster's state. The datapath keeps
-// forwarding, no node is skipped or told to Switch twice, the rollout
-// completes, and nothing is lost, reset or failed. Then the RoutingMode
-// is edited back, or deleted and applied again, while the first node
-// switches: the rollout turns round, or stops where it is and starts again
-// from there, and completes in the mode last applied, losing nothing.
+// testFaults runs the chaos rows on real nodes, where the kubelet, not
+// the netns lab's supervisor, restarts what dies, and kubelets and
+// kube-proxies live through the faults too:
+//   - the agent's or the leading operator's container SIGKILLed while the
+//     first node switches, and restarted by its kubelet; the API server or
+//     etcd frozen then, with every kubelet, agent and operator cut off
+//     from the cluster's state. The datapath keeps forwarding, no node is
+//     skipped or told to Switch twice, the rollout completes, and nothing
+//     is lost, reset or failed;
+//   - a node's underlay cut once every node applied Prepare, 5% random
+//     loss on every underlay, and the first node to switch "rebooted":
+//     the health gate holds the rollout while the cut is seen, and loss
+//     stays on the faulty node's paths or within what was injected;
+//   - the RoutingMode edited back, or deleted and applied again, while
+//     the first node switches: the rollout turns round, or stops where it
+//     is and starts again from there, and completes in the mode last
+//     applied, losing nothing.
 //
-// Two fast nodes finish a rollout in a second or two, sooner than an edit
-// or a deletion can land once the first node is told to Switch: for those,
-// once every node has applied Prepare, every agent is held (SIGSTOP; the
-// datapath lives in the kernel and forwards on) until the edit or deletion
-// is in, so a node told to Switch cannot apply it before.
+// Three fast nodes finish a rollout in a few seconds, sooner than a fault
+// lands once the first node is told to Switch: for the rows that hit that
+// moment, once every node has applied Prepare, every agent is held
+// (SIGSTOP; the datapath lives in the kernel and forwards on) until the
+// fault is in, so a node told to Switch cannot apply it before.
 func testFaults(t *testing.T, h *harness) {
-	for _, row := range []struct {
-		fault, sample string
-		routing       v1alpha1.ActualRouting
-		host          string
-		// inject puts the fault in place once the first node (node) is
-		// told to Switch and returns what to report; an edit or deletion
-		// calls release once it is in.
-		inject func(t *testing.T, h *harness, node string, release func()) string
-		// edited: inject edits or deletes the RoutingMode, so nodes switch
-		// twice.
-		edited bool
-	}{
-		{"the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
-			v1alpha1.ActualRoutingNative, "bpf", killAgent, false},
-		{fmt.Sprintf("kube-apiserver frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", freezing("kube-apiserver"), false},
-		{"the leading operator SIGKILLed (VXLAN → native + eBPF host routing)", "native-routing.yaml",
-			v1alpha1.ActualRoutingNative, "bpf", killOperator, false},
-		{fmt.Sprintf("etcd frozen %s (native + eBPF host routing → VXLAN)", freeze), "tunnel.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", freezing("etcd"), false},
-		{"the RoutingMode edited back to VXLAN (VXLAN → native + eBPF host routing → VXLAN)", "native-routing.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", editTo("tunnel.yaml"), true},
+	for _, row := range []faultRow{
+		{fault: "the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", sample: "native-routing.yaml",
+			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, inject: killAgent},
+		{fault: fmt.Sprintf("kube-apiserver frozen %s (native + eBPF host routing → VXLAN)", freeze), sample: "tunnel.yaml",
+			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FirstSwitching, held: true, inject: freezing("kube-apiserver")},
+		{fault: "the leading operator SIGKILLed (VXLAN → native + eBPF host routing)", sample: "native-routing.yaml",
+			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, inject: killOperator},
+		{fault: fmt.Sprintf("etcd frozen %s (native + eBPF host routing → VXLAN)", freeze), sample: "tunnel.yaml",
+			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FirstSwitching, held: true, inject: freezing("etcd")},
+		{fault: fmt.Sprintf("the underlay of a node not yet switched cut for %s (VXLAN → native + eBPF host routing)", cut), sample: "native-routing.yaml",
+			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.AfterPrepare, paused: true, inject: cutUnderlay,
+			tcpTimeout: tolerantTCP, check: lossOnNodeOnly("it is cut off")},
+		{fault: fmt.Sprintf("%d%% random loss on every underlay (native + eBPF host routing → VXLAN)", lossPercent), sample: "tunnel.yaml",
+			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FromStart, inject: randomLoss,
+			tcpTimeout: tolerantTCP, check: lossWithinInjected},
+		{fault: "the first node to switch rebooted: its kernel state wiped and its agent SIGKILLed (VXLAN → native + eBPF host routing)", sample: "native-routing.yaml",
+			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, inject: reboot,
+			tcpTimeout: tolerantTCP, check: lossOnNodeOnly("its agent restarts and rebuilds its datapath")},
+		{fault: "the RoutingMode edited back to native (native + eBPF host routing → VXLAN → native + eBPF host routing)", sample: "tunnel.yaml",
+			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, edited: true, inject: editTo("native-routing.yaml")},
 		// Back to where the next phase starts.
-		{"the RoutingMode deleted, then VXLAN applied again (VXLAN → native + eBPF host routing → VXLAN)", "native-routing.yaml",
-			v1alpha1.ActualRoutingTunnel, "legacy", deleteThenApply("tunnel.yaml"), true},
+		{fault: "the RoutingMode deleted, then VXLAN applied again (native + eBPF host routing → VXLAN)", sample: "tunnel.yaml",
+			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FirstSwitching, held: true, edited: true, inject: deleteThenApply("tunnel.yaml")},
 	} {
-		ctx, cancel := context.WithCancel(context.Background())
-		c, err := h.l.Client()
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, err := h.l.WatchPoints(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var node, note string
-		r, took := h.underTraffic(t, func() error {
-			var hold func() func()
-			if row.edited {
-				hold = agentHold(t, h)
-			}
-			if _, err := h.l.Apply(h.sample(row.sample)); err != nil {
-				return err
-			}
-			release := func() {}
-			if hold != nil {
-				if _, err := w.WaitFor(lab.AfterPrepare, len(h.l.Nodes), 2*time.Minute); err != nil {
-					return err
-				}
-				release = hold()
-				defer release()
-			}
-			if node, err = w.WaitFor(lab.FirstSwitching, len(h.l.Nodes), 2*time.Minute); err != nil {
-				return err
-			}
-			note = row.inject(t, h, node, release)
-			_, err := h.l.WaitRollout(ctx, c, 5*time.Minute, nil)
-			return err
-		})
-		steps := w.Steps()
-		cancel()
-		t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, lab.FirstSwitching, node, took.Round(100*time.Millisecond), note)
-		waitComplete(context.Background(), t, h.l, c, row.routing, row.host)
-		if row.edited {
-			// The edit or deletion came before the rollout finished, as the
-			// hold makes sure: no node was finalized in between (the first
-			// step seen is the previous rollout's).
-			t.Logf("%s: steps given %v", row.fault, steps)
-			for name, s := range steps {
-				if n := slices.Index(s[1:], v1alpha1.StepFinalize); n >= 0 && n != len(s)-2 {
-					t.Errorf("%s: %s was finalized before the edit landed (steps %v): the rollout was not overtaken", row.fault, name, s)
-				}
-			}
-		} else if err := lab.SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
-			t.Errorf("%s: %v", row.fault, err)
-		}
-		h.checkTraffic(t, row.fault, r, "")
-		h.checkWired(t, row.host == "bpf", time.Minute)
+		row.run(t, h)
 	}
+}
+
+// faultRow is one row of testFaults: a switch to sample's mode with a
+// fault injected at a point of its rollout.
+type faultRow struct {
+	fault, sample string
+	// routing and host are the mode the row ends in.
+	routing v1alpha1.ActualRouting
+	host    string
+	// at is where inject runs: lab.FromStart, before the apply, or when
+	// the rollout reaches that point.
+	at lab.RolloutPoint
+	// held: every agent is held from the moment every node applied
+	// Prepare until inject calls release.
+	held bool
+	// paused: sample is applied with the rollout paused, and inject
+	// unpauses it (it applies f.sample).
+	paused bool
+	// inject puts the fault in place and returns what to report.
+	inject func(t *testing.T, h *harness, f fault) string
+	// edited: inject edits or deletes the RoutingMode, so nodes switch
+	// twice.
+	edited bool
+	// tcpTimeout is how long a TCP message may take to come back (0: the
+	// probe's 2 s), for faults TCP rides out by retransmitting.
+	tcpTimeout time.Duration
+	// check judges the traffic (nil: nothing lost, reset or failed); node
+	// is the node the fault hit.
+	check func(t *testing.T, h *harness, fault, node string, r lab.TrafficReport)
+}
+
+// fault is where a row's fault lands and what its inject may use.
+type fault struct {
+	// node is the node the rollout point hits; "" from the start.
+	node string
+	// release lets the held agents go on; a no-op for rows not held.
+	release func()
+	watch   *lab.PointWatch
+	// sample is the row's sample, which the inject of a paused row
+	// applies to unpause it.
+	sample string
+}
+
+// tolerantTCP is how long a TCP message may take to come back under a
+// fault TCP rides out: a 10 s cut or a few drops of one segment in a row
+// take its retransmissions, doubling their wait each time, well past the
+// probe's usual 2 s with nothing broken.
+const tolerantTCP = 30 * time.Second
+
+func (row faultRow) run(t *testing.T, h *harness) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := h.l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := h.l.WatchPoints(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sample := h.sample(row.sample)
+	applied := sample
+	if row.paused {
+		applied = paused(t, sample)
+	}
+	f := fault{release: func() {}, watch: w, sample: sample}
+	var note string
+	r, took := h.underTrafficTolerating(t, row.tcpTimeout, func() error {
+		var hold func() func()
+		if row.held {
+			hold = agentHold(t, h)
+		}
+		if row.at == lab.FromStart {
+			note = row.inject(t, h, f)
+		}
+		if out, err := h.l.Apply(applied); err != nil {
+			return fmt.Errorf("%w\n%s", err, out)
+		}
+		if hold != nil {
+			if _, err := w.WaitFor(lab.AfterPrepare, len(h.l.Nodes), 2*time.Minute); err != nil {
+				return err
+			}
+			f.release = hold()
+			defer f.release()
+		}
+		if row.at != lab.FromStart {
+			if f.node, err = w.WaitFor(row.at, len(h.l.Nodes), 2*time.Minute); err != nil {
+				return err
+			}
+			note = row.inject(t, h, f)
+		}
+		_, err := h.l.WaitRollout(ctx, c, 5*time.Minute, nil)
+		return err
+	})
+	steps := w.Steps()
+	t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, row.at, f.node, took.Round(100*time.Millisecond), note)
+	waitComplete(context.Background(), t, h.l, c, row.routing, row.host)
+	if row.edited {
+		// The edit or deletion came before the rollout finished, as the
+		// hold makes sure: no node was finalized in between (the first
+		// step seen is the previous rollout's).
+		t.Logf("%s: steps given %v", row.fault, steps)
+		for name, s := range steps {
+			if n := slices.Index(s[1:], v1alpha1.StepFinalize); n >= 0 && n != len(s)-2 {
+				t.Errorf("%s: %s was finalized before the edit landed (steps %v): the rollout was not overtaken", row.fault, name, s)
+			}
+		}
+	} else if err := lab.SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
+		t.Errorf("%s: %v", row.fault, err)
+	}
+	if row.check != nil {
+		row.check(t, h, row.fault, f.node, r)
+	} else {
+		h.checkTraffic(t, row.fault, r, "")
+	}
+	h.checkWired(t, row.host == "bpf", time.Minute)
+}
+
+// paused writes sample with its rollout paused to a file of the test's.
+func paused(t *testing.T, sample string) string {
+	t.Helper()
+	b, err := os.ReadFile(sample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	if !strings.Contains(s, "\n  rollout:\n") {
+		t.Fatalf("%s has no spec.rollout to pause", sample)
+	}
+	p := filepath.Join(t.TempDir(), "paused-"+filepath.Base(sample))
+	if err := os.WriteFile(p, []byte(strings.Replace(s, "\n  rollout:\n", "\n  rollout:\n    paused: true\n", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // component is one container of a routemode pod, as the API server
@@ -151,12 +240,14 @@ func components(t *testing.T, h *harness, selector string) []component {
 
 // killContainer SIGKILLs the main process of c's container, found by the
 // container's cgroup (the kubelet's cgroupfs driver names it after the
-// container's ID), and waits until its kubelet restarted it and it is
-// ready again; it returns the restarted component and how long that took.
-func killContainer(t *testing.T, h *harness, selector string, c component) (component, time.Duration) {
+// container's ID), calls then, and waits until its kubelet restarted it
+// and it is ready again; it returns the restarted component and how long
+// that took.
+func killContainer(t *testing.T, h *harness, selector string, c component, then func()) (component, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	signalProcess(t, "the container "+c.containerID+" of pod "+c.pod, syscall.SIGKILL, containerMain(c.containerID))
+	then()
 	var now component
 	waitFor(t, 3*time.Minute, "pod "+c.pod+"'s container restarted by its kubelet and ready", func() bool {
 		for _, x := range components(t, h, selector) {
@@ -203,35 +294,40 @@ const (
 	operatorLease = "routemode-operator.routemode.io"
 )
 
-// killAgent SIGKILLs node's agent; once the kubelet restarted it, the new
-// agent's log must say it adopted the kernel state, changing nothing when
-// the killed agent had already applied the generation it found.
-func killAgent(t *testing.T, h *harness, node string, _ func()) string {
+// agentOn is the agent running on node.
+func agentOn(t *testing.T, h *harness, node string) component {
+	t.Helper()
+	for _, x := range components(t, h, agentSelector) {
+		if x.node == node && x.containerID != "" {
+			return x
+		}
+	}
+	t.Fatalf("no running agent on %s", node)
+	return component{}
+}
+
+// killAgent SIGKILLs the agent of the node the fault hits and releases
+// the others; once the kubelet restarted it, the new agent's log must say
+// it adopted the kernel state, changing nothing when the killed agent had
+// already applied the generation it found.
+func killAgent(t *testing.T, h *harness, f fault) string {
 	t.Helper()
 	var rn v1alpha1.RoutingNode
 	c, err := h.l.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Get(context.Background(), client.ObjectKey{Name: node}, &rn); err != nil {
+	if err := c.Get(context.Background(), client.ObjectKey{Name: f.node}, &rn); err != nil {
 		t.Fatal(err)
 	}
 	var had int64
 	if meta.IsStatusConditionTrue(rn.Status.Conditions, v1alpha1.ConditionDatapathApplied) {
 		had = rn.Status.ObservedGeneration
 	}
-	var agent component
-	for _, x := range components(t, h, agentSelector) {
-		if x.node == node {
-			agent = x
-		}
-	}
-	if agent.containerID == "" {
-		t.Fatalf("no running agent on %s", node)
-	}
-	restarted, back := killContainer(t, h, agentSelector, agent)
+	agent := agentOn(t, h, f.node)
+	restarted, back := killContainer(t, h, agentSelector, agent, f.release)
 	// The kubelet keeps each run of a container in <restart count>.log.
-	i := h.nodeIndex(t, node)
+	i := h.nodeIndex(t, f.node)
 	log := filepath.Join(h.l.NodeRoot(i), "var", "log", "pods", lab.Namespace+"_"+agent.pod+"_"+agent.uid, "agent", strconv.Itoa(restarted.restarts)+".log")
 	var a lab.Adoption
 	waitFor(t, time.Minute, "the restarted agent's adoption in "+log, func() bool {
@@ -243,7 +339,7 @@ func killAgent(t *testing.T, h *harness, node string, _ func()) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s's restarted agent: %s", node, a.Describe(had))
+	t.Logf("%s's restarted agent: %s", f.node, a.Describe(had))
 	// The health endpoint's namespace is bind-mounted in the agent's own
 	// container (its /var/run/netns is HostToContainer; Bidirectional
 	// would need a privileged container), so it dies with the container
@@ -252,19 +348,34 @@ func killAgent(t *testing.T, h *harness, node string, _ func()) string {
 	// generation already applied is one the kernel did not need.
 	healthIP := datapath.RouterIP(h.l.Nodes[i].PodCIDR).Next()
 	a.Changes = slices.DeleteFunc(a.Changes, func(c string) bool {
-		return strings.Contains(c, health.DefaultNSName(node)) || strings.Contains(c, health.LXCName) || c == "endpoint map: write "+healthIP.String()
+		return strings.Contains(c, health.DefaultNSName(f.node)) || strings.Contains(c, health.LXCName) || c == "endpoint map: write "+healthIP.String()
 	})
 	note, err := a.Versus(had)
 	if err != nil {
-		t.Errorf("%s: %v", node, err)
+		t.Errorf("%s: %v", f.node, err)
 	}
 	return fmt.Sprintf("agent restarted by the kubelet in %s; %s", back.Round(100*time.Millisecond), note)
 }
 
+// reboot "reboots" the node the fault hits, its agent held: everything
+// the agent made in the node's kernel is wiped (lab.WipeNodeKernel), then
+// the agent is SIGKILLed, as the machine going down ends it, and the
+// others released. The kubelet starts it again and it must rebuild its
+// node from the API state.
+func reboot(t *testing.T, h *harness, f fault) string {
+	t.Helper()
+	agent := agentOn(t, h, f.node)
+	if err := h.l.WipeNodeKernel(f.node); err != nil {
+		t.Fatalf("wiping %s: %v", f.node, err)
+	}
+	_, back := killContainer(t, h, agentSelector, agent, f.release)
+	return fmt.Sprintf("kernel state wiped, agent restarted by the kubelet and ready in %s", back.Round(100*time.Millisecond))
+}
+
 // killOperator SIGKILLs the operator replica holding the leader lease;
 // the other replica takes the lease over once it expires, and the kubelet
-// restarts the killed one.
-func killOperator(t *testing.T, h *harness, _ string, _ func()) string {
+// restarts the killed one; the agents are released once it is killed.
+func killOperator(t *testing.T, h *harness, f fault) string {
 	t.Helper()
 	lease := func() string {
 		return strings.TrimSpace(h.kubectl(t, "-n", lab.Namespace, "get", "lease", operatorLease, "-o", "jsonpath={.spec.holderIdentity}"))
@@ -282,7 +393,7 @@ func killOperator(t *testing.T, h *harness, _ string, _ func()) string {
 	if len(leaders) != 1 {
 		t.Fatalf("the lease is held by %q: want one operator replica on node %q, found %v", holder, node, leaders)
 	}
-	_, back := killContainer(t, h, operatorSelector, leaders[0])
+	_, back := killContainer(t, h, operatorSelector, leaders[0], f.release)
 	return fmt.Sprintf("operator %s restarted by the kubelet in %s; the lease, held by %s before, is held by %s", leaders[0].pod, back.Round(100*time.Millisecond), holder, lease())
 }
 
@@ -296,9 +407,9 @@ const freeze = 15 * time.Second
 // or etcd) with SIGSTOP for freeze: with kube-apiserver, the kubelets,
 // kube-proxies, agents and operators all hold connections that neither
 // answer nor close; with etcd, the API server does, and answers them with
-// errors and timeouts.
-func freezing(name string) func(t *testing.T, h *harness, _ string, _ func()) string {
-	return func(t *testing.T, h *harness, _ string, _ func()) string {
+// errors and timeouts. The agents are released once it is frozen.
+func freezing(name string) func(t *testing.T, h *harness, f fault) string {
+	return func(t *testing.T, h *harness, f fault) string {
 		t.Helper()
 		resume, err := h.l.Suspend(name)
 		if resume != nil {
@@ -307,6 +418,7 @@ func freezing(name string) func(t *testing.T, h *harness, _ string, _ func()) st
 		if err != nil {
 			t.Fatal(err)
 		}
+		f.release()
 		// The fault's own length, not a wait for something to happen.
 		time.Sleep(freeze)
 		return fmt.Sprintf("%s frozen %s", name, freeze)
@@ -316,8 +428,8 @@ func freezing(name string) func(t *testing.T, h *harness, _ string, _ func()) st
 // editTo is a fault that applies sample over the RoutingMode being rolled
 // out, as a user changing their mind mid-rollout would, and releases the
 // agents once the operator has seen it.
-func editTo(sample string) func(t *testing.T, h *harness, _ string, release func()) string {
-	return func(t *testing.T, h *harness, _ string, release func()) string {
+func editTo(sample string) func(t *testing.T, h *harness, f fault) string {
+	return func(t *testing.T, h *harness, f fault) string {
 		t.Helper()
 		if out, err := h.l.Apply(h.sample(sample)); err != nil {
 			t.Fatalf("%v\n%s", err, out)
@@ -331,7 +443,7 @@ func editTo(sample string) func(t *testing.T, h *harness, _ string, release func
 			err := c.Get(context.Background(), client.ObjectKey{Name: "default"}, &rm)
 			return err == nil && rm.Status.ObservedGeneration == rm.Generation
 		})
-		release()
+		f.release()
 		return "applied " + sample + "; the operator saw it before any agent applied the Switch"
 	}
 }
@@ -368,11 +480,11 @@ func agentHold(t *testing.T, h *harness) (hold func() (release func())) {
 // agents once it is gone; then it waits until every node applied the step
 // it was left with, and applies sample again: the traffic, checked over
 // the whole row, runs in that state meanwhile.
-func deleteThenApply(sample string) func(t *testing.T, h *harness, _ string, release func()) string {
-	return func(t *testing.T, h *harness, _ string, release func()) string {
+func deleteThenApply(sample string) func(t *testing.T, h *harness, f fault) string {
+	return func(t *testing.T, h *harness, f fault) string {
 		t.Helper()
 		out, err := h.l.Kubectl("delete", "routingmode", "default")
-		release()
+		f.release()
 		if err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
@@ -413,4 +525,122 @@ func (h *harness) nodeIndex(t *testing.T, name string) int {
 	}
 	t.Fatalf("no node %s in the lab", name)
 	return -1
+}
+
+// cut is how long cutUnderlay keeps the node cut off once the rollout is
+// unpaused.
+const cut = 10 * time.Second
+
+// cutUnderlay cuts the underlay of the last node (by name) not yet told to
+// Switch, once every node applied Prepare and the operator counts them all
+// healthy, with the rollout paused: a gate can only hold on a failure a
+// probe has seen, and two or three fast nodes switch in less time than the
+// cut takes to land. Once the operator counts the node unhealthy the
+// rollout is unpaused, and after cut the link is restored. No node may be
+// told to Switch while the cut lasts.
+func cutUnderlay(t *testing.T, h *harness, f fault) string {
+	t.Helper()
+	c, err := h.l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := int32(len(h.l.Nodes))
+	healthy := func(want func(n int32) bool) func() bool {
+		return func() bool {
+			var rm v1alpha1.RoutingMode
+			err := c.Get(context.Background(), client.ObjectKey{Name: "default"}, &rm)
+			return err == nil && want(rm.Status.Nodes.Healthy)
+		}
+	}
+	// A node whose Prepare probes are not in yet counts as not healthy
+	// too, and would pass for the cut seen.
+	waitFor(t, time.Minute, "the operator to count every node healthy", healthy(func(n int32) bool { return n == all }))
+	if err := h.l.SetUnderlay(f.node, false); err != nil {
+		t.Fatal(err)
+	}
+	restore := sync.OnceFunc(func() {
+		if err := h.l.SetUnderlay(f.node, true); err != nil {
+			t.Error(err)
+		}
+	})
+	defer restore()
+	seen := waitFor(t, time.Minute, "the operator to count a node unhealthy", healthy(func(n int32) bool { return n < all }))
+	if out, err := h.l.Apply(f.sample); err != nil {
+		t.Fatalf("unpausing: %v\n%s", err, out)
+	}
+	// The fault's own length, not a wait for something to happen.
+	time.Sleep(cut)
+	during := f.watch.Snapshot()
+	restore()
+	for name, steps := range during {
+		if slices.Contains(steps, v1alpha1.StepSwitch) {
+			t.Errorf("%s was told to Switch while %s was cut off (steps %v); want the rollout held until the link is back", name, f.node, steps)
+		}
+	}
+	return fmt.Sprintf("%s cut off; the operator counted it unhealthy %s into the cut, then the rollout was unpaused for %s of it",
+		f.node, seen.Round(100*time.Millisecond), cut)
+}
+
+// lossPercent is the random loss randomLoss injects.
+const lossPercent = 5
+
+// randomLoss drops lossPercent of the frames crossing the underlay bridge,
+// at random, from before the apply until the row's check reads what it
+// dropped and removes it.
+func randomLoss(t *testing.T, h *harness, _ fault) string {
+	t.Helper()
+	if err := h.l.StartRandomLoss(lossPercent); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.l.StopRandomLoss() })
+	return fmt.Sprintf("%d%% of the frames crossing the underlay dropped at random", lossPercent)
+}
+
+// lossWithinInjected reads and removes the random loss, and fails unless
+// every probe lost is one it can account for: a probe crosses the bridge
+// twice, so about 1-0.95² = 9.75% of them are lost, never more than the
+// frames the rule dropped nor more than 5σ above that share. TCP rides it
+// out; Service requests whose retransmissions took longer than the
+// client's timeout are reported, not counted.
+func lossWithinInjected(t *testing.T, h *harness, name, _ string, r lab.TrafficReport) {
+	t.Helper()
+	dropped, err := h.l.RandomLossDropped()
+	if err != nil {
+		t.Error(err)
+	}
+	if err := h.l.StopRandomLoss(); err != nil {
+		t.Error(err)
+	}
+	h.trafficRan(t, name, r)
+	p := 1 - math.Pow(1-lossPercent/100.0, 2)
+	bound := float64(r.UDP.Sent)*p + 5*math.Sqrt(float64(r.UDP.Sent)*p*(1-p))
+	t.Logf("%s: %d of %d probes lost (%.2f%%; injected ≈ %.2f%%), %d frames dropped by the rule", name,
+		r.UDP.Lost, r.UDP.Sent, 100*float64(r.UDP.Lost)/float64(max(r.UDP.Sent, 1)), 100*p, dropped)
+	if r.UDP.Lost > dropped || float64(r.UDP.Lost) > bound {
+		t.Errorf("%s: %d of %d probes lost with %d frames dropped; want at most the dropped frames and %.0f (%.2f%% + 5σ)",
+			name, r.UDP.Lost, r.UDP.Sent, dropped, bound, 100*p)
+	}
+	if r.TCP.Resets != 0 || r.TCP.Errors != 0 {
+		t.Errorf("%s: TCP %s; want no reset or error (TCP retransmits what the rule drops)", name, r.TCP)
+	}
+	h.checkService(t, name, r.Service, "the injected loss")
+}
+
+// lossOnNodeOnly is a check for faults of one node: probes may be lost
+// only on paths to or from it, TCP rides the fault out, and Service
+// requests to or from it may fail while, as reason says, it is down.
+func lossOnNodeOnly(reason string) func(t *testing.T, h *harness, name, node string, r lab.TrafficReport) {
+	return func(t *testing.T, h *harness, name, node string, r lab.TrafficReport) {
+		t.Helper()
+		h.trafficRan(t, name, r)
+		outside := h.l.LostOutside(r, node)
+		t.Logf("%s: %d of %d probes lost on paths through %s, %d elsewhere", name, r.UDP.Lost-outside, r.UDP.Sent, node, outside)
+		if outside != 0 {
+			t.Errorf("%s: %d probes lost between the nodes other than %s; want none. By pair:\n%s", name, outside, node, r.Troubled())
+		}
+		if r.TCP.Resets != 0 || r.TCP.Errors != 0 {
+			t.Errorf("%s: TCP %s; want no reset or error (TCP retransmits across the fault)", name, r.TCP)
+		}
+		h.checkService(t, name, r.Service, fmt.Sprintf("requests to or from %s fail while %s", node, reason))
+	}
 }

@@ -298,8 +298,15 @@ func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) tim
 // and how long action took.
 func (h *harness) underTraffic(t *testing.T, action func() error) (lab.TrafficReport, time.Duration) {
 	t.Helper()
+	return h.underTrafficTolerating(t, 0, action)
+}
+
+// underTrafficTolerating is underTraffic with tcpTimeout for the TCP
+// messages (lab.StartTrafficTolerating).
+func (h *harness) underTrafficTolerating(t *testing.T, tcpTimeout time.Duration, action func() error) (lab.TrafficReport, time.Duration) {
+	t.Helper()
 	ctx := context.Background()
-	tr, err := h.l.StartTraffic(ctx, rate, 8472)
+	tr, err := h.l.StartTrafficTolerating(ctx, rate, 8472, tcpTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}

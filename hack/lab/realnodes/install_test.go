@@ -27,7 +27,7 @@ import (
 
 // nodes is how many real nodes the lab runs: a client node and backends
 // spread over the others.
-const nodes = 2
+const nodes = 3
 
 // rate is the probes per second of the UDP streams between the lab's pods.
 const rate = 400
@@ -163,6 +163,18 @@ func testSwitch(t *testing.T, h *harness) {
 // failed; failed requests are always reported.
 func (h *harness) checkTraffic(t *testing.T, name string, r lab.TrafficReport, serviceMayFail string) {
 	t.Helper()
+	h.trafficRan(t, name, r)
+	if r.UDP.Lost != 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 {
+		t.Errorf("%s: lost %d of %d probes, %d TCP resets, %d TCP errors; by pair:\n%s\nthe lab's logs within 1s of the lost probes:\n%s",
+			name, r.UDP.Lost, r.UDP.Sent, r.TCP.Resets, r.TCP.Errors, r.Troubled(), h.l.LogsAround(r.UDP.LostSent, time.Second, 80))
+	}
+	h.checkService(t, name, r.Service, serviceMayFail)
+}
+
+// trafficRan logs the traffic's report and fails unless every kind of it
+// ran.
+func (h *harness) trafficRan(t *testing.T, name string, r lab.TrafficReport) {
+	t.Helper()
 	s := r.Service
 	if s == nil {
 		t.Fatalf("%s: no Service traffic ran", name)
@@ -174,19 +186,23 @@ func (h *harness) checkTraffic(t *testing.T, name string, r lab.TrafficReport, s
 	if r.UDP.Sent == 0 || r.TCP.Messages == 0 || s.OK == 0 {
 		t.Errorf("%s: no traffic ran (%d probes, %d TCP messages, %d Service answers)", name, r.UDP.Sent, r.TCP.Messages, s.OK)
 	}
-	if r.UDP.Lost != 0 || r.TCP.Resets != 0 || r.TCP.Errors != 0 {
-		t.Errorf("%s: lost %d of %d probes, %d TCP resets, %d TCP errors; by pair:\n%s\nthe lab's logs within 1s of the lost probes:\n%s",
-			name, r.UDP.Lost, r.UDP.Sent, r.TCP.Resets, r.TCP.Errors, r.Troubled(), h.l.LogsAround(r.UDP.LostSent, time.Second, 80))
-	}
+}
+
+// checkService fails if a Service request failed, unless mayFail says why
+// they may; failed requests are always reported, with what the lab logged
+// around them.
+func (h *harness) checkService(t *testing.T, name string, s *lab.ServiceReport, mayFail string) {
+	t.Helper()
 	if s.Failed == 0 {
 		return
 	}
-	// The window's String, logged above, has each failure's start; what
-	// the lab's components and pods logged then is what explains it.
+	// The window's String, logged with the traffic, has each failure's
+	// start; what the lab's components and pods logged then is what
+	// explains it.
 	around := h.l.LogsAround(s.FailureTimes(), time.Second, 120)
-	if serviceMayFail == "" {
+	if mayFail == "" {
 		t.Errorf("%s: %d of %d Service requests failed; the lab's logs within 1s of their starts:\n%s", name, s.Failed, s.Sent, around)
 		return
 	}
-	t.Logf("%s: %d of %d Service requests failed, not counted as a failure: %s; the lab's logs within 1s of their starts:\n%s", name, s.Failed, s.Sent, serviceMayFail, around)
+	t.Logf("%s: %d of %d Service requests failed, not counted as a failure: %s; the lab's logs within 1s of their starts:\n%s", name, s.Failed, s.Sent, mayFail, around)
 }

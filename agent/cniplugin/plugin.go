@@ -71,6 +71,20 @@ func Add(args *skel.CmdArgs) (err error) {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("opening pod network namespace %q", args.Netns), err.Error())
 	}
 	defer podNS.Close()
+	node, closeNode, err := nodeHandle()
+	if err != nil {
+		return err
+	}
+	defer closeNode()
+	// The configuration outlives a reboot (/etc/cni/net.d is on disk),
+	// rm_host does not: until the agent has set the node up for this
+	// podCIDR, the file may be the one of the node's previous life, whose
+	// podCIDR the node may no longer have (its Node deleted and registered
+	// again). A pod wired from it would hold an address no peer routes to.
+	if err := podnet.CheckRouter(node, cfg.RouterIP); err != nil {
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("the routemode agent has not set this node up for podCIDR %s (yet): the runtime retries the pod once it has", cfg.PodCIDR), err.Error())
+	}
 
 	alloc, err := ipam.New(cfg.IPAMDir, cfg.PodCIDR)
 	if err != nil {
@@ -86,11 +100,6 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	}()
 
-	node, closeNode, err := nodeHandle()
-	if err != nil {
-		return err
-	}
-	defer closeNode()
 	ep, err := podnet.Setup(node, podnet.Config{RouterIP: cfg.RouterIP, DeviceMTU: cfg.DeviceMTU, RouteMTU: cfg.RouteMTU},
 		podnet.Request{ContainerID: args.ContainerID, IfName: args.IfName, PodNS: podNS, IP: ip})
 	if err != nil {

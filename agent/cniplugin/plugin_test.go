@@ -84,6 +84,10 @@ func TestMalformedInput(t *testing.T) {
 		"netns does not exist":   {stdin: good, netns: "/var/run/netns/does-not-exist-" + n.NSName, code: types.ErrInvalidNetNS},
 		"missing network name":   {stdin: mutate(func(m map[string]any) { delete(m, "name") }), code: types.ErrInvalidNetworkConfig, contains: "name"},
 		"unsupported cniVersion": {stdin: mutate(func(m map[string]any) { m["cniVersion"] = "9.9.9" }), code: types.ErrIncompatibleCNIVersion},
+		// A configuration the agent has not set the node up for: the file of
+		// the node's previous life, after a reboot into another podCIDR.
+		"another podCIDR": {stdin: mutate(func(m map[string]any) { m["podCIDR"], m["routerIP"] = "10.0.200.0/24", "10.0.200.1" }),
+			code: types.ErrTryAgainLater, contains: "has not set this node up for podCIDR 10.0.200.0/24"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

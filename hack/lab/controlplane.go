@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -41,14 +42,34 @@ type controlPlane struct {
 	adminTok  string
 }
 
-// freePort asks the kernel for an unused loopback port.
+// portsGiven are the ports freePort handed out in this process.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// freePort returns a loopback TCP port nothing listens on now and that it
+// has not returned before: once a probing listener closes, the kernel may
+// offer its port again, and two lab processes told the same port fight
+// over it. That happened: kube-controller-manager took the port
+// kube-scheduler was given, the scheduler never started, and no pod of the
+// lab was ever scheduled.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !portsGiven[port] {
+			portsGiven[port] = true
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no loopback port the lab has not handed out already, in 100 tries")
 }
 
 func writePEM(path, typ string, der []byte) error {

@@ -17,11 +17,17 @@ const MaxFailures = 20
 
 // Window is what the client saw between two reads of /window.
 type Window struct {
-	// Sent counts the requests started in the window; OK and Failed the
-	// answers and failures that came in it.
+	// Sent counts the requests started in the window; OK the answers
+	// that came in it, and Failed the failures that came in it of
+	// requests started in it.
 	Sent   int64 `json:"sent"`
 	OK     int64 `json:"ok"`
 	Failed int64 `json:"failed"`
+	// FailedEarlier counts the failures that came in the window of
+	// requests started before it: a request times out long after it was
+	// sent, and its failure belongs to what happened then, maybe to
+	// before the traffic that reads this window began.
+	FailedEarlier int64 `json:"failedEarlier,omitempty"`
 	// Backends counts the answers by the pod that gave them.
 	Backends map[string]int64 `json:"backends"`
 	// LargestGapMS is the longest time without an answer, in
@@ -73,6 +79,9 @@ func (w Window) String() string {
 	}
 	s := fmt.Sprintf("sent=%d ok=%d failed=%d largest_gap=%.1fms backends=[%s]",
 		w.Sent, w.OK, w.Failed, w.LargestGapMS, strings.Join(b, " "))
+	if w.FailedEarlier > 0 {
+		s += fmt.Sprintf(" failed_started_earlier=%d", w.FailedEarlier)
+	}
 	for _, f := range w.Failures {
 		s += "\n  failed: " + f.String()
 	}

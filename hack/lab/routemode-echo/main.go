@@ -98,6 +98,8 @@ type counter struct {
 	mu     sync.Mutex
 	w      echostats.Window
 	lastOK time.Time
+	// start is when the window began.
+	start time.Time
 }
 
 func (c *counter) result(backend string, failure echostats.Failure, err error) {
@@ -110,6 +112,10 @@ func (c *counter) result(backend string, failure echostats.Failure, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
+		if failure.Started.Before(c.start) {
+			c.w.FailedEarlier++
+			return
+		}
 		c.w.Add(failure)
 		return
 	}
@@ -128,6 +134,7 @@ func (c *counter) take() echostats.Window {
 	w := c.w
 	c.w = echostats.Window{Backends: map[string]int64{}}
 	c.lastOK = time.Now()
+	c.start = c.lastOK
 	return w
 }
 

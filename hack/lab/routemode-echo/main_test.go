@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -44,5 +45,23 @@ func TestFailedRequestsAreDescribed(t *testing.T) {
 	}
 	if !strings.Contains(w.String(), "failed: started ") {
 		t.Errorf("the window's text does not describe its failures: %s", w)
+	}
+}
+
+// A request that fails after the window it was sent in was taken counts in
+// the next window as a failure of a request started earlier, not as one of
+// that window's own.
+func TestFailureOfAnEarlierRequest(t *testing.T) {
+	c := &counter{}
+	c.take()
+	sent := echostats.Failure{Started: time.Now()}
+	if w := c.take(); w.Failed != 0 || w.FailedEarlier != 0 {
+		t.Fatalf("first window %s; want nothing failed", w)
+	}
+	c.result("", sent, errors.New("context deadline exceeded (Client.Timeout exceeded while awaiting headers)"))
+	c.result("", echostats.Failure{Started: time.Now()}, errors.New("connection refused"))
+	w := c.take()
+	if w.Failed != 1 || w.FailedEarlier != 1 || len(w.Failures) != 1 || !strings.Contains(w.String(), "failed_started_earlier=1") {
+		t.Fatalf("second window %s; want one failure of its own and one of a request started earlier", w)
 	}
 }

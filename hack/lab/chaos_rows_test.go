@@ -403,7 +403,7 @@ func TestChaosNodeRemovedAndAdded(t *testing.T) {
 
 	fault = "node added: kernel wiped, Node registered, agent started (native+bpf→tunnel)"
 	var w *PointWatch
-	var joined firstDatapath
+	var joined FirstDatapath
 	h.chaosSwitch(chaosCase{fault: fault, spec: tunnelSpec, at: FirstSwitching, use: elsewhere,
 		watch: func(pw *PointWatch) { w = pw },
 		inject: func(first string) (time.Duration, string) {
@@ -416,22 +416,17 @@ func TestChaosNodeRemovedAndAdded(t *testing.T) {
 			}
 			removed = false
 			var err error
-			if joined, err = w.joined(gone.Name, time.Minute); err != nil {
+			if joined, err = w.Joined(gone.Name, time.Minute); err != nil {
 				t.Fatal(err)
 			}
 			for _, resume := range held {
 				resume()
 			}
 			return 0, fmt.Sprintf("%s joined while %s sent natively (agents of %s held until it had its first datapath)",
-				gone.Name, strings.Join(joined.nativePeers, ", "), strings.Join(slices.Sorted(maps.Keys(held)), ", "))
+				gone.Name, strings.Join(joined.NativePeers, ", "), strings.Join(slices.Sorted(maps.Keys(held)), ", "))
 		}})
-	// Only a peer still sending natively makes the case: without one the
-	// operator rightly gives the new node the target alone.
-	if len(joined.nativePeers) == 0 {
-		t.Errorf("%s: no peer sent natively when %s was given its first datapath %+v: the rollout was not mid-way", fault, gone.Name, joined.datapath)
-	} else if dp := joined.datapath; dp.Tunnel != v1alpha1.TunnelVXLAN || !dp.LooseRPFilter {
-		t.Errorf("%s: %s's first datapath %+v while %v sent natively; want it to receive both ways (VXLAN and loose rp_filter)",
-			fault, gone.Name, dp, joined.nativePeers)
+	if err := joined.ReceivesBothWays(gone.Name); err != nil {
+		t.Errorf("%s: %v", fault, err)
 	}
 	if err := h.kernelInvariant(); err != nil {
 		t.Errorf("%s: after the rollout: %v", fault, err)

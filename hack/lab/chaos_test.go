@@ -139,11 +139,7 @@ type chaosCase struct {
 func (h *harness) chaosRun(c chaosCase) chaosOutcome {
 	h.t.Helper()
 	ctx := context.Background()
-	use := c.use
-	if use == nil {
-		use = func(PodState) bool { return true }
-	}
-	tr, err := h.l.startTrafficBetween(ctx, 600, 8472, use, c.tcpTimeout)
+	tr, err := h.l.StartTrafficWith(ctx, 600, 8472, TrafficOptions{Use: c.use, TCPTimeout: c.tcpTimeout})
 	if err != nil {
 		h.t.Fatal(err)
 	}

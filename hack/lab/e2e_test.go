@@ -700,7 +700,7 @@ func TestE2EUnhealthyNodeRolledBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Traffic between the nodes whose underlay carries everything.
-	tr, err := h.l.startTrafficBetween(ctx, 300, 8472, func(p PodState) bool { return p.Node != node3.NS }, 0)
+	tr, err := h.l.StartTrafficWith(ctx, 300, 8472, TrafficOptions{Use: func(p PodState) bool { return p.Node != node3.NS }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,8 +86,9 @@ func (l *Lab) RandomLossDropped() (int64, error) {
 }
 
 // WipeNodeKernel removes from node's network namespace everything its
-// agent made, as a reboot would, and sets rp_filter back to strict, as
-// distributions boot it. The agent must not run meanwhile (stopped, or
+// agent made, as a reboot would (its routes, the VXLAN device, rm_host and
+// rm_net, the masquerading table, the eBPF programs with their pins), and
+// sets rp_filter back to strict, as distributions boot it. The agent must not run meanwhile (stopped, or
 // held with SIGSTOP), or it would put it all back.
 //
 // The pods' own routes stay: the CNI plugin made them with the pods, which
@@ -108,6 +109,8 @@ func (l *Lab) WipeNodeKernel(node string) error {
 	try(run("ip", "-n", n.NS, "route", "flush", "proto", strconv.Itoa(datapath.RouteProtocol)))
 	try(run("ip", "-n", n.NS, "route", "flush", "dev", health.LXCName, "proto", strconv.Itoa(int(podnet.RouteProtocol))))
 	try(run("ip", "-n", n.NS, "link", "del", datapath.TunnelDevice))
+	// rm_host and its peer, with the pods' gateway address.
+	try(run("ip", "-n", n.NS, "link", "del", datapath.HostDevice))
 	try(run("ip", "netns", "exec", n.NS, "nft", "delete", "table", "ip", masq.Table))
 	// With no agent holding them, unpinned links detach their programs. A
 	// real node's agent pins on the node's own bpffs, the netns lab's on

@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/routemode/routemode/internal/netlab"
 )
 
@@ -171,23 +174,29 @@ func removeCgroups(dirs []string) error {
 			}
 			continue
 		}
-		var tree []string
-		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
-			if err == nil && e.IsDir() {
-				tree = append(tree, p)
-			}
-			return nil
-		})
-		for _, p := range tree {
-			killTasks(p)
-		}
-		for _, p := range slices.Backward(tree) {
+		for _, p := range slices.Backward(killCgroupTree(d)) {
 			if err := rmdirWhenEmpty(p); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// killCgroupTree SIGKILLs every task in cgroup d and below, and returns
+// the cgroups, parents first.
+func killCgroupTree(d string) []string {
+	var tree []string
+	_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+		if err == nil && e.IsDir() {
+			tree = append(tree, p)
+		}
+		return nil
+	})
+	for _, p := range tree {
+		killTasks(p)
+	}
+	return tree
 }
 
 func killTasks(cgroup string) {
@@ -445,22 +454,32 @@ func (l *Lab) startRealNode(n Node) error {
 		"--netns", nsPath, "--to", fmt.Sprintf("127.0.0.1:%d", l.cp.apiPort)); err != nil {
 		return err
 	}
-	if err := l.spawn("node-"+n.NS, "nsenter", "--net="+nsPath, "--", "unshare", "-m", "--uts", "--propagation", "private", "--",
-		"/bin/bash", filepath.Join(dir, "node.sh"), dir, n.Name, l.cfg.NodeBin, n.IP.String(), netlab.OutsideIP.String()); err != nil {
+	pid, err := l.spawnNode(n)
+	if err != nil {
 		return err
+	}
+	l.state.NodePIDs = append(l.state.NodePIDs, pid)
+	return l.saveState()
+}
+
+// spawnNode starts node n's processes from the configuration in its
+// directory and returns the process holding its namespaces.
+func (l *Lab) spawnNode(n Node) (int, error) {
+	nsPath := filepath.Join("/var/run/netns", n.NS)
+	if err := l.spawn("node-"+n.NS, "nsenter", "--net="+nsPath, "--", "unshare", "-m", "--uts", "--propagation", "private", "--",
+		"/bin/bash", filepath.Join(l.nodeDir(n), "node.sh"), l.nodeDir(n), n.Name, l.cfg.NodeBin, n.IP.String(), netlab.OutsideIP.String()); err != nil {
+		return 0, err
 	}
 	// The supervised process holds the node's namespaces (nsenter and
 	// unshare exec the script in place), not its supervisor, which stays
 	// in the host's.
 	var pid int
-	if err := wait(context.Background(), 30*time.Second, "node "+n.NS+"'s process to start", func() (bool, error) {
+	err := wait(context.Background(), 30*time.Second, "node "+n.NS+"'s process to start", func() (bool, error) {
+		var err error
 		pid, err = l.supervisedPID("node-" + n.NS)
 		return err == nil, err
-	}); err != nil {
-		return err
-	}
-	l.state.NodePIDs = append(l.state.NodePIDs, pid)
-	return l.saveState()
+	})
+	return pid, err
 }
 
 // nodePID is the process holding node i's mount namespace.
@@ -630,19 +649,26 @@ func (l *Lab) upReal(ctx context.Context) error {
 // waitNodes waits until every kubelet registered its Node and the node
 // IPAM gave it a podCIDR, which the lab then reports.
 func (l *Lab) waitNodes(ctx context.Context) error {
-	for i, n := range l.Nodes {
-		if err := wait(ctx, 3*time.Minute, "node "+n.Name+" to register and get a podCIDR", func() (bool, error) {
-			out, err := l.Kubectl("get", "node", n.Name, "-o", "jsonpath={.spec.podCIDR}")
-			if err != nil || strings.TrimSpace(out) == "" {
-				return false, fmt.Errorf("%v (see %s)", err, l.path("logs", "node-"+n.NS+".log"))
-			}
-			l.Nodes[i].PodCIDR, err = netip.ParsePrefix(strings.TrimSpace(out))
-			return err == nil, err
-		}); err != nil {
+	for i := range l.Nodes {
+		if err := l.waitNode(ctx, i); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// waitNode waits until node i's kubelet registered its Node and the node
+// IPAM gave it a podCIDR, which it records.
+func (l *Lab) waitNode(ctx context.Context, i int) error {
+	n := l.Nodes[i]
+	return wait(ctx, 3*time.Minute, "node "+n.Name+" to register and get a podCIDR", func() (bool, error) {
+		out, err := l.Kubectl("get", "node", n.Name, "-o", "jsonpath={.spec.podCIDR}")
+		if err != nil || strings.TrimSpace(out) == "" {
+			return false, fmt.Errorf("%v (see %s)", err, l.path("logs", "node-"+n.NS+".log"))
+		}
+		l.Nodes[i].PodCIDR, err = netip.ParsePrefix(strings.TrimSpace(out))
+		return err == nil, err
+	})
 }
 
 // WaitInstalled waits until the agent DaemonSet and the operator
@@ -721,4 +747,113 @@ func (l *Lab) podNetns(ctx context.Context, i int, ip netip.Addr) (string, error
 		}
 	}
 	return "", fmt.Errorf("no network namespace with %s in %s", ip, dir)
+}
+
+// RemoveRealNode takes node out of the cluster as a machine switched off
+// and deleted from it: every process of the node is killed (containerd,
+// the kubelet, kube-proxy and every container, its pods' network
+// namespaces going with them), its underlay is cut and its Node object
+// deleted. Its network namespace and its disk (containerd's and the
+// kubelet's directories, /etc) stay, for AddRealNode; the lab's pods on it
+// are dropped from the lab's list.
+func (l *Lab) RemoveRealNode(ctx context.Context, node string) error {
+	i, err := l.nodeIndex(node)
+	if err != nil {
+		return err
+	}
+	n := l.Nodes[i]
+	// The node's process first loses its supervisor, or it would be
+	// started again; it must still run for its namespaces to be found.
+	if _, err := l.unsupervise("node-" + n.NS); err != nil {
+		return err
+	}
+	stopRealNodes([]int{l.nodePID(i)})
+	// Containers have namespaces of their own: the kubelet's cgroups,
+	// below the node's, hold them. Those cgroups go too, as with a machine
+	// switched off: a kubelet started on the node again would otherwise
+	// take each for a container to watch and spend seconds on it before
+	// registering its Node (50 s for one removed node's cgroups).
+	var errs []error
+	for _, d := range l.state.Cgroups {
+		if filepath.Base(d) == nodeCgroupPrefix+n.NS {
+			tree := killCgroupTree(d)
+			for _, p := range slices.Backward(tree[1:]) {
+				if err := rmdirWhenEmpty(p); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := l.SetUnderlay(n.Name, false); err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(l.cp.restConfig())
+	if err != nil {
+		return err
+	}
+	if err := cs.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil {
+		return err
+	}
+	l.state.Pods = slices.DeleteFunc(l.state.Pods, func(p PodState) bool { return p.Node == n.Name })
+	return l.saveState()
+}
+
+// AddRealNode brings back a node RemoveRealNode took out, as a machine
+// that rebooted and joins again: its kernel state wiped (WipeNodeKernel),
+// its underlay restored, its processes started on the disk it kept, and
+// once its kubelet registered the Node and the node IPAM gave it a
+// podCIDR (maybe not the one it had), that is recorded. Its pods come as
+// their DaemonSets schedule them; RefreshPods records them.
+func (l *Lab) AddRealNode(ctx context.Context, node string) error {
+	i, err := l.nodeIndex(node)
+	if err != nil {
+		return err
+	}
+	n := l.Nodes[i]
+	if err := l.WipeNodeKernel(n.Name); err != nil {
+		return err
+	}
+	if err := l.SetUnderlay(n.Name, true); err != nil {
+		return err
+	}
+	pid, err := l.spawnNode(n)
+	if err != nil {
+		return err
+	}
+	l.state.NodePIDs[i] = pid
+	if err := l.saveState(); err != nil {
+		return err
+	}
+	if err := l.waitNode(ctx, i); err != nil {
+		return err
+	}
+	l.state.Nodes = l.Nodes
+	return l.saveState()
+}
+
+// RefreshPods waits until the lab's pods run one on every node, their
+// network namespaces found, and records them: a DaemonSet's status can say
+// it is rolled out before its controller has seen a node that joined.
+func (l *Lab) RefreshPods(ctx context.Context) error {
+	if err := wait(ctx, 3*time.Minute, "a running lab pod on every node", func() (bool, error) {
+		pods, err := l.PodsOf(ctx, "app=lab-pods")
+		if err != nil {
+			return false, err
+		}
+		on := map[string]bool{}
+		for _, p := range pods {
+			on[p.Node] = true
+		}
+		if len(pods) != len(l.Nodes) || len(on) != len(l.Nodes) {
+			return false, fmt.Errorf("%d lab pods running, on %d of the %d nodes", len(pods), len(on), len(l.Nodes))
+		}
+		l.state.Pods = pods
+		return true, nil
+	}); err != nil {
+		return err
+	}
+	return l.saveState()
 }

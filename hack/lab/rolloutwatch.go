@@ -57,18 +57,34 @@ type PointWatch struct {
 	switched []string
 	// first is the first datapath each node was given in the watch, and
 	// which peers sent natively at that moment.
-	first   map[string]firstDatapath
+	first   map[string]FirstDatapath
 	changed chan struct{}
 	// Stop ends the watch; safe to call more than once.
 	Stop func()
 }
 
-// firstDatapath is the first datapath a node was given, with the peers
+// FirstDatapath is the first datapath a node was given, with the peers
 // that sent natively then: asked to (spec) or, as their agents last
 // reported, still doing so (status), e.g. told to switch but not yet done.
-type firstDatapath struct {
-	datapath    *v1alpha1.NodeDatapath
-	nativePeers []string
+type FirstDatapath struct {
+	Datapath    *v1alpha1.NodeDatapath
+	NativePeers []string
+}
+
+// ReceivesBothWays is nil when a node that joined mid-rollout, a peer
+// still sending natively, was given a first datapath that receives both
+// ways: the tunnel device and loose rp_filter. Without such a peer the
+// rollout was not mid-way (the operator rightly gives a node that joins
+// then the target alone), and that is an error too: the case was not
+// made.
+func (f FirstDatapath) ReceivesBothWays(node string) error {
+	if len(f.NativePeers) == 0 {
+		return fmt.Errorf("no peer sent natively when %s was given its first datapath %+v: the rollout was not mid-way", node, f.Datapath)
+	}
+	if dp := f.Datapath; dp.Tunnel != v1alpha1.TunnelVXLAN || !dp.LooseRPFilter {
+		return fmt.Errorf("%s's first datapath %+v while %v sent natively; want it to receive both ways (VXLAN and loose rp_filter)", node, dp, f.NativePeers)
+	}
+	return nil
 }
 
 // sendsNatively says whether rn's node sends natively or is asked to.
@@ -90,7 +106,7 @@ func (l *Lab) WatchPoints(ctx context.Context) (*PointWatch, error) {
 		return nil, err
 	}
 	w := &PointWatch{seen: map[string][]v1alpha1.RolloutStep{}, latest: map[string]*v1alpha1.RoutingNode{},
-		first: map[string]firstDatapath{}, changed: make(chan struct{}, 1)}
+		first: map[string]FirstDatapath{}, changed: make(chan struct{}, 1)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -108,10 +124,10 @@ func (l *Lab) WatchPoints(ctx context.Context) (*PointWatch, error) {
 			}
 			w.latest[rn.Name] = rn
 			if _, ok := w.first[rn.Name]; !ok && rn.Spec.Datapath != nil {
-				f := firstDatapath{datapath: rn.Spec.Datapath}
+				f := FirstDatapath{Datapath: rn.Spec.Datapath}
 				for name, peer := range w.latest {
 					if name != rn.Name && sendsNatively(peer) {
-						f.nativePeers = append(f.nativePeers, name)
+						f.NativePeers = append(f.NativePeers, name)
 					}
 				}
 				w.first[rn.Name] = f
@@ -195,14 +211,14 @@ func (w *PointWatch) until(what string, limit time.Duration, ok func() bool) err
 	return nil
 }
 
-// joined waits until node is given its first datapath and returns it.
-func (w *PointWatch) joined(node string, limit time.Duration) (firstDatapath, error) {
-	var f firstDatapath
+// Joined waits until node is given its first datapath and returns it.
+func (w *PointWatch) Joined(node string, limit time.Duration) (FirstDatapath, error) {
+	var f FirstDatapath
 	err := w.until(node+" to be given its first datapath", limit, func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		f = w.first[node]
-		return f.datapath != nil
+		return f.Datapath != nil
 	})
 	return f, err
 }

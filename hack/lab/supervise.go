@@ -116,26 +116,36 @@ func (l *Lab) pidFile(name string) string { return l.path("logs", name+".pid") }
 // that nothing starts it again: a node whose agent died for good. The
 // supervisor goes first, or it would restart the child in between.
 func (l *Lab) stopSupervised(name string) error {
-	pid, err := l.supervisedPID(name)
+	pid, err := l.unsupervise(name)
 	if err != nil {
 		return err
-	}
-	// supervisedPID checked the parent is name's supervisor.
-	_, ppid, err := procStat("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return fmt.Errorf("reading %s's parent: %w", name, err)
-	}
-	supervisor, err := strconv.Atoi(ppid)
-	if err != nil {
-		return fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("killing %s's supervisor (pid %d): %w", name, supervisor, err)
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("killing %s (pid %d): %w", name, pid, err)
 	}
 	return nil
+}
+
+// unsupervise SIGKILLs the supervisor of the process name, which runs on
+// with nothing to start it again, and returns that process.
+func (l *Lab) unsupervise(name string) (int, error) {
+	pid, err := l.supervisedPID(name)
+	if err != nil {
+		return 0, err
+	}
+	// supervisedPID checked the parent is name's supervisor.
+	_, ppid, err := procStat("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("reading %s's parent: %w", name, err)
+	}
+	supervisor, err := strconv.Atoi(ppid)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
+		return 0, fmt.Errorf("killing %s's supervisor (pid %d): %w", name, supervisor, err)
+	}
+	return pid, nil
 }
 
 // Suspend stops the supervised process name with SIGSTOP and returns once

@@ -102,24 +102,30 @@ type ServiceReport struct {
 	CPUWait time.Duration
 }
 
-// StartTraffic starts the traffic at rate probes per second in all; a
-// TCP message not echoed within 2 s breaks its connection.
+// TrafficOptions narrow or relax the traffic.
+type TrafficOptions struct {
+	// Use selects the pods the traffic runs between; nil: all of them.
+	Use func(PodState) bool
+	// TCPTimeout is how long a TCP message may take to come back before
+	// its connection counts as broken; 0: the probe's 2 s. Under a fault
+	// TCP rides out by retransmitting (a cut, random loss), its waits
+	// double each time and take an echo well past 2 s with nothing
+	// broken.
+	TCPTimeout time.Duration
+}
+
+// StartTraffic starts the traffic at rate probes per second in all,
+// between every pod of the lab.
 func (l *Lab) StartTraffic(ctx context.Context, rate int, tunnelPort int) (*Traffic, error) {
-	return l.StartTrafficTolerating(ctx, rate, tunnelPort, 0)
+	return l.StartTrafficWith(ctx, rate, tunnelPort, TrafficOptions{})
 }
 
-// StartTrafficTolerating is StartTraffic with tcpTimeout (0: 2 s) for the
-// TCP messages: under injected loss TCP retransmits what is dropped,
-// doubling its wait each time, and a few drops of one segment in a row
-// take an echo past 2 s with nothing broken.
-func (l *Lab) StartTrafficTolerating(ctx context.Context, rate int, tunnelPort int, tcpTimeout time.Duration) (*Traffic, error) {
-	return l.startTrafficBetween(ctx, rate, tunnelPort, func(PodState) bool { return true }, tcpTimeout)
-}
-
-// startTrafficBetween runs the traffic between the pods that use selects;
-// a TCP message not echoed within tcpTimeout (0: the probe's 2 s) breaks
-// its connection.
-func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int, use func(PodState) bool, tcpTimeout time.Duration) (_ *Traffic, err error) {
+// StartTrafficWith is StartTraffic as o narrows or relaxes it.
+func (l *Lab) StartTrafficWith(ctx context.Context, rate int, tunnelPort int, o TrafficOptions) (_ *Traffic, err error) {
+	use := o.Use
+	if use == nil {
+		use = func(PodState) bool { return true }
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	// Not the named result, which an error return sets to nil: this is
 	// what the deferred Stop must stop.
@@ -164,7 +170,7 @@ func (l *Lab) startTrafficBetween(ctx context.Context, rate int, tunnelPort int,
 			return nil, fmt.Errorf("starting the probe stream %s: %w", key, err)
 		}
 		t.streams[key] = s
-		c, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: pr[0].netns(), Target: netip.AddrPortFrom(pr[1].IP, tcpEchoPort), Timeout: tcpTimeout})
+		c, err := probe.StartTCPCheck(ctx, probe.TCPCheckConfig{NSPath: pr[0].netns(), Target: netip.AddrPortFrom(pr[1].IP, tcpEchoPort), Timeout: o.TCPTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("connecting %s over TCP: %w", key, err)
 		}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -47,6 +48,7 @@ import (
 // (SIGSTOP; the datapath lives in the kernel and forwards on) until the
 // fault is in, so a node told to Switch cannot apply it before.
 func testFaults(t *testing.T, h *harness) {
+	m := &membership{node: h.l.Nodes[len(h.l.Nodes)-1].Name}
 	for _, row := range []faultRow{
 		{fault: "the switching node's agent SIGKILLed (VXLAN → native + eBPF host routing)", sample: "native-routing.yaml",
 			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, inject: killAgent},
@@ -58,18 +60,24 @@ func testFaults(t *testing.T, h *harness) {
 			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FirstSwitching, held: true, inject: freezing("etcd")},
 		{fault: fmt.Sprintf("the underlay of a node not yet switched cut for %s (VXLAN → native + eBPF host routing)", cut), sample: "native-routing.yaml",
 			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.AfterPrepare, paused: true, inject: cutUnderlay,
-			tcpTimeout: tolerantTCP, check: lossOnNodeOnly("it is cut off")},
+			traffic: acrossTheCut, check: lossOnNodeOnly("it is cut off")},
 		{fault: fmt.Sprintf("%d%% random loss on every underlay (native + eBPF host routing → VXLAN)", lossPercent), sample: "tunnel.yaml",
 			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FromStart, inject: randomLoss,
-			tcpTimeout: tolerantTCP, check: lossWithinInjected},
+			traffic: tolerant, check: lossWithinInjected},
 		{fault: "the first node to switch rebooted: its kernel state wiped and its agent SIGKILLed (VXLAN → native + eBPF host routing)", sample: "native-routing.yaml",
 			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, inject: reboot,
-			tcpTimeout: tolerantTCP, check: lossOnNodeOnly("its agent restarts and rebuilds its datapath")},
+			traffic: tolerant, check: lossOnNodeOnly("its agent restarts and rebuilds its datapath")},
 		{fault: "the RoutingMode edited back to native (native + eBPF host routing → VXLAN → native + eBPF host routing)", sample: "tunnel.yaml",
 			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, edited: true, inject: editTo("native-routing.yaml")},
-		// Back to where the next phase starts.
 		{fault: "the RoutingMode deleted, then VXLAN applied again (native + eBPF host routing → VXLAN)", sample: "tunnel.yaml",
 			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FirstSwitching, held: true, edited: true, inject: deleteThenApply("tunnel.yaml")},
+		{fault: "a node removed: switched off and its Node deleted (VXLAN → native + eBPF host routing)", sample: "native-routing.yaml",
+			routing: v1alpha1.ActualRoutingNative, host: "bpf", at: lab.FirstSwitching, held: true, inject: m.remove,
+			traffic: lab.TrafficOptions{Use: m.elsewhere}, check: m.serviceMayFail, settled: m.removed},
+		// Back to where the next phase starts.
+		{fault: "that node added again: its kernel wiped, its processes started, its Node registered (native + eBPF host routing → VXLAN)", sample: "tunnel.yaml",
+			routing: v1alpha1.ActualRoutingTunnel, host: "legacy", at: lab.FirstSwitching, held: true, inject: m.add,
+			traffic: lab.TrafficOptions{Use: m.elsewhere}, settled: m.added},
 	} {
 		row.run(t, h)
 	}
@@ -96,12 +104,16 @@ type faultRow struct {
 	// edited: inject edits or deletes the RoutingMode, so nodes switch
 	// twice.
 	edited bool
-	// tcpTimeout is how long a TCP message may take to come back (0: the
-	// probe's 2 s), for faults TCP rides out by retransmitting.
-	tcpTimeout time.Duration
+	// traffic narrows or relaxes the traffic the row runs under.
+	traffic lab.TrafficOptions
 	// check judges the traffic (nil: nothing lost, reset or failed); node
 	// is the node the fault hit.
 	check func(t *testing.T, h *harness, fault, node string, r lab.TrafficReport)
+	// settled replaces the checks once the rollout is done (nil: it
+	// completed in routing and host on every node, every node told to
+	// Switch once, or for an edited row none finalized before the edit,
+	// and every node wired as the API server's pods say).
+	settled func(t *testing.T, h *harness, steps map[string][]v1alpha1.RolloutStep)
 }
 
 // fault is where a row's fault lands and what its inject may use.
@@ -116,11 +128,18 @@ type fault struct {
 	sample string
 }
 
-// tolerantTCP is how long a TCP message may take to come back under a
-// fault TCP rides out: a 10 s cut or a few drops of one segment in a row
-// take its retransmissions, doubling their wait each time, well past the
-// probe's usual 2 s with nothing broken.
-const tolerantTCP = 30 * time.Second
+// tolerant is the traffic under faults TCP rides out by retransmitting:
+// a 10 s cut, or a few drops of one segment in a row, take its
+// retransmissions, doubling their wait each time, well past the probe's
+// usual 2 s with nothing broken.
+var tolerant = lab.TrafficOptions{TCPTimeout: 30 * time.Second}
+
+// acrossTheCut is the traffic under the underlay cut: the node stays cut
+// off for as long as the operator takes to count it unhealthy (11 to 19 s
+// in loaded runs) and cut more, and TCP's first retransmission after the
+// link is back can come as long again after it (its waits double: 0.2 s,
+// 0.4 s, ... 25.6 s, 51.2 s).
+var acrossTheCut = lab.TrafficOptions{TCPTimeout: 2 * time.Minute}
 
 func (row faultRow) run(t *testing.T, h *harness) {
 	t.Helper()
@@ -140,8 +159,13 @@ func (row faultRow) run(t *testing.T, h *harness) {
 		applied = paused(t, sample)
 	}
 	f := fault{release: func() {}, watch: w, sample: sample}
+	// The nodes in the cluster when the row starts.
+	nodes := len(h.l.Nodes)
+	if h.removed != "" {
+		nodes--
+	}
 	var note string
-	r, took := h.underTrafficTolerating(t, row.tcpTimeout, func() error {
+	r, took := h.underTrafficWith(t, row.traffic, func() error {
 		var hold func() func()
 		if row.held {
 			hold = agentHold(t, h)
@@ -153,14 +177,14 @@ func (row faultRow) run(t *testing.T, h *harness) {
 			return fmt.Errorf("%w\n%s", err, out)
 		}
 		if hold != nil {
-			if _, err := w.WaitFor(lab.AfterPrepare, len(h.l.Nodes), 2*time.Minute); err != nil {
+			if _, err := w.WaitFor(lab.AfterPrepare, nodes, 2*time.Minute); err != nil {
 				return err
 			}
 			f.release = hold()
 			defer f.release()
 		}
 		if row.at != lab.FromStart {
-			if f.node, err = w.WaitFor(row.at, len(h.l.Nodes), 2*time.Minute); err != nil {
+			if f.node, err = w.WaitFor(row.at, nodes, 2*time.Minute); err != nil {
 				return err
 			}
 			note = row.inject(t, h, f)
@@ -170,7 +194,23 @@ func (row faultRow) run(t *testing.T, h *harness) {
 	})
 	steps := w.Steps()
 	t.Logf("%s at %q (%s): rollout done %s after the apply; %s", row.fault, row.at, f.node, took.Round(100*time.Millisecond), note)
-	waitComplete(context.Background(), t, h.l, c, row.routing, row.host)
+	if row.settled != nil {
+		row.settled(t, h, steps)
+	} else {
+		row.completed(t, h, c, steps)
+	}
+	if row.check != nil {
+		row.check(t, h, row.fault, f.node, r)
+	} else {
+		h.checkTraffic(t, row.fault, r, "")
+	}
+}
+
+// completed is a row's checks once the rollout is done, unless the row
+// has its own (settled).
+func (row faultRow) completed(t *testing.T, h *harness, c client.Client, steps map[string][]v1alpha1.RolloutStep) {
+	t.Helper()
+	waitComplete(context.Background(), t, h.l, c, row.routing, row.host, len(h.l.Nodes))
 	if row.edited {
 		// The edit or deletion came before the rollout finished, as the
 		// hold makes sure: no node was finalized in between (the first
@@ -183,11 +223,6 @@ func (row faultRow) run(t *testing.T, h *harness) {
 		}
 	} else if err := lab.SwitchedOnce(steps, len(h.l.Nodes)); err != nil {
 		t.Errorf("%s: %v", row.fault, err)
-	}
-	if row.check != nil {
-		row.check(t, h, row.fault, f.node, r)
-	} else {
-		h.checkTraffic(t, row.fault, r, "")
 	}
 	h.checkWired(t, row.host == "bpf", time.Minute)
 }
@@ -643,4 +678,131 @@ func lossOnNodeOnly(reason string) func(t *testing.T, h *harness, name, node str
 		}
 		h.checkService(t, name, r.Service, fmt.Sprintf("requests to or from %s fail while %s", node, reason))
 	}
+}
+
+// membership is the rows that take a node out of the cluster while the
+// first batch switches, and bring it back while the first batch of the
+// switch back switches. The node is the last by name: never the first to
+// switch (the operator switches nodes in name order), nor the Service
+// client's (on the first node).
+type membership struct {
+	node string
+}
+
+// elsewhere selects the pods the traffic runs between: those off the
+// node, which must lose nothing.
+func (m *membership) elsewhere(p lab.PodState) bool { return p.Node != m.node }
+
+// remove switches the node off and deletes its Node (lab.RemoveRealNode),
+// then releases the agents held.
+func (m *membership) remove(t *testing.T, h *harness, f fault) string {
+	t.Helper()
+	if f.node == m.node {
+		t.Fatalf("%s, the node to remove, is the first to switch", m.node)
+	}
+	h.removed = m.node
+	if err := h.l.RemoveRealNode(context.Background(), m.node); err != nil {
+		t.Fatal(err)
+	}
+	f.release()
+	return m.node + " switched off and its Node deleted"
+}
+
+// serviceMayFail checks the traffic, the Service requests its backend got
+// until its pod is deleted excepted.
+func (m *membership) serviceMayFail(t *testing.T, h *harness, name, _ string, r lab.TrafficReport) {
+	t.Helper()
+	h.checkTraffic(t, name, r, "requests to the backend on "+m.node+" fail until its pod, bound to a Node that is gone, is deleted")
+}
+
+// removed checks the rollout completed on the other nodes, the node's
+// RoutingNode is gone and their kernels route its pods no more, then waits
+// until its pods are deleted (kube-controller-manager's pod garbage
+// collector) and their replacements run, so the next row starts from a
+// cluster without it.
+func (m *membership) removed(t *testing.T, h *harness, steps map[string][]v1alpha1.RolloutStep) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := h.l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComplete(ctx, t, h.l, c, v1alpha1.ActualRoutingNative, "bpf", len(h.l.Nodes)-1)
+	var rn v1alpha1.RoutingNode
+	if err := c.Get(ctx, client.ObjectKey{Name: m.node}, &rn); !apierrors.IsNotFound(err) {
+		t.Errorf("%s's RoutingNode: %v; want it deleted", m.node, err)
+	}
+	delete(steps, m.node)
+	if err := lab.SwitchedOnce(steps, len(h.l.Nodes)-1); err != nil {
+		t.Error(err)
+	}
+	gone := h.l.Nodes[h.nodeIndex(t, m.node)]
+	for _, n := range h.l.Nodes {
+		if n.Name == m.node {
+			continue
+		}
+		out, err := run("ip", "-n", n.NS, "route", "show", gone.PodCIDR.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(out) != "" {
+			t.Errorf("%s still routes the removed node's pods: %s", n.Name, out)
+		}
+	}
+	took := waitFor(t, 3*time.Minute, "the pods bound to "+m.node+" deleted", func() bool {
+		out, err := h.l.Kubectl("get", "pods", "-A", "--field-selector", "spec.nodeName="+m.node, "-o", "name")
+		return err == nil && strings.TrimSpace(out) == ""
+	})
+	t.Logf("the pods bound to %s deleted %s after the rollout", m.node, took.Round(time.Second))
+	h.kubectl(t, "rollout", "status", "deployment/"+lab.EchoDeployment, "--timeout=3m")
+	h.checkWired(t, true, time.Minute)
+}
+
+// add brings the node back (lab.AddRealNode) while the first node switches
+// back and the others are held, so that they still send natively when it
+// joins; once the operator gave it its first datapath, which must receive
+// both ways, the agents are released.
+func (m *membership) add(t *testing.T, h *harness, f fault) string {
+	t.Helper()
+	start := time.Now()
+	if err := h.l.AddRealNode(context.Background(), m.node); err != nil {
+		t.Fatal(err)
+	}
+	h.removed = ""
+	registered := time.Since(start)
+	joined, err := f.watch.Joined(m.node, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.release()
+	if err := joined.ReceivesBothWays(m.node); err != nil {
+		t.Error(err)
+	}
+	return fmt.Sprintf("%s registered again %s after its processes started, with podCIDR %s; given its first datapath %s after they started, while %s sent natively",
+		m.node, registered.Round(100*time.Millisecond), h.l.Nodes[h.nodeIndex(t, m.node)].PodCIDR, time.Since(start).Round(100*time.Millisecond), strings.Join(joined.NativePeers, ", "))
+}
+
+// added checks the rollout completed on every node, the node included,
+// the others told to Switch once; once the node runs its lab pod again,
+// every node is wired as the API server's pods say and every pair of pods,
+// its own included, exchanges traffic with nothing lost.
+func (m *membership) added(t *testing.T, h *harness, steps map[string][]v1alpha1.RolloutStep) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := h.l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComplete(ctx, t, h.l, c, v1alpha1.ActualRoutingTunnel, "legacy", len(h.l.Nodes))
+	t.Logf("steps given: %v", steps)
+	delete(steps, m.node)
+	if err := lab.SwitchedOnce(steps, len(h.l.Nodes)-1); err != nil {
+		t.Error(err)
+	}
+	if err := h.l.RefreshPods(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.checkWired(t, false, time.Minute)
+	r, _ := h.underTraffic(t, func() error { return nil })
+	h.checkTraffic(t, "every pair, "+m.node+"'s pod included, after it joined", r, "")
 }

@@ -32,6 +32,9 @@ type harness struct {
 	// agentArchive is the agent's image archive the lab was installed
 	// from.
 	agentArchive string
+	// removed is the node taken out of the cluster, if one is: it has no
+	// pods to check.
+	removed string
 }
 
 func (h *harness) sample(name string) string { return filepath.Join(h.root, "config", "samples", name) }
@@ -214,6 +217,9 @@ func (h *harness) checkWired(t *testing.T, bpf bool, limit time.Duration) time.D
 		var diffs []string
 		want := h.podAddrs(t)
 		for i, n := range h.l.Nodes {
+			if n.Name == h.removed {
+				continue
+			}
 			w := h.wiring(t, i, bpf)
 			pods := want[n.Name]
 			routes := slices.SortedFunc(maps.Keys(w.Routes), netip.Addr.Compare)
@@ -298,15 +304,15 @@ func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) tim
 // and how long action took.
 func (h *harness) underTraffic(t *testing.T, action func() error) (lab.TrafficReport, time.Duration) {
 	t.Helper()
-	return h.underTrafficTolerating(t, 0, action)
+	return h.underTrafficWith(t, lab.TrafficOptions{}, action)
 }
 
-// underTrafficTolerating is underTraffic with tcpTimeout for the TCP
-// messages (lab.StartTrafficTolerating).
-func (h *harness) underTrafficTolerating(t *testing.T, tcpTimeout time.Duration, action func() error) (lab.TrafficReport, time.Duration) {
+// underTrafficWith is underTraffic with the traffic narrowed or relaxed
+// as o says.
+func (h *harness) underTrafficWith(t *testing.T, o lab.TrafficOptions, action func() error) (lab.TrafficReport, time.Duration) {
 	t.Helper()
 	ctx := context.Background()
-	tr, err := h.l.StartTrafficTolerating(ctx, rate, 8472, tcpTimeout)
+	tr, err := h.l.StartTrafficWith(ctx, rate, 8472, o)
 	if err != nil {
 		t.Fatal(err)
 	}

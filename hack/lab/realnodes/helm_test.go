@@ -51,7 +51,7 @@ func testHelm(t *testing.T, hr *harness) {
 	if err := l.WaitInstalled(time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	rm := waitComplete(ctx, t, l, c, v1alpha1.ActualRoutingTunnel, "legacy")
+	rm := waitComplete(ctx, t, l, c, v1alpha1.ActualRoutingTunnel, "legacy", len(l.Nodes))
 	t.Logf("installed and the RoutingMode Complete (%s) %s after helm install", rm.Spec.Tunnel, time.Since(start).Round(time.Second))
 
 	start = time.Now()
@@ -60,7 +60,7 @@ func testHelm(t *testing.T, hr *harness) {
 	if _, err := h.Upgrade(ctx, ch, native, 0); err != nil {
 		t.Fatal(err)
 	}
-	rm = waitComplete(ctx, t, l, c, v1alpha1.ActualRoutingNative, "bpf")
+	rm = waitComplete(ctx, t, l, c, v1alpha1.ActualRoutingNative, "bpf", len(l.Nodes))
 	if rm.Spec.NativeRoutingCIDR != lab.ClusterCIDR.String() || !rm.Spec.AutoDirectNodeRoutes {
 		t.Errorf("after helm upgrade the RoutingMode asks for %+v", rm.Spec)
 	}
@@ -103,7 +103,7 @@ func testHelm(t *testing.T, hr *harness) {
 
 // waitComplete waits for the RoutingMode's rollout to be Ready at its
 // generation, and checks every node reports sending routing with host.
-func waitComplete(ctx context.Context, t *testing.T, l *lab.Lab, c client.Client, routing v1alpha1.ActualRouting, host string) *v1alpha1.RoutingMode {
+func waitComplete(ctx context.Context, t *testing.T, l *lab.Lab, c client.Client, routing v1alpha1.ActualRouting, host string, nodes int) *v1alpha1.RoutingMode {
 	t.Helper()
 	rm, err := l.WaitRollout(ctx, c, 5*time.Minute, nil)
 	if err != nil {
@@ -111,9 +111,9 @@ func waitComplete(ctx context.Context, t *testing.T, l *lab.Lab, c client.Client
 		t.Fatalf("%v\n%s", err, out)
 	}
 	if rm.Status.Phase != v1alpha1.PhaseComplete || rm.Status.Datapath.Routing != routing || rm.Status.Datapath.HostRouting != host ||
-		rm.Status.Nodes.Updated != int32(len(l.Nodes)) {
-		t.Fatalf("RoutingMode phase %s, routing %s, host routing %s, %d/%d nodes updated; want Complete, %s, %s, all", rm.Status.Phase,
-			rm.Status.Datapath.Routing, rm.Status.Datapath.HostRouting, rm.Status.Nodes.Updated, len(l.Nodes), routing, host)
+		rm.Status.Nodes.Updated != int32(nodes) || rm.Status.Nodes.Total != int32(nodes) {
+		t.Fatalf("RoutingMode phase %s, routing %s, host routing %s, %d/%d nodes updated; want Complete, %s, %s, %d/%d", rm.Status.Phase,
+			rm.Status.Datapath.Routing, rm.Status.Datapath.HostRouting, rm.Status.Nodes.Updated, rm.Status.Nodes.Total, routing, host, nodes, nodes)
 	}
 	return rm
 }

@@ -26,7 +26,8 @@ import (
 )
 
 // nodes is how many real nodes the lab runs: a client node and backends
-// spread over the others.
+// spread over the others; three, so that a fault of one node leaves a
+// pair of others whose traffic must not notice it.
 const nodes = 3
 
 // rate is the probes per second of the UDP streams between the lab's pods.
@@ -34,8 +35,8 @@ const rate = 400
 
 // TestRealNodes installs routemode the way the README tells users, on real
 // nodes, and then, on that one lab, in order: the live switch both ways
-// under traffic (switch), the agent and the operator SIGKILLed during a
-// switch (faults), pod churn during a switch (churn), the agent
+// under traffic (switch), the chaos matrix's faults during a switch
+// (faults), pod churn during a switch (churn), the agent
 // DaemonSet rolled to a new image (agentRoll), and the uninstall
 // (uninstall). The lab is removed at the end, leaving nothing on the host.
 func TestRealNodes(t *testing.T) {

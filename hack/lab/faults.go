@@ -88,8 +88,9 @@ func (l *Lab) RandomLossDropped() (int64, error) {
 // WipeNodeKernel removes from node's network namespace everything its
 // agent made, as a reboot would (its routes, the VXLAN device, rm_host and
 // rm_net, the masquerading table, the eBPF programs with their pins), and
-// sets rp_filter back to strict, as distributions boot it. The agent must not run meanwhile (stopped, or
-// held with SIGSTOP), or it would put it all back.
+// sets rp_filter back to strict, as distributions boot it. The agent must
+// not run meanwhile (stopped, or held with SIGSTOP), or it would put it
+// all back.
 //
 // The pods' own routes stay: the CNI plugin made them with the pods, which
 // a real reboot takes down and the kubelet wires afresh. The health
@@ -127,8 +128,7 @@ func (l *Lab) WipeNodeKernel(node string) error {
 }
 
 // LostOutside sums the probe loss of the pairs whose pods are both off
-// node: the loss a fault of that node must
-// not cause.
+// node: the loss a fault of that node must not cause.
 func (l *Lab) LostOutside(r TrafficReport, node string) int64 {
 	onNode := map[string]bool{}
 	for _, p := range l.Pods() {

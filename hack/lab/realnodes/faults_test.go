@@ -40,7 +40,11 @@ import (
 //   - the RoutingMode edited back, or deleted and applied again, while
 //     the first node switches: the rollout turns round, or stops where it
 //     is and starts again from there, and completes in the mode last
-//     applied, losing nothing.
+//     applied, losing nothing;
+//   - a node switched off and its Node deleted while the first node
+//     switches, then brought back while the first node of the switch back
+//     switches: the rollout completes without it, then with it, and the
+//     others' traffic loses nothing.
 //
 // Three fast nodes finish a rollout in a few seconds, sooner than a fault
 // lands once the first node is told to Switch: for the rows that hit that

@@ -79,7 +79,11 @@ func serve(ctx context.Context, listen string, drain time.Duration) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Addr: listen, ReadHeaderTimeout: 5 * time.Second,
+	// The headers get longer than the client's 10 s per request: a
+	// backend starved of CPU for more than 5 s (a loaded real-node run saw
+	// answers 5.9 s apart) closed a connection whose request it had not
+	// read yet, and the client counted an EOF against the datapath.
+	srv := &http.Server{Addr: listen, ReadHeaderTimeout: 30 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, name) })}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()

@@ -39,8 +39,9 @@ func (h *harness) chaosWays(row func(way struct{ name, spec string })) {
 // TestChaosNodeRebooted "reboots" the first node told to Switch: its agent
 // is killed for good, everything the agent made in the node's kernel is
 // wiped (its peer routes, its health endpoint's route, the VXLAN device,
-// the eBPF programs with their pins, the masquerading table) and rp_filter
-// is strict again, as the distribution boots it; then the agent is started again. It must
+// rm_host and rm_net, the eBPF programs with their pins, the masquerading
+// table) and rp_filter is strict again, as the distribution boots it;
+// then the agent is started again. It must
 // rebuild the node from the API state and its state directory: the
 // rollout completes, the peers lose only traffic to and from that node
 // while it is down, and afterwards every pair is reachable again.
